@@ -1,0 +1,62 @@
+"""budget_ws: WebSocket broadcasting for Python web apps.
+
+Typed events go to topics; every subscriber of a topic gets each event once, in order,
+through a bounded outbox, and clients that reconnect recover what they missed.
+"""
+
+from .__about__ import __version__
+from .backends import Backend, Listener, MemoryBackend, Position, Recovery, create_backend
+from .connection import Connection, Transport
+from .errors import (
+    BackendError,
+    BackendNotInstalled,
+    BudgetWSError,
+    ConnectionClosed,
+    EventRegistrationError,
+    EventValidationError,
+    InvalidTopic,
+    ManagerClosed,
+    UnknownBackend,
+    UnknownEvent,
+)
+from .events import Event, EventRegistry, default_registry
+from .limits import Heartbeat, Limits, OutboxLimits, SlowConsumerPolicy, validate_topic
+from .manager import Action, ClientMessage, ConnectionManager, Stats
+from .protocol import SUBPROTOCOL, CloseCode, ErrorCode
+
+__all__ = [
+    "SUBPROTOCOL",
+    "Action",
+    "Backend",
+    "BackendError",
+    "BackendNotInstalled",
+    "BudgetWSError",
+    "ClientMessage",
+    "CloseCode",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionManager",
+    "ErrorCode",
+    "Event",
+    "EventRegistrationError",
+    "EventRegistry",
+    "EventValidationError",
+    "Heartbeat",
+    "InvalidTopic",
+    "Limits",
+    "Listener",
+    "ManagerClosed",
+    "MemoryBackend",
+    "OutboxLimits",
+    "Position",
+    "Recovery",
+    "SlowConsumerPolicy",
+    "Stats",
+    "Transport",
+    "UnknownBackend",
+    "UnknownEvent",
+    "__version__",
+    "create_backend",
+    "default_registry",
+    "validate_topic",
+]

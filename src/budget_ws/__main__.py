@@ -1,0 +1,57 @@
+"""Command line: ``python -m budget_ws schema myapp.events``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from .events import EventRegistry, default_registry
+
+
+def _load_registry(modules: Sequence[str], registry_path: str | None) -> EventRegistry:
+    for module in modules:
+        importlib.import_module(module)
+    if registry_path is None:
+        return default_registry
+    module_name, _, attribute = registry_path.partition(":")
+    registry = getattr(importlib.import_module(module_name), attribute or "registry")
+    if not isinstance(registry, EventRegistry):
+        raise SystemExit(f"{registry_path} is not a budget_ws.EventRegistry")
+    return registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m budget_ws", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    schema = commands.add_parser("schema", help="print the JSON Schema of every registered event")
+    schema.add_argument(
+        "modules", nargs="*", help="modules to import first, so their events register"
+    )
+    schema.add_argument(
+        "--registry",
+        metavar="MODULE:NAME",
+        help="use this EventRegistry instead of the default registry",
+    )
+    schema.add_argument(
+        "--mode",
+        choices=["serialization", "validation"],
+        default="serialization",
+        help="describe what the server sends (default) or what it accepts",
+    )
+    arguments = parser.parse_args(argv)
+    sys.path.insert(0, "")
+    try:
+        registry = _load_registry(arguments.modules, arguments.registry)
+    except ImportError as exc:
+        parser.error(str(exc))
+    json.dump(registry.json_schema(arguments.mode), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The contract between the manager and a backend.
+
+A backend moves opaque bytes between processes: it gives every published payload a
+:class:`Position` in its topic, delivers it to every subscriber of that topic on every
+worker, and keeps a bounded history from which reconnecting clients recover what they
+missed. It never looks inside a payload; all pydantic and JSON work stays in the core.
+
+A third-party backend implements :class:`Backend`; the contract tests in
+``tests/backends/test_contract.py`` show what each method must do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from typing_extensions import Self
+
+__all__ = ["Backend", "Listener", "Position", "Recovery"]
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Position:
+    """Where an event sits in its topic.
+
+    ``offset`` counts the topic's events, starting at 1 for the first; 0 means "before the
+    first event". ``epoch`` names one unbroken history of offsets: when a backend loses a
+    topic's history (a restart of an in-memory backend, a flushed Redis), the topic gets a
+    new epoch and positions from the old one can no longer be recovered.
+    """
+
+    offset: int
+    """Number of events published to the topic up to and including this one."""
+    epoch: str
+    """Identifier of the topic's history; offsets compare only within one epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """The answer to "what did I miss after this position?".
+
+    All or nothing: either ``recovered`` is true and ``items`` holds *every* event after the
+    asked-for position up to ``position``, in order, or ``recovered`` is false and
+    ``items`` is empty. A partial replay would hide a gap from the client.
+    """
+
+    recovered: bool
+    """Whether ``items`` closes the gap completely."""
+    position: Position
+    """The topic's latest position when history was read."""
+    items: Sequence[tuple[Position, bytes]] = field(default=())
+    """The missed events, oldest first, when ``recovered`` is true."""
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """Receives what a backend delivers for the topics it was subscribed to.
+
+    Both methods are called from the backend's own task and must not block: the
+    :class:`~budget_ws.ConnectionManager` only hands frames to bounded outboxes.
+    """
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        """One event published to ``topic``, in offset order."""
+
+    def resync(self, topic: str, position: Position) -> None:
+        """Events of ``topic`` may have been lost (e.g. the backend lost its server).
+
+        ``position`` is the topic's latest position; subscribers should recover from
+        history or tell their clients to reload their state.
+        """
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Moves event payloads between workers and keeps their recent history.
+
+    Use it as an async context manager (``async with backend:``) or call
+    :meth:`aclose` when done. Every method is safe to call from any task.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def aclose(self) -> None:
+        """Release connections and stop background tasks."""
+
+    async def publish(self, topic: str, payload: bytes) -> Position:
+        """Append ``payload`` to the topic's history and deliver it to every subscriber.
+
+        The offset is assigned atomically with the append and the delivery, so history
+        order equals delivery order on every worker.
+
+        Returns:
+            The position the event was given.
+        """
+
+    async def subscribe(self, topic: str, listener: Listener) -> None:
+        """Start delivering ``topic`` to ``listener``.
+
+        Returns only once the subscription is confirmed: every event published after the
+        return reaches the listener.
+        """
+
+    async def unsubscribe(self, topic: str, listener: Listener) -> None:
+        """Stop delivering ``topic`` to ``listener``; unknown pairs are ignored."""
+
+    async def history(self, topic: str, after: Position | None, limit: int) -> Recovery:
+        """Return the events published to ``topic`` after ``after``.
+
+        Args:
+            topic: The topic to read.
+            after: The last position the client processed; ``None`` asks only for the
+                topic's current position (``recovered`` is then false).
+            limit: Recover at most this many events; a larger gap is not recovered.
+        """

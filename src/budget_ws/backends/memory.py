@@ -1,0 +1,153 @@
+"""The in-memory backend: one process, no server, history kept in RAM."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+
+from typing_extensions import Self
+
+from .base import Listener, Position, Recovery
+
+__all__ = ["MemoryBackend"]
+
+logger = logging.getLogger("budget_ws")
+
+
+class _Topic:
+    __slots__ = ("entries", "epoch", "listeners", "offset")
+
+    def __init__(self, history_size: int) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.offset = 0
+        # (offset, published at, payload); offsets are contiguous, oldest first.
+        self.entries: deque[tuple[int, float, bytes]] = deque(maxlen=history_size)
+        self.listeners: list[Listener] = []
+
+
+class MemoryBackend:
+    """Delivers events inside one process and keeps each topic's recent history.
+
+    The default backend (``memory://``): right for a single worker, for tests and for
+    development. Every event is delivered to subscribers before :meth:`publish` returns,
+    so history order is delivery order. History is lost when the process exits; topics get
+    a new epoch then, and reconnecting clients are told to resync.
+
+    Args:
+        history_size: Events kept per topic for recovery.
+        history_ttl: Seconds an event stays recoverable.
+        clock: Source of time for expiry, in seconds (for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if history_size < 0:
+            raise ValueError("history_size must be zero or more")
+        if history_ttl <= 0:
+            raise ValueError("history_ttl must be positive")
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._clock = clock
+        self._topics: dict[str, _Topic] = {}
+        self._last_sweep = clock()
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(history_size={self.history_size}, history_ttl={self.history_ttl})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Forget every listener; history stays until the object is gone."""
+        for state in self._topics.values():
+            state.listeners.clear()
+
+    def _topic(self, topic: str) -> _Topic:
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic(self.history_size)
+        return state
+
+    def _expire(self, state: _Topic, now: float) -> None:
+        entries = state.entries
+        deadline = now - self.history_ttl
+        while entries and entries[0][1] < deadline:
+            entries.popleft()
+
+    def _sweep(self, now: float) -> None:
+        # Forget topics that hold nothing recoverable and have no listener, so a process
+        # that touches many short-lived topics does not grow without bound.
+        if now - self._last_sweep < self.history_ttl:
+            return
+        self._last_sweep = now
+        for name, state in list(self._topics.items()):
+            self._expire(state, now)
+            if not state.entries and not state.listeners:
+                del self._topics[name]
+
+    async def publish(self, topic: str, payload: bytes) -> Position:
+        """Append to history and deliver to every listener before returning."""
+        now = self._clock()
+        self._sweep(now)
+        state = self._topic(topic)
+        self._expire(state, now)
+        state.offset += 1
+        position = Position(state.offset, state.epoch)
+        if self.history_size:
+            state.entries.append((state.offset, now, payload))
+        for listener in tuple(state.listeners):
+            try:
+                listener.deliver(topic, position, payload)
+            except Exception:  # one broken listener must not stop the others
+                logger.exception("listener %r failed on topic %r", listener, topic)
+        return position
+
+    async def subscribe(self, topic: str, listener: Listener) -> None:
+        """Add a listener; confirmed at once, since delivery is in-process."""
+        state = self._topic(topic)
+        if listener not in state.listeners:
+            state.listeners.append(listener)
+
+    async def unsubscribe(self, topic: str, listener: Listener) -> None:
+        """Remove a listener; unknown pairs are ignored."""
+        state = self._topics.get(topic)
+        if state is not None and listener in state.listeners:
+            state.listeners.remove(listener)
+
+    async def history(self, topic: str, after: Position | None, limit: int) -> Recovery:
+        """Return every event after ``after``, or nothing if any of them is gone."""
+        state = self._topic(topic)
+        self._expire(state, self._clock())
+        top = Position(state.offset, state.epoch)
+        if after is None or after.epoch != state.epoch or after.offset > state.offset:
+            return Recovery(False, top)
+        missing = state.offset - after.offset
+        if missing == 0:
+            return Recovery(True, top)
+        entries = state.entries
+        if missing > limit or not entries or entries[0][0] > after.offset + 1:
+            return Recovery(False, top)
+        start = after.offset + 1 - entries[0][0]
+        items = [
+            (Position(offset, state.epoch), payload)
+            for offset, _, payload in itertools.islice(entries, start, None)
+        ]
+        return Recovery(True, top, items)

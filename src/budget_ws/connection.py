@@ -1,0 +1,294 @@
+"""One client's WebSocket: its transport, outbox, writer task and heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+
+from .errors import ConnectionClosed
+from .limits import Heartbeat, Limits, OutboxLimits, RateLimiter
+from .outbox import Outbox
+from .protocol import (
+    ClientFrame,
+    CloseCode,
+    Ping,
+    Pong,
+    ProtocolViolation,
+    decode_client_frame,
+    encode_error,
+    encode_ping,
+    encode_pong,
+)
+
+__all__ = ["Connection", "Transport"]
+
+logger = logging.getLogger("budget_ws")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds allowed for the closing handshake before the transport is abandoned."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What a web framework's WebSocket must offer; adapters implement it.
+
+    The WebSocket is already accepted when the manager gets its transport.
+    """
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message; may wait while the client's socket is full."""
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message from the client.
+
+        Raises:
+            ConnectionClosed: The client disconnected.
+        """
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket with ``code`` and ``reason``."""
+
+
+class _Counters:
+    """Totals shared by the connections of one manager, for ``stats()``."""
+
+    __slots__ = ("delivered", "dropped", "slow_consumers")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.dropped = 0
+        self.slow_consumers = 0
+
+
+FrameHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
+
+
+class Connection:
+    """A client connected to a :class:`~budget_ws.ConnectionManager`.
+
+    Created by the manager for each transport it serves; application code receives it in
+    hooks and handlers and may call :meth:`close`, or pass it to the manager's ``send``,
+    ``subscribe`` and ``unsubscribe``.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        principal: Any = None,
+        connection_id: str | None = None,
+        limits: Limits,
+        outbox_limits: OutboxLimits,
+        heartbeat: Heartbeat,
+        counters: _Counters | None = None,
+    ) -> None:
+        self.id: str = connection_id or uuid.uuid4().hex
+        """Identifier of the connection, unique within the process."""
+        self.principal: Any = principal
+        """Who is connected, as returned by the app's ``authenticate`` hook."""
+        self.state: dict[str, Any] = {}
+        """Free space for the application's own per-connection data."""
+        self.transport = transport
+        self.topics: set[str] = set()
+        """Topics this connection is subscribed to (read-only for applications)."""
+        self._limits = limits
+        self._heartbeat = heartbeat
+        self._outbox = Outbox(outbox_limits)
+        self._counters = counters or _Counters()
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._peer_closed = False
+        self._last_inbound = 0.0
+        self._closed = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} principal={self.principal!r} topics={len(self.topics)}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has finished or is closing."""
+        return self._close_code is not None or self._closed.is_set()
+
+    @property
+    def close_code(self) -> int | None:
+        """The code the connection was (or is being) closed with; None while open."""
+        return self._close_code
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting in the outbox."""
+        return len(self._outbox)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Size of the frames waiting in the outbox."""
+        return self._outbox.size
+
+    def push(self, frame: str) -> None:
+        """Queue an encoded frame for this client without waiting.
+
+        When the outbox is full, the slow-consumer policy applies: by default the
+        connection is closed with 4000 so the client reconnects and recovers.
+        """
+        if self._close_code is not None:
+            return
+        outbox = self._outbox
+        dropped = outbox.dropped
+        if not outbox.put(frame):
+            self._counters.slow_consumers += 1
+            self.close(
+                CloseCode.SLOW_CONSUMER,
+                "slow consumer: outbox full; reconnect and resume",
+                drain=False,
+            )
+        elif outbox.dropped != dropped:
+            self._counters.dropped += outbox.dropped - dropped
+
+    def fits(self, count: int, size: int) -> bool:
+        """Whether ``count`` more frames of total ``size`` fit in the outbox now."""
+        return self._outbox.fits(count, size)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, drain: bool = True) -> None:
+        """Close the connection without waiting.
+
+        Args:
+            code: The WebSocket close code.
+            reason: Why, for the client (keep it under 123 bytes).
+            drain: Write the frames already queued before closing; otherwise drop them.
+        """
+        if self._close_code is None:
+            self._close_code = int(code)
+            self._close_reason = reason
+        if drain:
+            self._outbox.finish()
+        else:
+            self._outbox.clear()
+            self._outbox.finish()
+            if self._cancel_scope is not None:
+                self._cancel_scope.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has completely finished."""
+        await self._closed.wait()
+
+    async def run(self, handle_frame: FrameHandler) -> None:
+        """Serve the connection until the client leaves or it is closed.
+
+        Reads and checks client frames (size, rate, syntax), passes valid ones to
+        ``handle_frame``, and runs the writer and the heartbeat beside it. Never raises
+        because of what the client did.
+        """
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._cancel_scope = task_group.cancel_scope
+                if self._close_code is not None and not len(self._outbox):
+                    task_group.cancel_scope.cancel()
+                task_group.start_soon(self._write_loop)
+                task_group.start_soon(self._heartbeat_loop)
+                await self._read_loop(handle_frame)
+                task_group.cancel_scope.cancel()
+        finally:
+            try:
+                if not self._peer_closed:
+                    code = self._close_code if self._close_code is not None else CloseCode.NORMAL
+                    with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                        await self.transport.close(code, self._close_reason)
+            except Exception:  # the socket may already be broken; nothing left to tell
+                logger.debug("closing connection %s failed", self.id, exc_info=True)
+            finally:
+                if self._close_code is None:
+                    self._close_code = CloseCode.GOING_AWAY
+                self._outbox.clear()
+                self._closed.set()
+
+    def _cancel(self) -> None:
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def _write_loop(self) -> None:
+        outbox = self._outbox
+        transport = self.transport
+        counters = self._counters
+        try:
+            while True:
+                item = await outbox.get_message()
+                if item is None:
+                    break
+                message, count = item
+                await transport.send_text(message)
+                counters.delivered += count
+        except ConnectionClosed:
+            self._peer_closed = True
+        except Exception:
+            logger.warning("sending to connection %s failed", self.id, exc_info=True)
+            self._peer_closed = True
+        self._cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._heartbeat.interval
+        timeout = self._heartbeat.timeout
+        while True:
+            await anyio.sleep(interval)
+            sent = anyio.current_time()
+            self.push(encode_ping())
+            await anyio.sleep(timeout)
+            if self._last_inbound < sent:
+                self.close(
+                    CloseCode.HEARTBEAT_TIMEOUT,
+                    f"no pong within {timeout:g} s",
+                    drain=False,
+                )
+                return
+
+    async def _read_loop(self, handle_frame: FrameHandler) -> None:
+        limits = self._limits
+        max_frame = limits.max_frame_bytes
+        rate = RateLimiter(
+            limits.max_messages_per_second, limits.message_burst, anyio.current_time()
+        )
+        transport = self.transport
+        while True:
+            try:
+                raw = await transport.receive()
+            except ConnectionClosed:
+                self._peer_closed = True
+                return
+            now = anyio.current_time()
+            self._last_inbound = now
+            if _size(raw, max_frame) > max_frame:
+                self.close(
+                    CloseCode.MESSAGE_TOO_BIG,
+                    f"frame larger than {max_frame} bytes",
+                    drain=False,
+                )
+                return
+            if not rate.allow(now):
+                self.close(
+                    CloseCode.RATE_LIMITED,
+                    f"more than {limits.max_messages_per_second:g} frames per second",
+                    drain=False,
+                )
+                return
+            try:
+                frame = decode_client_frame(raw)
+            except ProtocolViolation as exc:
+                self.push(encode_error(exc.code, exc.message, exc.id))
+                continue
+            if isinstance(frame, Pong):
+                continue
+            if isinstance(frame, Ping):
+                self.push(encode_pong())
+                continue
+            await handle_frame(self, frame)
+
+
+def _size(raw: str | bytes, limit: int) -> int:
+    # A str of n characters encodes to at most 4n bytes: encode only when it could matter.
+    if isinstance(raw, str) and len(raw) * 4 > limit:
+        return len(raw.encode())
+    return len(raw)

@@ -1,0 +1,83 @@
+"""Exceptions raised by budget_ws.
+
+Every exception derives from :class:`BudgetWSError`, so callers can catch the library's
+errors in one place. Problems caused by a *client* (bad frames, denied topics...) never
+raise into the server: they become error frames or close codes (see ``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendNotInstalled",
+    "BudgetWSError",
+    "ConnectionClosed",
+    "EventRegistrationError",
+    "EventValidationError",
+    "InvalidTopic",
+    "ManagerClosed",
+    "UnknownBackend",
+    "UnknownEvent",
+]
+
+
+class BudgetWSError(Exception):
+    """Base class of every error raised by budget_ws."""
+
+
+class EventRegistrationError(BudgetWSError, TypeError):
+    """An event class is declared wrongly, or its wire name is taken by another class."""
+
+
+class UnknownEvent(BudgetWSError, LookupError):
+    """No event class is registered under this wire name."""
+
+
+class EventValidationError(BudgetWSError, ValueError):
+    """An event's data does not match its schema.
+
+    Attributes:
+        event: The wire name of the event that failed.
+        errors: pydantic's list of errors, JSON-serialisable.
+    """
+
+    def __init__(self, event: str, message: str, errors: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.event = event
+        self.errors = errors
+
+
+class InvalidTopic(BudgetWSError, ValueError):
+    """A topic name is empty, too long, or uses characters outside the allowed set."""
+
+
+class ConnectionClosed(BudgetWSError):
+    """The peer has closed the WebSocket, or it was closed by the server.
+
+    Transports raise it from ``receive()`` once the connection is gone.
+
+    Attributes:
+        code: The WebSocket close code, when known.
+        reason: The close reason, possibly empty.
+    """
+
+    def __init__(self, code: int | None = None, reason: str = "") -> None:
+        super().__init__(f"connection closed (code={code}, reason={reason!r})")
+        self.code = code
+        self.reason = reason
+
+
+class ManagerClosed(BudgetWSError, RuntimeError):
+    """The :class:`~budget_ws.ConnectionManager` is not running: enter it with ``async with``."""
+
+
+class UnknownBackend(BudgetWSError, ValueError):
+    """A backend URL names a scheme that no backend handles."""
+
+
+class BackendError(BudgetWSError):
+    """A backend failed to publish, subscribe or read history."""
+
+
+class BackendNotInstalled(BudgetWSError, ImportError):
+    """A backend's optional dependency is not installed; the message says what to install."""

@@ -1,0 +1,629 @@
+"""The ConnectionManager: connections, topics, publishing, recovery and shutdown."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+
+from .backends import Backend, Position, create_backend
+from .connection import Connection, Transport, _Counters
+from .errors import (
+    EventValidationError,
+    InvalidTopic,
+    ManagerClosed,
+    UnknownEvent,
+)
+from .events import Event, EventRegistry, default_registry
+from .limits import Heartbeat, Limits, OutboxLimits, validate_topic
+from .protocol import (
+    ClientEvent,
+    ClientFrame,
+    CloseCode,
+    ErrorCode,
+    Subscribe,
+    Unsubscribe,
+    encode_error,
+    encode_event,
+    encode_resync,
+    encode_subscribed,
+    encode_unsubscribed,
+    encode_welcome,
+    position_frame,
+)
+
+__all__ = ["Action", "ClientMessage", "ConnectionManager", "Stats"]
+
+logger = logging.getLogger("budget_ws")
+
+E = TypeVar("E", bound=Event)
+
+Action = Literal["subscribe", "publish"]
+"""What a client asks ``authorize`` for: to receive a topic, or to send an event to it."""
+
+Authorize = Callable[[Any, str, Action], "bool | Awaitable[bool]"]
+ConnectionHook = Callable[[Connection], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage(Generic[E]):
+    """An event a client sent, validated, as passed to a handler registered with ``on``."""
+
+    connection: Connection
+    """The connection that sent it."""
+    event: E
+    """The validated event."""
+    topic: str | None
+    """The topic the client addressed it to, if any (already authorized)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of one manager's activity, for health checks and metrics."""
+
+    connections: int
+    """Connections being served now."""
+    topics: int
+    """Topics with at least one local subscriber."""
+    queued_frames: int
+    """Frames waiting in all outboxes."""
+    queued_bytes: int
+    """Size of those frames."""
+    published: int
+    """Events published through this manager."""
+    delivered: int
+    """Frames written to client transports."""
+    dropped: int
+    """Frames dropped by the drop-oldest policy."""
+    slow_consumer_disconnects: int
+    """Connections closed because their outbox overflowed."""
+    backend: str
+    """The backend's description."""
+
+
+@dataclass(eq=False)
+class _Topic:
+    """The local subscribers of one topic on this worker."""
+
+    connections: set[Connection] = field(default_factory=set)
+    # Connections resuming from history: live frames wait here until history is sent.
+    recovering: dict[Connection, list[tuple[Position, str]]] = field(default_factory=dict)
+    reserved: int = 0
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    subscribed: bool = False
+
+
+class ConnectionManager:
+    """Serves WebSocket connections and broadcasts events to them by topic.
+
+    Framework-agnostic: adapters hand it an accepted WebSocket wrapped as a
+    :class:`~budget_ws.Transport`. Publishing never waits on a client: each event is
+    encoded once and put in every subscriber's bounded outbox, and one writer task per
+    connection drains it.
+
+    Args:
+        backend: A :class:`~budget_ws.Backend`, or a URL such as ``"memory://"`` or
+            ``"redis://localhost:6379/0"``. The manager opens and closes it.
+        registry: The events clients may send are looked up here.
+        authorize: ``authorize(principal, topic, action)`` decides whether a client may
+            subscribe to (``"subscribe"``) or send an event to (``"publish"``) a topic;
+            it may be async. Without it, every topic is allowed.
+        limits: What one client may send.
+        outbox: Bounds of each connection's send queue and the slow-consumer policy.
+        heartbeat: Ping interval and pong timeout.
+        shutdown_timeout: Seconds :meth:`aclose` lets connections drain before it
+            closes them anyway.
+        on_connect: Awaited with each new connection before it reads its first frame
+            (e.g. to subscribe it to topics server-side).
+        on_disconnect: Awaited with each connection after it has closed.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str = "memory://",
+        *,
+        registry: EventRegistry | None = None,
+        authorize: Authorize | None = None,
+        limits: Limits | None = None,
+        outbox: OutboxLimits | None = None,
+        heartbeat: Heartbeat | None = None,
+        shutdown_timeout: float = 10.0,
+        on_connect: ConnectionHook | None = None,
+        on_disconnect: ConnectionHook | None = None,
+    ) -> None:
+        self.backend: Backend = create_backend(backend) if isinstance(backend, str) else backend
+        self.registry = registry if registry is not None else default_registry
+        self.limits = limits or Limits()
+        self.outbox_limits = outbox or OutboxLimits()
+        self.heartbeat = heartbeat or Heartbeat()
+        self.shutdown_timeout = shutdown_timeout
+        self._authorize = authorize
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._handlers: dict[str, Callable[[ClientMessage[Any]], Awaitable[None]]] = {}
+        self._connections: dict[str, Connection] = {}
+        self._topics: dict[str, _Topic] = {}
+        self._counters = _Counters()
+        self._published = 0
+        self._state: Literal["new", "running", "closing", "closed"] = "new"
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._listener = _ManagerListener(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionManager {self._state} backend={self.backend!r} "
+            f"connections={len(self._connections)}>"
+        )
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ConnectionManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the backend; called by ``async with``."""
+        if self._state != "new":
+            raise ManagerClosed(f"a ConnectionManager can be started once; it is {self._state}")
+        await self.backend.__aenter__()
+        self._state = "running"
+
+    async def aclose(self) -> None:
+        """Shut down gracefully.
+
+        Stops accepting connections, closes every connection with 1012 (service restart)
+        after writing what is already queued, waits up to ``shutdown_timeout`` for them,
+        closes the rest without draining, then closes the backend.
+        """
+        if self._state in ("closing", "closed"):
+            await self._idle.wait()
+            return
+        was_running = self._state == "running"
+        self._state = "closing"
+        try:
+            for connection in list(self._connections.values()):
+                connection.close(CloseCode.SERVICE_RESTART, "server shutting down")
+            with anyio.move_on_after(self.shutdown_timeout, shield=True):
+                await self._idle.wait()
+            for connection in list(self._connections.values()):
+                connection.close(CloseCode.SERVICE_RESTART, "server shutting down", drain=False)
+            with anyio.CancelScope(shield=True):
+                await self._idle.wait()
+                if was_running:
+                    await self.backend.aclose()
+        finally:
+            self._state = "closed"
+
+    @property
+    def running(self) -> bool:
+        """Whether the manager accepts connections and publishes."""
+        return self._state == "running"
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise ManagerClosed(
+                f"the ConnectionManager is {self._state}; use it inside `async with manager:`"
+            )
+
+    # Handlers --------------------------------------------------------------------------
+
+    def on(
+        self, event_class: type[E]
+    ) -> Callable[
+        [Callable[[ClientMessage[E]], Awaitable[None]]],
+        Callable[[ClientMessage[E]], Awaitable[None]],
+    ]:
+        """Register the handler of an event that clients may send.
+
+        Only events with a handler are accepted from clients; others get an
+        ``unknown_event`` error frame. Handlers run in the connection's reader, one frame
+        at a time per connection::
+
+            @manager.on(NoteAdded)
+            async def note_added(message: ClientMessage[NoteAdded]) -> None:
+                await manager.publish(message.event, topic=message.topic)
+        """
+        self.registry.register(event_class)
+
+        def decorator(
+            handler: Callable[[ClientMessage[E]], Awaitable[None]],
+        ) -> Callable[[ClientMessage[E]], Awaitable[None]]:
+            self._handlers[event_class.event_name] = handler
+            return handler
+
+        return decorator
+
+    # Serving connections ---------------------------------------------------------------
+
+    async def serve(
+        self,
+        transport: Transport,
+        *,
+        principal: Any = None,
+        connection_id: str | None = None,
+    ) -> None:
+        """Serve one accepted WebSocket until it closes.
+
+        Sends the welcome frame, answers the client's frames, and delivers the events of
+        its topics. Returns when the client leaves or the connection is closed; never
+        raises because of what the client did. During shutdown, the transport is closed at
+        once with 1012.
+
+        Args:
+            transport: The accepted WebSocket.
+            principal: Who is connected (from the adapter's ``authenticate``); passed to
+                ``authorize``.
+            connection_id: Identifier to use instead of a random one.
+        """
+        connection = Connection(
+            transport,
+            principal=principal,
+            connection_id=connection_id,
+            limits=self.limits,
+            outbox_limits=self.outbox_limits,
+            heartbeat=self.heartbeat,
+            counters=self._counters,
+        )
+        if self._state != "running":
+            if self._state == "new":
+                raise ManagerClosed("start the ConnectionManager (`async with manager:`) first")
+            connection.close(CloseCode.SERVICE_RESTART, "server shutting down")
+            await connection.run(self._handle_frame)
+            return
+        if connection.id in self._connections:
+            raise ValueError(f"connection id {connection.id!r} is already in use")
+        self._connections[connection.id] = connection
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        try:
+            heartbeat = self.heartbeat
+            connection.push(
+                encode_welcome(
+                    connection.id, heartbeat.interval, heartbeat.timeout, self.limits.describe()
+                )
+            )
+            if self._on_connect is not None:
+                try:
+                    await self._on_connect(connection)
+                except Exception:
+                    logger.exception("on_connect failed for %r", connection)
+                    connection.close(CloseCode.INTERNAL_ERROR, "on_connect failed")
+            await connection.run(self._handle_frame)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for topic in list(connection.topics):
+                    await self._detach(connection, topic)
+                del self._connections[connection.id]
+                if not self._connections:
+                    self._idle.set()
+                if self._on_disconnect is not None:
+                    try:
+                        await self._on_disconnect(connection)
+                    except Exception:
+                        logger.exception("on_disconnect failed for %r", connection)
+
+    @property
+    def connections(self) -> dict[str, Connection]:
+        """The connections being served, by id (a copy)."""
+        return dict(self._connections)
+
+    async def _handle_frame(self, connection: Connection, frame: ClientFrame) -> None:
+        if isinstance(frame, Subscribe):
+            await self._client_subscribe(connection, frame)
+        elif isinstance(frame, Unsubscribe):
+            if frame.topic in connection.topics:
+                await self._detach(connection, frame.topic)
+            connection.push(encode_unsubscribed(frame.topic, frame.id))
+        elif isinstance(frame, ClientEvent):
+            await self._client_event(connection, frame)
+
+    async def _client_subscribe(self, connection: Connection, frame: Subscribe) -> None:
+        topic = frame.topic
+        try:
+            validate_topic(topic, self.limits.max_topic_length)
+        except InvalidTopic as exc:
+            connection.push(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
+            return
+        if not await self._allowed(connection, topic, "subscribe"):
+            connection.push(
+                encode_error(
+                    ErrorCode.FORBIDDEN,
+                    f"not allowed to subscribe to {topic!r}",
+                    frame.id,
+                    topic=topic,
+                )
+            )
+            return
+        await self._subscribe(connection, topic, frame.position, frame.id)
+
+    async def _client_event(self, connection: Connection, frame: ClientEvent) -> None:
+        handler = self._handlers.get(frame.event)
+        if handler is None:
+            connection.push(
+                encode_error(
+                    ErrorCode.UNKNOWN_EVENT,
+                    f"the server accepts no event named {frame.event!r}",
+                    frame.id,
+                )
+            )
+            return
+        topic = frame.topic
+        if topic is not None:
+            try:
+                validate_topic(topic, self.limits.max_topic_length)
+            except InvalidTopic as exc:
+                connection.push(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
+                return
+            if not await self._allowed(connection, topic, "publish"):
+                connection.push(
+                    encode_error(
+                        ErrorCode.FORBIDDEN,
+                        f"not allowed to publish to {topic!r}",
+                        frame.id,
+                        topic=topic,
+                    )
+                )
+                return
+        try:
+            event = self.registry.validate(frame.event, frame.data)
+        except EventValidationError as exc:
+            connection.push(
+                encode_error(ErrorCode.INVALID_EVENT, str(exc), frame.id, details=exc.errors)
+            )
+            return
+        except UnknownEvent as exc:
+            connection.push(encode_error(ErrorCode.UNKNOWN_EVENT, str(exc), frame.id))
+            return
+        try:
+            await handler(ClientMessage(connection, event, topic))
+        except Exception:
+            logger.exception("handler for %r failed", frame.event)
+            connection.push(
+                encode_error(
+                    ErrorCode.HANDLER_ERROR,
+                    f"the server failed to handle {frame.event!r}",
+                    frame.id,
+                )
+            )
+
+    async def _allowed(self, connection: Connection, topic: str, action: Action) -> bool:
+        if self._authorize is None:
+            return True
+        try:
+            verdict = self._authorize(connection.principal, topic, action)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("authorize failed for %r on %r", connection, topic)
+            return False
+        return verdict is True
+
+    # Topics ----------------------------------------------------------------------------
+
+    async def subscribe(
+        self, connection: Connection, topic: str, *, position: Position | None = None
+    ) -> None:
+        """Subscribe a connection to a topic from the server side (no ``authorize``).
+
+        The client receives a ``subscribed`` frame as if it had asked itself.
+
+        Raises:
+            InvalidTopic: The topic name breaks the naming rules.
+        """
+        self._check_running()
+        validate_topic(topic, self.limits.max_topic_length)
+        await self._subscribe(connection, topic, position, None)
+
+    async def unsubscribe(self, connection: Connection, topic: str) -> None:
+        """Unsubscribe a connection from a topic; the client gets an ``unsubscribed`` frame."""
+        if topic in connection.topics:
+            await self._detach(connection, topic)
+            connection.push(encode_unsubscribed(topic))
+
+    async def _subscribe(
+        self,
+        connection: Connection,
+        topic: str,
+        position: Position | None,
+        request_id: int | str | None,
+    ) -> None:
+        if topic in connection.topics:
+            # A second subscribe restarts the subscription, resuming where it says.
+            await self._detach(connection, topic)
+        elif len(connection.topics) >= self.limits.max_topics_per_connection:
+            connection.push(
+                encode_error(
+                    ErrorCode.TOO_MANY_TOPICS,
+                    f"a connection may hold {self.limits.max_topics_per_connection} topics",
+                    request_id,
+                    topic=topic,
+                )
+            )
+            return
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic()
+        state.reserved += 1
+        try:
+            try:
+                async with state.lock:
+                    if not state.subscribed:
+                        # Confirmed before anything else happens: events published after
+                        # this point reach the buffer below, so none fall in between.
+                        await self.backend.subscribe(topic, self._listener)
+                        state.subscribed = True
+                buffer: list[tuple[Position, str]] = []
+                state.recovering[connection] = buffer
+                try:
+                    recovery = await self.backend.history(
+                        topic, position, self.outbox_limits.max_messages - 1
+                    )
+                finally:
+                    del state.recovering[connection]
+            except Exception as exc:
+                logger.exception("subscribing %r to %r failed", connection, topic)
+                connection.push(
+                    encode_error(
+                        ErrorCode.BACKEND_ERROR,
+                        f"could not subscribe to {topic!r}: {exc}; retry later",
+                        request_id,
+                        topic=topic,
+                    )
+                )
+                return
+            if connection.closed:
+                return
+            recovered = recovery.recovered and position is not None
+            frames = [position_frame(payload, topic, at) for at, payload in recovery.items]
+            if recovered and not connection.fits(len(frames) + 1, sum(map(len, frames))):
+                # Replaying would overflow the outbox and close the connection: ask the
+                # client to reload instead, which it would have to do anyway.
+                recovered, frames = False, []
+            top = recovery.position
+            connection.push(encode_subscribed(topic, top, recovered, request_id))
+            for frame in frames:
+                connection.push(frame)
+            for at, frame in buffer:
+                if at.epoch != top.epoch or at.offset > top.offset:
+                    connection.push(frame)
+            connection.topics.add(topic)
+            state.connections.add(connection)
+        finally:
+            state.reserved -= 1
+            await self._release(topic, state)
+
+    async def _detach(self, connection: Connection, topic: str) -> None:
+        connection.topics.discard(topic)
+        state = self._topics.get(topic)
+        if state is not None:
+            state.connections.discard(connection)
+            await self._release(topic, state)
+
+    async def _release(self, topic: str, state: _Topic) -> None:
+        """Drop the backend subscription once no local connection needs the topic."""
+        if state.connections or state.reserved:
+            return
+        async with state.lock:
+            if state.connections or state.reserved or self._topics.get(topic) is not state:
+                return
+            del self._topics[topic]
+            if state.subscribed:
+                state.subscribed = False
+                try:
+                    await self.backend.unsubscribe(topic, self._listener)
+                except Exception:
+                    logger.exception("unsubscribing %r from the backend failed", topic)
+
+    # Publishing ------------------------------------------------------------------------
+
+    async def publish(self, event: Event, *, topic: str) -> Position:
+        """Publish an event to every subscriber of ``topic``, on every worker.
+
+        The event is encoded once; no client socket is awaited. Subscribers that
+        reconnect within the backend's history window recover it.
+
+        Returns:
+            The position the event got in its topic.
+
+        Raises:
+            InvalidTopic: The topic name breaks the naming rules.
+            ManagerClosed: The manager is not running.
+            TypeError: ``event`` is not an :class:`~budget_ws.Event`.
+        """
+        self._check_running()
+        if not isinstance(event, Event):
+            raise TypeError(f"publish() takes a budget_ws.Event, not {type(event).__name__}")
+        validate_topic(topic, self.limits.max_topic_length)
+        position = await self.backend.publish(topic, encode_event(event))
+        self._published += 1
+        return position
+
+    async def send(self, connection: Connection, event: Event) -> None:
+        """Send an event to one connection, outside any topic (not recoverable)."""
+        self._check_running()
+        connection.push(encode_event(event).decode())
+
+    async def broadcast(self, event: Event) -> int:
+        """Send an event to every connection of *this* manager, outside any topic.
+
+        Not recoverable and local to this worker; to reach every client of every
+        worker, publish to a topic they all subscribe to.
+
+        Returns:
+            The number of connections the event was queued for.
+        """
+        self._check_running()
+        frame = encode_event(event).decode()
+        connections = list(self._connections.values())
+        for connection in connections:
+            connection.push(frame)
+        return len(connections)
+
+    def _deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        frame = position_frame(payload, topic, position)
+        for buffer in state.recovering.values():
+            buffer.append((position, frame))
+        for connection in state.connections:
+            connection.push(frame)
+
+    def _resync(self, topic: str, position: Position) -> None:
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        frame = encode_resync(topic, position)
+        for connection in state.connections:
+            connection.push(frame)
+
+    # Introspection ---------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """Return counters and gauges of this manager."""
+        connections = list(self._connections.values())
+        counters = self._counters
+        return Stats(
+            connections=len(connections),
+            topics=len(self._topics),
+            queued_frames=sum(connection.queued_frames for connection in connections),
+            queued_bytes=sum(connection.queued_bytes for connection in connections),
+            published=self._published,
+            delivered=counters.delivered,
+            dropped=counters.dropped,
+            slow_consumer_disconnects=counters.slow_consumers,
+            backend=repr(self.backend),
+        )
+
+    def topic_connections(self, topic: str) -> Iterable[Connection]:
+        """The local connections subscribed to ``topic``."""
+        state = self._topics.get(topic)
+        return tuple(state.connections) if state is not None else ()
+
+
+class _ManagerListener:
+    """The manager's face towards its backend (keeps ``deliver`` off the public API)."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self._manager = manager
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        self._manager._deliver(topic, position, payload)
+
+    def resync(self, topic: str, position: Position) -> None:
+        self._manager._resync(topic, position)

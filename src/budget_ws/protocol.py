@@ -1,0 +1,392 @@
+"""Wire protocol ``budget-ws.v1``: the frames and their encoding.
+
+This module is the only place that knows JSON field names; ``docs/protocol.md`` describes
+the same frames for client authors. Event frames keep the original
+``{"event": ..., "data": ...}`` shape; control frames carry an ``"op"`` field instead.
+A server message holds one or more frames separated by a line feed (``"\\n"``), so frames
+that queued up for a client leave in one WebSocket message; JSON never contains a raw
+line feed, so splitting is unambiguous.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+
+from .backends.base import Position
+from .events import Event
+
+__all__ = [
+    "FRAME_SEPARATOR",
+    "SUBPROTOCOL",
+    "ClientEvent",
+    "ClientFrame",
+    "CloseCode",
+    "ErrorCode",
+    "Ping",
+    "Pong",
+    "ProtocolViolation",
+    "Subscribe",
+    "Unsubscribe",
+    "decode_client_frame",
+    "decode_server_message",
+    "encode_client_event",
+    "encode_error",
+    "encode_event",
+    "encode_ping",
+    "encode_pong",
+    "encode_resync",
+    "encode_subscribe",
+    "encode_subscribed",
+    "encode_unsubscribe",
+    "encode_unsubscribed",
+    "encode_welcome",
+    "position_frame",
+]
+
+SUBPROTOCOL = "budget-ws.v1"
+"""The WebSocket subprotocol name of this protocol version."""
+
+FRAME_SEPARATOR = "\n"
+"""Separates frames that share one server message."""
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses, and what a client should do after each."""
+
+    NORMAL = 1000
+    """The server closed the connection on purpose; do not reconnect."""
+    GOING_AWAY = 1001
+    """The client is leaving (sent by clients)."""
+    PROTOCOL_ERROR = 1002
+    """The client does not speak ``budget-ws.v1``; do not reconnect."""
+    POLICY_VIOLATION = 1008
+    """Refused by policy (origin, authentication); do not reconnect."""
+    MESSAGE_TOO_BIG = 1009
+    """A client frame exceeded ``Limits.max_frame_bytes``; reconnect after a backoff."""
+    INTERNAL_ERROR = 1011
+    """The server failed; reconnect after a backoff."""
+    SERVICE_RESTART = 1012
+    """The server is shutting down; reconnect (to another worker) and resume."""
+    TRY_AGAIN_LATER = 1013
+    """The server is overloaded; reconnect after a backoff."""
+    SLOW_CONSUMER = 4000
+    """The client's outbox overflowed; reconnect and resume to recover what was dropped."""
+    HEARTBEAT_TIMEOUT = 4001
+    """No pong arrived in time; reconnect and resume."""
+    FORBIDDEN = 4003
+    """Authentication or authorization failed for the connection; do not reconnect."""
+    RATE_LIMITED = 4029
+    """The client sent frames faster than ``Limits.max_messages_per_second``."""
+
+
+FINAL_CLOSE_CODES = frozenset(
+    {CloseCode.NORMAL, CloseCode.PROTOCOL_ERROR, CloseCode.POLICY_VIOLATION, CloseCode.FORBIDDEN}
+)
+"""Close codes after which a client must not reconnect on its own."""
+
+
+class ErrorCode(str, enum.Enum):
+    """The ``code`` of an error frame; the connection stays open after each."""
+
+    BAD_FRAME = "bad_frame"
+    """Not JSON, not an object, or a field of the wrong type."""
+    UNKNOWN_OP = "unknown_op"
+    """The ``op`` is not one this protocol version knows."""
+    INVALID_TOPIC = "invalid_topic"
+    """The topic name is empty, too long, or has characters outside the allowed set."""
+    TOO_MANY_TOPICS = "too_many_topics"
+    """The connection already holds ``Limits.max_topics_per_connection`` topics."""
+    FORBIDDEN = "forbidden"
+    """``authorize`` denied the subscribe or publish."""
+    UNKNOWN_EVENT = "unknown_event"
+    """No event with that name is accepted from clients."""
+    INVALID_EVENT = "invalid_event"
+    """The event's data failed its schema; ``details`` lists pydantic's errors."""
+    HANDLER_ERROR = "handler_error"
+    """The server's handler for the event failed."""
+    BACKEND_ERROR = "backend_error"
+    """The backend could not subscribe the topic; retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """A client asks for a topic, optionally resuming after ``position``."""
+
+    topic: str
+    position: Position | None = None
+    id: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """A client leaves a topic."""
+
+    topic: str
+    id: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A client checks that the server is alive; the server answers with a pong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A client answers the server's ping."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    """A client sends an event, validated later against the registry."""
+
+    event: str
+    data: Any
+    topic: str | None = None
+    id: int | str | None = None
+
+
+ClientFrame = Subscribe | Unsubscribe | Ping | Pong | ClientEvent
+
+
+class ProtocolViolation(Exception):
+    """A client frame that cannot be decoded; answered with an error frame."""
+
+    def __init__(self, code: ErrorCode, message: str, id: int | str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+
+
+_PING = Ping()
+_PONG = Pong()
+
+
+def decode_client_frame(raw: str | bytes) -> ClientFrame:
+    """Decode one frame sent by a client.
+
+    Raises:
+        ProtocolViolation: The frame is malformed; its ``code`` and ``message`` go into the
+            error frame sent back.
+    """
+    try:
+        frame = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, "frame must be a JSON object")
+    request_id = frame.get("id")
+    if request_id is not None and (
+        isinstance(request_id, bool) or not isinstance(request_id, (int, str))
+    ):
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, "'id' must be a string or an integer")
+
+    if "event" in frame:
+        name = frame["event"]
+        if not isinstance(name, str) or not name:
+            raise ProtocolViolation(
+                ErrorCode.BAD_FRAME, "'event' must be a non-empty string", request_id
+            )
+        topic = frame.get("topic")
+        if topic is not None and not isinstance(topic, str):
+            raise ProtocolViolation(ErrorCode.BAD_FRAME, "'topic' must be a string", request_id)
+        return ClientEvent(name, frame.get("data"), topic, request_id)
+
+    op = frame.get("op")
+    if op == "pong":
+        return _PONG
+    if op == "ping":
+        return _PING
+    if op == "subscribe":
+        return Subscribe(
+            _topic_field(frame, request_id), _position_field(frame, request_id), request_id
+        )
+    if op == "unsubscribe":
+        return Unsubscribe(_topic_field(frame, request_id), request_id)
+    if op is None:
+        raise ProtocolViolation(
+            ErrorCode.BAD_FRAME, "frame needs an 'op' or an 'event' field", request_id
+        )
+    raise ProtocolViolation(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", request_id)
+
+
+def _topic_field(frame: dict[str, Any], request_id: int | str | None) -> str:
+    topic = frame.get("topic")
+    if not isinstance(topic, str):
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, "'topic' must be a string", request_id)
+    return topic
+
+
+def _position_field(frame: dict[str, Any], request_id: int | str | None) -> Position | None:
+    position = frame.get("position")
+    if position is None:
+        return None
+    if isinstance(position, dict):
+        offset = position.get("offset")
+        epoch = position.get("epoch")
+        if (
+            isinstance(offset, int)
+            and not isinstance(offset, bool)
+            and offset >= 0
+            and isinstance(epoch, str)
+        ):
+            return Position(offset, epoch)
+    raise ProtocolViolation(
+        ErrorCode.BAD_FRAME,
+        '\'position\' must be {"offset": <integer >= 0>, "epoch": <string>}',
+        request_id,
+    )
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an event once into the payload every client of a topic will get.
+
+    The payload is a complete ``{"event": ..., "data": ...}`` object; the position is
+    added per topic by :func:`position_frame`.
+    """
+    data = event.__pydantic_serializer__.to_json(event)
+    name = json.dumps(event.event_name, ensure_ascii=False).encode()
+    return b'{"event":' + name + b',"data":' + data + b"}"
+
+
+def position_frame(payload: bytes, topic: str, position: Position) -> str:
+    """Turn an event payload into the frame of one topic, carrying its position.
+
+    Done once per event per worker, whatever the number of clients.
+    """
+    suffix = (
+        f',"topic":{json.dumps(topic, ensure_ascii=False)},"offset":{position.offset},'
+        f'"epoch":{json.dumps(position.epoch, ensure_ascii=False)}}}'
+    )
+    return payload[:-1].decode() + suffix
+
+
+def encode_welcome(
+    connection_id: str, heartbeat_interval: float, heartbeat_timeout: float, limits: dict[str, int]
+) -> str:
+    """The first frame of every connection: what the client needs to behave."""
+    return _dumps(
+        {
+            "op": "welcome",
+            "protocol": SUBPROTOCOL,
+            "connection_id": connection_id,
+            "heartbeat": {"interval": heartbeat_interval, "timeout": heartbeat_timeout},
+            "limits": limits,
+        }
+    )
+
+
+def _position_json(position: Position) -> dict[str, Any]:
+    return {"offset": position.offset, "epoch": position.epoch}
+
+
+def encode_subscribed(
+    topic: str, position: Position, recovered: bool, request_id: int | str | None = None
+) -> str:
+    """Confirms a subscription; sent before any event of the topic reaches the client."""
+    frame: dict[str, Any] = {
+        "op": "subscribed",
+        "topic": topic,
+        "position": _position_json(position),
+        "recovered": recovered,
+    }
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def encode_unsubscribed(topic: str, request_id: int | str | None = None) -> str:
+    """Confirms that no more events of ``topic`` will follow."""
+    frame: dict[str, Any] = {"op": "unsubscribed", "topic": topic}
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def encode_resync(topic: str, position: Position) -> str:
+    """Tells the client that events of ``topic`` were lost and it must reload its state."""
+    return _dumps({"op": "resync", "topic": topic, "position": _position_json(position)})
+
+
+def encode_error(
+    code: ErrorCode,
+    message: str,
+    request_id: int | str | None = None,
+    *,
+    topic: str | None = None,
+    details: list[dict[str, object]] | None = None,
+) -> str:
+    """An error answer to one client frame; the connection stays open."""
+    frame: dict[str, Any] = {"op": "error", "code": code.value, "message": message}
+    if request_id is not None:
+        frame["id"] = request_id
+    if topic is not None:
+        frame["topic"] = topic
+    if details is not None:
+        frame["details"] = details
+    return _dumps(frame)
+
+
+_PING_FRAME = '{"op":"ping"}'
+_PONG_FRAME = '{"op":"pong"}'
+
+
+def encode_ping() -> str:
+    """The server's heartbeat; the client answers with a pong."""
+    return _PING_FRAME
+
+
+def encode_pong() -> str:
+    """The answer to a ping."""
+    return _PONG_FRAME
+
+
+# Client-side encoders: used by budget_ws.testing and by Python clients.
+
+
+def encode_subscribe(
+    topic: str, position: Position | None = None, request_id: int | str | None = None
+) -> str:
+    """A client's subscribe frame."""
+    frame: dict[str, Any] = {"op": "subscribe", "topic": topic}
+    if position is not None:
+        frame["position"] = _position_json(position)
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def encode_unsubscribe(topic: str, request_id: int | str | None = None) -> str:
+    """A client's unsubscribe frame."""
+    frame: dict[str, Any] = {"op": "unsubscribe", "topic": topic}
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def encode_client_event(
+    event: Event, topic: str | None = None, request_id: int | str | None = None
+) -> str:
+    """A client's event frame."""
+    frame: dict[str, Any] = {"event": event.event_name, "data": event.model_dump(mode="json")}
+    if topic is not None:
+        frame["topic"] = topic
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def decode_server_message(message: str | bytes) -> list[dict[str, Any]]:
+    """Split a server message into its frames and decode each."""
+    if isinstance(message, bytes):
+        message = message.decode()
+    return [json.loads(line) for line in message.split(FRAME_SEPARATOR) if line]

@@ -84,6 +84,16 @@ class MemoryTransport:
         # The client reads what was sent before the close, then sees the end.
         self._to_client_send.close()
 
+    def release(self) -> None:
+        """Free both directions of the in-memory stream once nobody uses them."""
+        for stream in (
+            self._to_client_send,
+            self.to_client,
+            self.to_server,
+            self._to_server_receive,
+        ):
+            stream.close()
+
 
 class MemoryClient:
     """A budget-ws client over a :class:`MemoryTransport`, speaking the wire protocol.
@@ -208,13 +218,16 @@ async def connect(
     client = MemoryClient(transport)
     if positions:
         client.positions.update(positions)
-    async with anyio.create_task_group() as task_group:
-        task_group.start_soon(_serve, manager, transport, principal)
-        try:
-            yield client
-        finally:
-            if transport.close_code is None:
-                await client.close()
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(_serve, manager, transport, principal)
+            try:
+                yield client
+            finally:
+                if transport.close_code is None:
+                    await client.close()
+    finally:
+        transport.release()
 
 
 async def _serve(manager: ConnectionManager, transport: MemoryTransport, principal: Any) -> None:

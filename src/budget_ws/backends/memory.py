@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 
+import anyio.lowlevel
 from typing_extensions import Self
 
 from .base import Listener, Position, Recovery
@@ -104,7 +105,12 @@ class MemoryBackend:
                 del self._topics[name]
 
     async def publish(self, topic: str, payload: bytes) -> Position:
-        """Append to history and deliver to every listener before returning."""
+        """Append to history and deliver to every listener before returning.
+
+        Yields to the event loop once, after delivering, as a networked backend would:
+        connection writers then flush between the events of a burst, so a burst is not
+        mistaken for a slow consumer.
+        """
         now = self._clock()
         self._sweep(now)
         state = self._topic(topic)
@@ -118,6 +124,7 @@ class MemoryBackend:
                 listener.deliver(topic, position, payload)
             except Exception:  # one broken listener must not stop the others
                 logger.exception("listener %r failed on topic %r", listener, topic)
+        await anyio.lowlevel.checkpoint()
         return position
 
     async def subscribe(self, topic: str, listener: Listener) -> None:

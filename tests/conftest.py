@@ -1,0 +1,39 @@
+"""Shared fixtures: every async test runs on asyncio and on trio."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from budget_ws import ConnectionManager, Heartbeat, MemoryBackend
+
+_skipped: list[str] = []
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[ConnectionManager]:
+    async with ConnectionManager(
+        MemoryBackend(), heartbeat=Heartbeat(interval=60, timeout=60), shutdown_timeout=2
+    ) as running:
+        yield running
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # In CI a skipped test is a failed test: Redis and browser tests must really run.
+    if os.environ.get("CI") and _skipped:
+        print(f"\nCI forbids skipped tests; {len(_skipped)} skipped:")
+        for nodeid in _skipped:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from budget_ws import (
@@ -191,18 +192,17 @@ async def test_events_published_while_recovering_are_neither_lost_nor_duplicated
     history_sees_them: int,
 ) -> None:
     backend = _PublishDuringHistory(during=3, after=history_sees_them)
-    async with ConnectionManager(backend) as manager:
-        async with connect(manager) as watcher:
-            await watcher.subscribe("t")  # keeps the topic subscribed on the backend
-            start = await manager.publish(fact(1), topic="t")
-            await manager.publish(fact(2), topic="t")
-            backend.armed = True
-            async with connect(manager) as client:
-                subscribed = await client.subscribe("t", position=start)
-                assert subscribed["recovered"] is True
-                await manager.publish(fact(9), topic="t")
-                offsets = [frame["offset"] for frame in await events(client, 5)]
-                assert offsets == [2, 3, 4, 5, 6]
+    async with ConnectionManager(backend) as manager, connect(manager) as watcher:
+        await watcher.subscribe("t")  # keeps the topic subscribed on the backend
+        start = await manager.publish(fact(1), topic="t")
+        await manager.publish(fact(2), topic="t")
+        backend.armed = True
+        async with connect(manager) as client:
+            subscribed = await client.subscribe("t", position=start)
+            assert subscribed["recovered"] is True
+            await manager.publish(fact(9), topic="t")
+            offsets = [frame["offset"] for frame in await events(client, 5)]
+            assert offsets == [2, 3, 4, 5, 6]
 
 
 async def test_send_and_broadcast_bypass_topics(manager: ConnectionManager) -> None:
@@ -272,7 +272,9 @@ async def test_client_event_errors_leave_the_connection_open() -> None:
             await client.send_raw('{"event": "test_manager_note", "data": {"text": "boom"}}')
             assert (await client.receive())["code"] == "handler_error"
 
-            await client.send_raw('{"event": "test_manager_note", "data": {"text": "x"}, "topic": "$"}')
+            await client.send_raw(
+                '{"event": "test_manager_note", "data": {"text": "x"}, "topic": "$"}'
+            )
             assert (await client.receive())["code"] == "invalid_topic"
 
             assert (await client.subscribe("still-works"))["op"] == "subscribed"
@@ -287,7 +289,7 @@ async def test_authorize_is_checked_on_subscribe_and_on_publish(asynchronous: bo
         return topic == f"budget:{principal}"
 
     async def allow_async(principal: Any, topic: str, action: str) -> bool:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return allow(principal, topic, action)
 
     handled: list[Note] = []
@@ -334,7 +336,10 @@ async def test_an_authorize_hook_that_raises_denies() -> None:
         ('{"op": "explode"}', "unknown_op"),
         ('{"op": "subscribe"}', "bad_frame"),
         ('{"op": "subscribe", "topic": 5}', "bad_frame"),
-        ('{"op": "subscribe", "topic": "t", "position": {"offset": -1, "epoch": "e"}}', "bad_frame"),
+        (
+            '{"op": "subscribe", "topic": "t", "position": {"offset": -1, "epoch": "e"}}',
+            "bad_frame",
+        ),
         ('{"op": "subscribe", "topic": "t", "position": "17"}', "bad_frame"),
         ('{"op": "subscribe", "topic": "t", "id": [1]}', "bad_frame"),
         ('{"op": "subscribe", "topic": ""}', "invalid_topic"),
@@ -492,16 +497,15 @@ async def test_client_ping_gets_a_pong(manager: ConnectionManager) -> None:
 
 async def test_shutdown_drains_then_closes_every_connection_with_1012() -> None:
     manager = ConnectionManager(shutdown_timeout=5)
-    async with manager:
-        async with connect(manager) as first, connect(manager) as second:
-            await first.subscribe("t")
-            await second.subscribe("t")
-            await manager.publish(fact(1), topic="t")
-            await manager.aclose()
-            for client in (first, second):
-                assert (await client.receive_event())["offset"] == 1, "queued frames drain"
-                closed = await closed_with(client)
-                assert closed.code == CloseCode.SERVICE_RESTART
+    async with manager, connect(manager) as first, connect(manager) as second:
+        await first.subscribe("t")
+        await second.subscribe("t")
+        await manager.publish(fact(1), topic="t")
+        await manager.aclose()
+        for client in (first, second):
+            assert (await client.receive_event())["offset"] == 1, "queued frames drain"
+            closed = await closed_with(client)
+            assert closed.code == CloseCode.SERVICE_RESTART
     assert not manager.running
     with pytest.raises(ManagerClosed):
         await manager.publish(fact(2), topic="t")
@@ -541,18 +545,20 @@ async def test_manager_must_be_started() -> None:
 async def test_publish_rejects_bad_topics_and_non_events(manager: ConnectionManager) -> None:
     with pytest.raises(InvalidTopic):
         await manager.publish(fact(1), topic="white space")
-    with pytest.raises(TypeError, match="budget_ws.Event"):
+    with pytest.raises(TypeError, match=r"budget_ws\.Event"):
         await manager.publish({"event": "x"}, topic="t")  # type: ignore[arg-type]
 
 
 async def test_hooks_subscribe_server_side_and_see_disconnects() -> None:
     gone: list[str] = []
+    disconnected = anyio.Event()
 
     async def on_connect(connection: Connection) -> None:
         await manager.subscribe(connection, f"user:{connection.principal}")
 
     async def on_disconnect(connection: Connection) -> None:
         gone.append(connection.id)
+        disconnected.set()
 
     manager = ConnectionManager(on_connect=on_connect, on_disconnect=on_disconnect)
     async with manager:
@@ -567,8 +573,7 @@ async def test_hooks_subscribe_server_side_and_see_disconnects() -> None:
             assert await client.receive() == {"op": "unsubscribed", "topic": "user:ann"}
             assert manager.topic_connections("user:ann") == ()
         with anyio.fail_after(2):
-            while not gone:
-                await anyio.sleep(0.01)
+            await disconnected.wait()
     assert gone == [connection.id]
 
 

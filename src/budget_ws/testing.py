@@ -33,7 +33,7 @@ from .protocol import (
     encode_unsubscribe,
 )
 
-__all__ = ["MemoryClient", "MemoryTransport", "connect"]
+__all__ = ["MemoryClient", "MemoryTransport", "RecordingListener", "connect"]
 
 
 class MemoryTransport:
@@ -232,3 +232,31 @@ async def connect(
 
 async def _serve(manager: ConnectionManager, transport: MemoryTransport, principal: Any) -> None:
     await manager.serve(transport, principal=principal)
+
+
+class RecordingListener:
+    """A backend :class:`~budget_ws.Listener` that keeps what it is given.
+
+    For testing a backend, including one of your own, without a manager.
+    """
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, Position, bytes]] = []
+        """``(topic, position, payload)`` of every delivery, in order."""
+        self.resyncs: list[tuple[str, Position]] = []
+        """``(topic, position)`` of every resync notice, in order."""
+        self._changed = anyio.Event()
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        self.delivered.append((topic, position, payload))
+        self._changed.set()
+
+    def resync(self, topic: str, position: Position) -> None:
+        self.resyncs.append((topic, position))
+        self._changed.set()
+
+    async def wait_for(self, deliveries: int, *, resyncs: int = 0) -> None:
+        """Wait until at least this many deliveries and resync notices have arrived."""
+        while len(self.delivered) < deliveries or len(self.resyncs) < resyncs:
+            await self._changed.wait()
+            self._changed = anyio.Event()

@@ -1,0 +1,465 @@
+/**
+ * The browser client of budget_ws: one ES module, no dependencies, shipped as-is.
+ *
+ * It speaks the `budget-ws.v1` wire protocol described in `docs/protocol.md` (the single
+ * source of truth): it reconnects with fully jittered backoff, watches the server's
+ * heartbeat, re-subscribes with the last processed position of every topic so missed
+ * events are replayed, drops duplicates and reports gaps (`budget-ws:resync-needed`).
+ *
+ * @example
+ * import { connect } from "/budget-ws.js";
+ * const ws = connect("/ws");
+ * ws.on("budget_fact_created", (data, frame) => console.log(data, frame.offset));
+ * await ws.subscribe("budget:42");
+ *
+ * @module budget-ws
+ */
+
+/** The WebSocket subprotocol this client speaks. */
+export const PROTOCOL = "budget-ws.v1";
+
+const PREFIX = "budget-ws:";
+/** Close codes after which the client must not reconnect on its own (protocol.md). */
+const FINAL_CODES = [1000, 1002, 1008, 4003];
+/** Server silence (ms) tolerated before the welcome frame tells the real heartbeat. */
+const DEFAULT_SILENCE = 40000;
+
+/** Report a handler's exception without stopping the frames that follow. */
+const report = (error) => (globalThis.reportError || console.error)(error);
+
+/** An Error with the protocol's `code` (and the error frame, when there is one). */
+const failure = (code, message, frame) => Object.assign(new Error(message), { code, frame });
+
+/**
+ * A budget-ws connection: topics, events and connection state, surviving reconnects.
+ *
+ * Delivery: events published to a topic reach handlers at most once and in offset order;
+ * after a reconnect the server replays what was missed when it still can, otherwise the
+ * client emits `budget-ws:resync-needed` and the app reloads its state.
+ */
+export class BudgetWS {
+  /**
+   * @param {string} url `ws(s)://` URL; in a page, a relative or `http(s)://` URL is
+   *   resolved against `location` and given the matching `ws(s)://` scheme.
+   * @param {object} [options] See `BudgetWSOptions` in `budget-ws.d.ts`.
+   */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = {
+      protocols: [PROTOCOL],
+      minDelay: 500,
+      maxDelay: 20000,
+      stableAfter: 5000,
+      heartbeatSlack: 5000,
+      WebSocket: globalThis.WebSocket,
+      random: Math.random,
+      now: Date.now,
+      setTimeout: (callback, ms) => setTimeout(callback, ms),
+      clearTimeout: (timer) => clearTimeout(timer),
+      window: globalThis.window,
+      document: globalThis.document,
+      storageKey: PREFIX + url,
+      ...options,
+    };
+    /** @type {"connecting" | "open" | "closed"} */
+    this.state = "closed";
+    /** Last processed position per topic. @type {Map<string, {offset: number, epoch: string}>} */
+    this.positions = new Map();
+    this._handlers = new Map(); // event name -> Set of handlers
+    this._subs = new Map(); // remembered topic -> [resolve, reject] of unanswered subscribe()s
+    this._requests = new Map(); // subscribe id -> {topic, position sent}
+    this._id = 0;
+    this._attempt = 0;
+    this._stopped = true;
+    const { storage, storageKey } = this.options;
+    try {
+      const saved = JSON.parse(storage.getItem(storageKey)) || {};
+      for (const topic in saved) this.positions.set(topic, saved[topic]);
+    } catch {} // no storage, nothing saved, or garbage: start afresh
+  }
+
+  /** Open the connection (again, after `close()`); returns `this`. */
+  connect() {
+    if (this._stopped) this._attempt = 0;
+    this._stopped = this._paused = false;
+    this._listen();
+    if (!this._ws) this._open();
+    return this;
+  }
+
+  /**
+   * Close for good: no reconnect until `connect()` is called again. Unanswered
+   * `subscribe()` promises reject with code `"closed"`; topics stay remembered.
+   * @param {number} [code] 1000 or 3000-4999.
+   * @param {string} [reason]
+   */
+  close(code = 1000, reason = "") {
+    this._stopped = true;
+    this._lifecycle?.abort();
+    this._lifecycle = null;
+    this._clear();
+    this._close(code, reason);
+  }
+
+  /**
+   * Subscribe to a topic; remembered and re-sent with its last position on every reconnect.
+   * @param {string} topic
+   * @returns {Promise<object>} The `subscribed` frame. Rejects with an Error carrying the
+   *   `code` of an error frame answering it (`"backend_error"` is retried all the same).
+   */
+  subscribe(topic) {
+    return new Promise((resolve, reject) => {
+      const waiting = this._subs.get(topic) || [];
+      this._subs.set(topic, [...waiting, [resolve, reject]]);
+      if (!waiting.length) this._subscribe(topic);
+    });
+  }
+
+  /**
+   * Leave a topic and forget its position. Events already on the way may still arrive
+   * until the server's `unsubscribed` frame.
+   * @param {string} topic
+   */
+  unsubscribe(topic) {
+    this._settle(topic, 1, failure("unsubscribed", `unsubscribed from ${topic}`));
+    this._subs.delete(topic);
+    this._forget(topic);
+    this._send({ op: "unsubscribe", topic, id: ++this._id });
+  }
+
+  /**
+   * Send a client event. Not queued: while the connection is not open it is dropped.
+   * @param {string} event
+   * @param {unknown} data
+   * @param {{topic?: string, id?: string | number}} [options]
+   * @returns {boolean} Whether the frame was handed to the socket.
+   */
+  send(event, data, options) {
+    return this._send({ event, data, ...options });
+  }
+
+  /**
+   * Call `handler(data, frame)` for each event `name`; `"*"` receives every event, the
+   * `budget-ws:` connection events included (their frame is `{event, data}`).
+   * @param {string} name
+   * @param {(data: any, frame: any) => void} handler
+   * @returns {() => void} Removes the handler.
+   */
+  on(name, handler) {
+    const handlers = this._handlers.get(name) || new Set();
+    this._handlers.set(name, handlers.add(handler));
+    return () => this.off(name, handler);
+  }
+
+  /** Remove a handler added with `on` or `once`. */
+  off(name, handler) {
+    for (const h of this._handlers.get(name) || []) {
+      if (h === handler || h.handler === handler) this._handlers.get(name).delete(h);
+    }
+  }
+
+  /** Like `on`, for the next event only. */
+  once(name, handler) {
+    const wrapper = (data, frame) => {
+      this.off(name, wrapper);
+      handler(data, frame);
+    };
+    wrapper.handler = handler;
+    return this.on(name, wrapper);
+  }
+
+  _emit(name, data, frame = { event: name, data }) {
+    for (const key of [name, "*"]) {
+      for (const handler of [...(this._handlers.get(key) || [])]) {
+        try {
+          handler(data, frame);
+        } catch (error) {
+          report(error);
+        }
+      }
+    }
+  }
+
+  _now() {
+    const { now } = this.options; // called unbound: `performance.now` would throw otherwise
+    return now();
+  }
+
+  _timer(callback, ms) {
+    const { setTimeout } = this.options;
+    return setTimeout(callback, ms);
+  }
+
+  _clear() {
+    const { clearTimeout } = this.options;
+    clearTimeout(this._watchdog);
+    clearTimeout(this._retry);
+    this._retry = null;
+  }
+
+  _url() {
+    const { location } = globalThis;
+    if (!location || /^wss?:/i.test(this.url)) return this.url;
+    const url = new URL(this.url, location.href);
+    url.protocol = url.protocol == "https:" ? "wss:" : "ws:";
+    return url.href;
+  }
+
+  _open() {
+    this._clear();
+    const { WebSocket, protocols } = this.options;
+    const ws = (this._ws = new WebSocket(this._url(), protocols));
+    ws.onmessage = (message) => this._receive(ws, message.data);
+    ws.onclose = (event) => this._close(event.code, event.reason);
+    this.state = "connecting";
+    this._requests.clear();
+    this._silence = DEFAULT_SILENCE;
+    this._seen = this._now();
+    this._emit(PREFIX + "connecting", { attempt: this._attempt });
+    this._watch();
+  }
+
+  /** Tear the socket down and, unless the close is final, schedule the next attempt. */
+  _close(code, reason = "") {
+    const ws = this._ws;
+    if (!ws) return;
+    this._ws = ws.onmessage = ws.onclose = null;
+    // Closed by us (heartbeat, pagehide, close()): don't wait for a dead server's answer.
+    if (ws.readyState < 2) {
+      try {
+        ws.close(code, reason);
+      } catch {
+        ws.close(); // a code or reason the browser refuses
+      }
+    }
+    this._clear();
+    const { random, minDelay, maxDelay, stableAfter } = this.options;
+    if (this.state == "open" && this._now() - this._openedAt >= stableAfter) this._attempt = 0;
+    this.state = "closed";
+    const reconnect = !this._stopped && !this._paused && !FINAL_CODES.includes(code);
+    let delay;
+    if (reconnect) {
+      // Full jitter over the whole range, at the cap too: clients that lost the same
+      // server must not come back in lockstep.
+      delay = random() * Math.min(maxDelay, minDelay * 2 ** this._attempt++);
+      this._retryAt = this._now() + delay;
+      this._retry = this._timer(() => this._open(), delay);
+    } else {
+      for (const topic of this._subs.keys()) {
+        this._settle(topic, 1, failure("closed", `connection closed (${code})`));
+      }
+    }
+    this._emit(PREFIX + "closed", { code, reason, reconnect, delay });
+  }
+
+  /**
+   * Close and reconnect when the server has been silent too long. Judged by the clock,
+   * not by the timer alone: background tabs fire timers late.
+   */
+  _watch() {
+    const { clearTimeout, heartbeatSlack } = this.options;
+    clearTimeout(this._watchdog);
+    if (!this._ws) return;
+    const left = this._silence + heartbeatSlack - (this._now() - this._seen);
+    if (left <= 0) this._close(4001, "heartbeat timeout");
+    else this._watchdog = this._timer(() => this._watch(), left);
+  }
+
+  /** Follow the page's lifecycle, when there is a page. */
+  _listen() {
+    const { window, document } = this.options;
+    if (this._lifecycle || !window?.addEventListener) return;
+    this._lifecycle = new AbortController();
+    const on = (target, type, listener) =>
+      target?.addEventListener(type, listener, { signal: this._lifecycle.signal });
+    on(window, "online", () => (this._ws ? this._send({ op: "ping" }) : this._retry && this._open()));
+    on(window, "pagehide", () => {
+      this._paused = true; // the page may come back from the back/forward cache
+      this._clear();
+      this._close(1000, "pagehide");
+    });
+    on(window, "pageshow", (event) => {
+      if (event.persisted && this._paused) this.connect();
+    });
+    on(document, "visibilitychange", () => {
+      if (document.visibilityState != "visible") return;
+      if (this._ws) this._watch();
+      else if (this._retry && this._now() >= this._retryAt) this._open();
+    });
+  }
+
+  _send(frame) {
+    if (this.state != "open") return false;
+    this._ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  _subscribe(topic) {
+    if (this.state != "open") return; // sent on the next welcome
+    const id = ++this._id;
+    const position = this.positions.get(topic);
+    this._requests.set(id, { topic, position });
+    this._send({ op: "subscribe", topic, id, position });
+  }
+
+  /** Resolve (`i` = 0) or reject (`i` = 1) the unanswered `subscribe()` calls of a topic. */
+  _settle(topic, i, value) {
+    const waiting = this._subs.get(topic);
+    if (!waiting) return;
+    this._subs.set(topic, []);
+    for (const callbacks of waiting) callbacks[i](value);
+  }
+
+  _store(topic, { offset, epoch }) {
+    this.positions.set(topic, { offset, epoch });
+    this._save();
+  }
+
+  _forget(topic) {
+    this.positions.delete(topic);
+    this._save();
+  }
+
+  _save() {
+    const { storage, storageKey } = this.options;
+    try {
+      storage?.setItem(storageKey, JSON.stringify(Object.fromEntries(this.positions)));
+    } catch {} // quota or privacy mode: positions then live as long as the page
+  }
+
+  _resync(topic, position, frame) {
+    this._store(topic, position);
+    try {
+      this.options.onResync?.(topic, position);
+    } catch (error) {
+      report(error);
+    }
+    this._emit(PREFIX + "resync-needed", { topic, position }, frame);
+  }
+
+  /** One server message: one or more frames separated by "\n". */
+  _receive(ws, message) {
+    this._seen = this._now();
+    for (const line of String(message).split("\n")) {
+      if (this._ws !== ws) return; // a handler closed the connection
+      if (!line) continue;
+      let frame;
+      try {
+        frame = JSON.parse(line);
+      } catch {}
+      if (frame instanceof Object) this._frame(frame);
+      else this._emit(PREFIX + "error", { op: "error", code: "bad_frame", message: line });
+    }
+  }
+
+  _frame(frame) {
+    const { op, topic, position, id } = frame;
+    if (frame.event != null) return this._event(frame);
+    const request = this._requests.get(id);
+    this._requests.delete(id);
+    switch (op) {
+      case "ping":
+        this._send({ op: "pong" });
+        break;
+      case "welcome": {
+        const { heartbeat } = frame;
+        if (heartbeat) this._silence = (heartbeat.interval + heartbeat.timeout) * 1000;
+        this.state = "open";
+        this._openedAt = this._now();
+        for (const topic of this._subs.keys()) this._subscribe(topic);
+        this._emit(PREFIX + "open", frame, frame);
+        this._watch();
+        break;
+      }
+      case "subscribed": {
+        if (request && !this._subs.has(topic)) break; // unsubscribed meanwhile
+        const last = this.positions.get(topic);
+        if (frame.recovered) {
+          this._emit(PREFIX + "recovered", { topic, position }, frame);
+        } else if (
+          // Asked to resume and could not, or subscribed by the server past our position.
+          request
+            ? request.position
+            : last && (last.epoch !== position.epoch || last.offset !== position.offset)
+        ) {
+          this._resync(topic, position, frame);
+        } else {
+          this._store(topic, position);
+        }
+        this._settle(topic, 0, frame);
+        break;
+      }
+      case "unsubscribed":
+        if (id == null) this._subs.delete(topic); // the server's decision: don't resubscribe
+        if (!this._subs.has(topic)) this._forget(topic);
+        this._emit(PREFIX + "unsubscribed", { topic }, frame);
+        break;
+      case "resync":
+        this._resync(topic, position, frame);
+        break;
+      case "error":
+        if (request) {
+          const { topic } = request;
+          this._settle(topic, 1, failure(frame.code, frame.message, frame));
+          if (frame.code == "backend_error") {
+            const { random, maxDelay } = this.options;
+            const retry = () => this._subs.has(topic) && this._subscribe(topic);
+            this._timer(retry, random() * maxDelay);
+          } else {
+            this._subs.delete(topic);
+            this._forget(topic);
+          }
+        }
+        this._emit(PREFIX + "error", frame, frame);
+    }
+  }
+
+  _event(frame) {
+    const { topic, offset, epoch } = frame;
+    if (topic != null && offset != null) {
+      const last = this.positions.get(topic);
+      const sameEpoch = last && last.epoch === epoch;
+      if (sameEpoch && offset <= last.offset) return; // a duplicate: already processed
+      if (last && (!sameEpoch || offset > last.offset + 1)) {
+        this._resync(topic, { offset, epoch }, frame); // a gap: state is stale
+      } else {
+        this._store(topic, { offset, epoch });
+      }
+    }
+    this._emit(frame.event, frame.data, frame);
+  }
+}
+
+/**
+ * Create a client and connect it.
+ * @param {string} url
+ * @param {object} [options]
+ * @returns {BudgetWS}
+ */
+export const connect = (url, options) => new BudgetWS(url, options).connect();
+
+/**
+ * Turn budget-ws events into htmx events: for `{eventName: target}`, each event calls
+ * `htmx.trigger(target, eventName, data)`. When a topic needs a resync, `resyncEvent`
+ * (default `"budget-ws:resync"`, detail `{topic, position}`) is triggered once on every
+ * mapped target, so fragments can re-fetch: `hx-trigger="budget-ws:resync from:body"`
+ * or filtered, `budget-ws:resync[detail.topic=='budget:42']`.
+ * @param {BudgetWS} client
+ * @param {Record<string, string | Element>} mapping
+ * @param {{htmx?: object, resyncEvent?: string | null}} [options]
+ * @returns {() => void} Stops triggering.
+ */
+export function htmxTrigger(client, mapping, { htmx, resyncEvent = PREFIX + "resync" } = {}) {
+  const trigger = (target, name, detail) => (htmx || globalThis.htmx).trigger(target, name, detail);
+  const offs = Object.entries(mapping).map(([name, target]) =>
+    client.on(name, (data) => trigger(target, name, data)),
+  );
+  if (resyncEvent) {
+    offs.push(
+      client.on(PREFIX + "resync-needed", (detail) => {
+        for (const target of new Set(Object.values(mapping))) trigger(target, resyncEvent, detail);
+      }),
+    );
+  }
+  return () => offs.forEach((off) => off());
+}

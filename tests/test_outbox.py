@@ -1,0 +1,86 @@
+"""The bounded outbox: limits, policies and batching."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from budget_ws import OutboxLimits, SlowConsumerPolicy
+from budget_ws.outbox import Outbox
+
+pytestmark = pytest.mark.anyio
+
+
+def test_disconnect_policy_refuses_what_does_not_fit() -> None:
+    outbox = Outbox(OutboxLimits(max_messages=2, max_bytes=100))
+    assert outbox.put("a")
+    assert outbox.put("b")
+    assert not outbox.put("c")
+    assert len(outbox) == 2
+    sized = Outbox(OutboxLimits(max_messages=10, max_bytes=5))
+    assert sized.put("abc")
+    assert not sized.put("abc")
+    assert sized.size == 3
+
+
+def test_drop_oldest_makes_room_and_counts() -> None:
+    limits = OutboxLimits(max_messages=2, max_bytes=6, policy=SlowConsumerPolicy.DROP_OLDEST)
+    outbox = Outbox(limits)
+    for frame in ["aa", "bb", "cc"]:
+        assert outbox.put(frame)
+    assert (len(outbox), outbox.dropped) == (2, 1)
+    assert outbox.put("dddd")  # the count limit drops "bb"; then the bytes fit exactly
+    assert (len(outbox), outbox.size, outbox.dropped) == (2, 6, 2)
+    assert outbox.put("x" * 7)  # can never fit: everything goes, itself included
+    assert outbox.dropped == 5
+    assert len(outbox) == 0
+
+
+@given(
+    st.lists(st.text(alphabet="xyz", min_size=1, max_size=30), max_size=60),
+    st.integers(1, 10),
+    st.integers(1, 100),
+    st.sampled_from(SlowConsumerPolicy),
+)
+def test_bounds_always_hold(
+    frames: list[str], max_messages: int, max_bytes: int, policy: SlowConsumerPolicy
+) -> None:
+    outbox = Outbox(OutboxLimits(max_messages=max_messages, max_bytes=max_bytes, policy=policy))
+    kept = 0
+    for frame in frames:
+        if outbox.put(frame):
+            kept += 1
+        assert len(outbox) <= max_messages
+        assert outbox.size <= max_bytes
+    assert kept + outbox.dropped >= len(outbox)
+
+
+async def test_batches_join_queued_frames_up_to_the_batch_size() -> None:
+    outbox = Outbox(OutboxLimits(max_batch_bytes=10))
+    for frame in ["aaaa", "bbbb", "cccc", "dddddddddddd", "e"]:
+        outbox.put(frame)
+    assert await outbox.get_message() == ("aaaa\nbbbb", 2)
+    assert await outbox.get_message() == ("cccc", 1)
+    assert await outbox.get_message() == ("dddddddddddd", 1)
+    assert await outbox.get_message() == ("e", 1)
+    assert outbox.size == 0
+
+
+async def test_get_waits_for_frames_and_ends_after_finish() -> None:
+    outbox = Outbox(OutboxLimits())
+    results: list[tuple[str, int] | None] = []
+
+    async def take() -> None:
+        results.append(await outbox.get_message())
+        results.append(await outbox.get_message())
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(take)
+        await anyio.sleep(0.01)
+        assert results == []
+        outbox.put("hello")
+        await anyio.sleep(0.01)
+        outbox.finish()
+    assert results == [("hello", 1), None]

@@ -197,3 +197,18 @@ def test_schema_command_prints_the_registry(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "no_such_module_here" in missing.stderr
+
+
+def test_schema_command_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from budget_ws.__main__ import main
+
+    (tmp_path / "in_process_events.py").write_text(
+        "from budget_ws import EventRegistry\nregistry = EventRegistry()\nnot_a_registry = 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["schema", "--registry", "in_process_events", "--mode", "validation"]) == 0
+    assert json.loads(capsys.readouterr().out)["oneOf"] == []
+    with pytest.raises(SystemExit, match="not a budget_ws.EventRegistry"):
+        main(["schema", "--registry", "in_process_events:not_a_registry"])

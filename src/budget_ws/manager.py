@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -30,12 +30,10 @@ from .protocol import (
     Unsubscribe,
     encode_error,
     encode_event,
-    encode_resync,
-    encode_subscribed,
     encode_unsubscribed,
     encode_welcome,
-    position_frame,
 )
+from .topics import TopicRouter
 
 __all__ = ["Action", "ClientMessage", "ConnectionManager", "Stats"]
 
@@ -84,18 +82,6 @@ class Stats:
     """Connections closed because their outbox overflowed."""
     backend: str
     """The backend's description."""
-
-
-@dataclass(eq=False)
-class _Topic:
-    """The local subscribers of one topic on this worker."""
-
-    connections: set[Connection] = field(default_factory=set)
-    # Connections resuming from history: live frames wait here until history is sent.
-    recovering: dict[Connection, list[tuple[Position, str]]] = field(default_factory=dict)
-    reserved: int = 0
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    subscribed: bool = False
 
 
 class ConnectionManager:
@@ -147,13 +133,12 @@ class ConnectionManager:
         self._on_disconnect = on_disconnect
         self._handlers: dict[str, Callable[[ClientMessage[Any]], Awaitable[None]]] = {}
         self._connections: dict[str, Connection] = {}
-        self._topics: dict[str, _Topic] = {}
+        self._router = TopicRouter(self.backend, max_replay=self.outbox_limits.max_messages - 1)
         self._counters = _Counters()
         self._published = 0
         self._state: Literal["new", "running", "closing", "closed"] = "new"
         self._idle = anyio.Event()
         self._idle.set()
-        self._listener = _ManagerListener(self)
 
     def __repr__(self) -> str:
         return (
@@ -305,7 +290,7 @@ class ConnectionManager:
         finally:
             with anyio.CancelScope(shield=True):
                 for topic in list(connection.topics):
-                    await self._detach(connection, topic)
+                    await self._router.detach(connection, topic)
                 del self._connections[connection.id]
                 if not self._connections:
                     self._idle.set()
@@ -325,7 +310,7 @@ class ConnectionManager:
             await self._client_subscribe(connection, frame)
         elif isinstance(frame, Unsubscribe):
             if frame.topic in connection.topics:
-                await self._detach(connection, frame.topic)
+                await self._router.detach(connection, frame.topic)
             connection.push(encode_unsubscribed(frame.topic, frame.id))
         elif isinstance(frame, ClientEvent):
             await self._client_event(connection, frame)
@@ -430,7 +415,7 @@ class ConnectionManager:
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Unsubscribe a connection from a topic; the client gets an ``unsubscribed`` frame."""
         if topic in connection.topics:
-            await self._detach(connection, topic)
+            await self._router.detach(connection, topic)
             connection.push(encode_unsubscribed(topic))
 
     async def _subscribe(
@@ -442,7 +427,7 @@ class ConnectionManager:
     ) -> None:
         if topic in connection.topics:
             # A second subscribe restarts the subscription, resuming where it says.
-            await self._detach(connection, topic)
+            await self._router.detach(connection, topic)
         elif len(connection.topics) >= self.limits.max_topics_per_connection:
             connection.push(
                 encode_error(
@@ -453,79 +438,7 @@ class ConnectionManager:
                 )
             )
             return
-        state = self._topics.get(topic)
-        if state is None:
-            state = self._topics[topic] = _Topic()
-        state.reserved += 1
-        try:
-            try:
-                async with state.lock:
-                    if not state.subscribed:
-                        # Confirmed before anything else happens: events published after
-                        # this point reach the buffer below, so none fall in between.
-                        await self.backend.subscribe(topic, self._listener)
-                        state.subscribed = True
-                buffer: list[tuple[Position, str]] = []
-                state.recovering[connection] = buffer
-                try:
-                    recovery = await self.backend.history(
-                        topic, position, self.outbox_limits.max_messages - 1
-                    )
-                finally:
-                    del state.recovering[connection]
-            except Exception as exc:
-                logger.exception("subscribing %r to %r failed", connection, topic)
-                connection.push(
-                    encode_error(
-                        ErrorCode.BACKEND_ERROR,
-                        f"could not subscribe to {topic!r}: {exc}; retry later",
-                        request_id,
-                        topic=topic,
-                    )
-                )
-                return
-            if connection.closed:
-                return
-            recovered = recovery.recovered and position is not None
-            frames = [position_frame(payload, topic, at) for at, payload in recovery.items]
-            if recovered and not connection.fits(len(frames) + 1, sum(map(len, frames))):
-                # Replaying would overflow the outbox and close the connection: ask the
-                # client to reload instead, which it would have to do anyway.
-                recovered, frames = False, []
-            top = recovery.position
-            connection.push(encode_subscribed(topic, top, recovered, request_id))
-            for frame in frames:
-                connection.push(frame)
-            for at, frame in buffer:
-                if at.epoch != top.epoch or at.offset > top.offset:
-                    connection.push(frame)
-            connection.topics.add(topic)
-            state.connections.add(connection)
-        finally:
-            state.reserved -= 1
-            await self._release(topic, state)
-
-    async def _detach(self, connection: Connection, topic: str) -> None:
-        connection.topics.discard(topic)
-        state = self._topics.get(topic)
-        if state is not None:
-            state.connections.discard(connection)
-            await self._release(topic, state)
-
-    async def _release(self, topic: str, state: _Topic) -> None:
-        """Drop the backend subscription once no local connection needs the topic."""
-        if state.connections or state.reserved:
-            return
-        async with state.lock:
-            if state.connections or state.reserved or self._topics.get(topic) is not state:
-                return
-            del self._topics[topic]
-            if state.subscribed:
-                state.subscribed = False
-                try:
-                    await self.backend.unsubscribe(topic, self._listener)
-                except Exception:
-                    logger.exception("unsubscribing %r from the backend failed", topic)
+        await self._router.attach(connection, topic, position, request_id)
 
     # Publishing ------------------------------------------------------------------------
 
@@ -572,24 +485,6 @@ class ConnectionManager:
             connection.push(frame)
         return len(connections)
 
-    def _deliver(self, topic: str, position: Position, payload: bytes) -> None:
-        state = self._topics.get(topic)
-        if state is None:
-            return
-        frame = position_frame(payload, topic, position)
-        for buffer in state.recovering.values():
-            buffer.append((position, frame))
-        for connection in state.connections:
-            connection.push(frame)
-
-    def _resync(self, topic: str, position: Position) -> None:
-        state = self._topics.get(topic)
-        if state is None:
-            return
-        frame = encode_resync(topic, position)
-        for connection in state.connections:
-            connection.push(frame)
-
     # Introspection ---------------------------------------------------------------------
 
     def stats(self) -> Stats:
@@ -598,7 +493,7 @@ class ConnectionManager:
         counters = self._counters
         return Stats(
             connections=len(connections),
-            topics=len(self._topics),
+            topics=len(self._router),
             queued_frames=sum(connection.queued_frames for connection in connections),
             queued_bytes=sum(connection.queued_bytes for connection in connections),
             published=self._published,
@@ -610,20 +505,4 @@ class ConnectionManager:
 
     def topic_connections(self, topic: str) -> Iterable[Connection]:
         """The local connections subscribed to ``topic``."""
-        state = self._topics.get(topic)
-        return tuple(state.connections) if state is not None else ()
-
-
-class _ManagerListener:
-    """The manager's face towards its backend (keeps ``deliver`` off the public API)."""
-
-    __slots__ = ("_manager",)
-
-    def __init__(self, manager: ConnectionManager) -> None:
-        self._manager = manager
-
-    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
-        self._manager._deliver(topic, position, payload)
-
-    def resync(self, topic: str, position: Position) -> None:
-        self._manager._resync(topic, position)
+        return self._router.connections(topic)

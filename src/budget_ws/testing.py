@@ -125,6 +125,9 @@ class MemoryClient:
                 say how.
             TimeoutError: Nothing arrived within :attr:`timeout` seconds.
         """
+        return self._process(await self._next_frame())
+
+    async def _next_frame(self) -> dict[str, Any]:
         if not self._pending:
             with anyio.fail_after(self.timeout):
                 try:
@@ -132,9 +135,12 @@ class MemoryClient:
                 except anyio.EndOfStream:
                     transport = self.transport
                     raise ConnectionClosed(transport.close_code, transport.close_reason) from None
-            for frame in decode_server_message(message):
-                self._pending.append(frame)
-        frame = self._pending.popleft()
+            self._pending.extend(decode_server_message(message))
+        return self._pending.popleft()
+
+    def _process(self, frame: dict[str, Any]) -> dict[str, Any]:
+        # Positions advance only when a frame is handed to the caller, as in an app that
+        # records what it has rendered.
         if "event" in frame and "topic" in frame:
             self.positions[frame["topic"]] = Position(frame["offset"], frame["epoch"])
         elif frame.get("op") == "subscribed":
@@ -186,9 +192,9 @@ class MemoryClient:
         held: list[dict[str, Any]] = []
         try:
             while True:
-                frame = await self.receive()
+                frame = await self._next_frame()
                 if frame.get("id") == request_id and "op" in frame:
-                    return frame
+                    return self._process(frame)
                 held.append(frame)
         finally:
             self._pending.extendleft(reversed(held))

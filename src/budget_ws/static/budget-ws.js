@@ -99,6 +99,7 @@ export class BudgetWS {
     this._lifecycle = null;
     this._clear();
     this._close(code, reason);
+    this._failAll(code);
   }
 
   /**
@@ -131,7 +132,8 @@ export class BudgetWS {
    * Send a client event. Not queued: while the connection is not open it is dropped.
    * @param {string} event
    * @param {unknown} data
-   * @param {{topic?: string, id?: string | number}} [options]
+   * @param {{topic?: string, id?: string}} [options] `id` comes back in an error frame;
+   *   use strings, the client numbers its own requests.
    * @returns {boolean} Whether the frame was handed to the socket.
    */
   send(event, data, options) {
@@ -245,11 +247,16 @@ export class BudgetWS {
       this._retryAt = this._now() + delay;
       this._retry = this._timer(() => this._open(), delay);
     } else {
-      for (const topic of this._subs.keys()) {
-        this._settle(topic, 1, failure("closed", `connection closed (${code})`));
-      }
+      this._failAll(code);
     }
     this._emit(PREFIX + "closed", { code, reason, reconnect, delay });
+  }
+
+  /** No reconnect is coming: reject the unanswered `subscribe()` calls. */
+  _failAll(code) {
+    for (const topic of this._subs.keys()) {
+      this._settle(topic, 1, failure("closed", `connection closed (${code})`));
+    }
   }
 
   /**
@@ -327,14 +334,14 @@ export class BudgetWS {
     } catch {} // quota or privacy mode: positions then live as long as the page
   }
 
-  _resync(topic, position, frame) {
+  _resync(topic, position) {
     this._store(topic, position);
     try {
       this.options.onResync?.(topic, position);
     } catch (error) {
       report(error);
     }
-    this._emit(PREFIX + "resync-needed", { topic, position }, frame);
+    this._emit(PREFIX + "resync-needed", { topic, position });
   }
 
   /** One server message: one or more frames separated by "\n". */
@@ -362,12 +369,12 @@ export class BudgetWS {
         this._send({ op: "pong" });
         break;
       case "welcome": {
-        const { heartbeat } = frame;
-        if (heartbeat) this._silence = (heartbeat.interval + heartbeat.timeout) * 1000;
+        const { interval, timeout } = frame.heartbeat || {};
+        this._silence = (interval + timeout) * 1000 || DEFAULT_SILENCE;
         this.state = "open";
         this._openedAt = this._now();
         for (const topic of this._subs.keys()) this._subscribe(topic);
-        this._emit(PREFIX + "open", frame, frame);
+        this._emit(PREFIX + "open", frame);
         this._watch();
         break;
       }
@@ -375,14 +382,14 @@ export class BudgetWS {
         if (request && !this._subs.has(topic)) break; // unsubscribed meanwhile
         const last = this.positions.get(topic);
         if (frame.recovered) {
-          this._emit(PREFIX + "recovered", { topic, position }, frame);
+          this._emit(PREFIX + "recovered", { topic, position });
         } else if (
           // Asked to resume and could not, or subscribed by the server past our position.
           request
             ? request.position
             : last && (last.epoch !== position.epoch || last.offset !== position.offset)
         ) {
-          this._resync(topic, position, frame);
+          this._resync(topic, position);
         } else {
           this._store(topic, position);
         }
@@ -392,10 +399,10 @@ export class BudgetWS {
       case "unsubscribed":
         if (id == null) this._subs.delete(topic); // the server's decision: don't resubscribe
         if (!this._subs.has(topic)) this._forget(topic);
-        this._emit(PREFIX + "unsubscribed", { topic }, frame);
+        this._emit(PREFIX + "unsubscribed", { topic });
         break;
       case "resync":
-        this._resync(topic, position, frame);
+        this._resync(topic, position);
         break;
       case "error":
         if (request) {
@@ -410,7 +417,7 @@ export class BudgetWS {
             this._forget(topic);
           }
         }
-        this._emit(PREFIX + "error", frame, frame);
+        this._emit(PREFIX + "error", frame);
     }
   }
 
@@ -421,7 +428,7 @@ export class BudgetWS {
       const sameEpoch = last && last.epoch === epoch;
       if (sameEpoch && offset <= last.offset) return; // a duplicate: already processed
       if (last && (!sameEpoch || offset > last.offset + 1)) {
-        this._resync(topic, { offset, epoch }, frame); // a gap: state is stale
+        this._resync(topic, { offset, epoch }); // a gap: state is stale
       } else {
         this._store(topic, { offset, epoch });
       }

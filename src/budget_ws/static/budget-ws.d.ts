@@ -1,0 +1,213 @@
+/**
+ * Type declarations of the budget-ws browser client (`budget-ws.js`), protocol
+ * `budget-ws.v1` (see docs/protocol.md).
+ *
+ * The client is generic over an event map, server event name -> its `data`:
+ *
+ * ```ts
+ * type Events = { budget_fact_created: { id: number; amount: string } };
+ * const ws = connect<Events>("/ws");
+ * ws.on("budget_fact_created", (data) => data.amount);
+ * ```
+ */
+
+/** The WebSocket subprotocol this client speaks. */
+export declare const PROTOCOL: "budget-ws.v1";
+
+/** Where a topic's history stands: `offset` 0 means "before the first event". */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+export type ConnectionState = "connecting" | "open" | "closed";
+
+export type RequestId = string | number;
+
+/** An event frame from the server; `topic`, `offset`, `epoch` only for topic events. */
+export interface EventFrame<Name extends string = string, Data = unknown> {
+  event: Name;
+  data: Data;
+  topic?: string;
+  offset?: number;
+  epoch?: string;
+  [field: string]: unknown;
+}
+
+export interface WelcomeFrame {
+  op: "welcome";
+  protocol: string;
+  connection_id: string;
+  /** Seconds. */
+  heartbeat: { interval: number; timeout: number };
+  limits: Record<string, number>;
+  [field: string]: unknown;
+}
+
+export interface SubscribedFrame {
+  op: "subscribed";
+  topic: string;
+  id?: RequestId;
+  position: Position;
+  recovered: boolean;
+  [field: string]: unknown;
+}
+
+export type ErrorCode =
+  | "bad_frame"
+  | "unknown_op"
+  | "invalid_topic"
+  | "too_many_topics"
+  | "forbidden"
+  | "unknown_event"
+  | "invalid_event"
+  | "handler_error"
+  | "backend_error";
+
+export interface ErrorFrame {
+  op: "error";
+  code: ErrorCode | (string & {});
+  message: string;
+  id?: RequestId;
+  topic?: string;
+  details?: Array<{ loc: unknown[]; msg: string; type: string }>;
+  [field: string]: unknown;
+}
+
+/** Any frame: an event frame or a control frame (`op`). */
+export type Frame = EventFrame | { op: string; [field: string]: unknown };
+
+/** The rejection of `subscribe()`: an error frame's code, or `"closed"`/`"unsubscribed"`. */
+export interface SubscribeError extends Error {
+  code: ErrorCode | "closed" | "unsubscribed" | (string & {});
+  frame?: ErrorFrame;
+}
+
+/** The client's own events, all prefixed `budget-ws:`. */
+export interface ConnectionEvents {
+  "budget-ws:connecting": { attempt: number };
+  /** The welcome frame arrived: subscriptions have been re-sent. */
+  "budget-ws:open": WelcomeFrame;
+  /** `delay` (ms) until the next attempt when `reconnect` is true. */
+  "budget-ws:closed": { code: number; reason: string; reconnect: boolean; delay?: number };
+  /** Every event missed since `position` was sent is replayed next. */
+  "budget-ws:recovered": { topic: string; position: Position };
+  /** The topic's state is stale: reload it; the client continues from `position`. */
+  "budget-ws:resync-needed": { topic: string; position: Position };
+  /** The server unsubscribed the connection (or confirmed `unsubscribe()`). */
+  "budget-ws:unsubscribed": { topic: string };
+  "budget-ws:error": ErrorFrame;
+}
+
+/** The frame handed to handlers of `budget-ws:` events (and to `"*"` handlers for them). */
+export interface ConnectionFrame<K extends keyof ConnectionEvents = keyof ConnectionEvents> {
+  event: K;
+  data: ConnectionEvents[K];
+}
+
+export interface TimerFunctions {
+  setTimeout?: (callback: () => void, ms: number) => unknown;
+  clearTimeout?: (timer: any) => void;
+}
+
+export interface BudgetWSOptions extends TimerFunctions {
+  /** Default `["budget-ws.v1"]`. */
+  protocols?: string | string[];
+  /** Base of the backoff, ms. Default 500. */
+  minDelay?: number;
+  /** Cap of the backoff range, ms. Default 20000. */
+  maxDelay?: number;
+  /** How long (ms) a connection must stay open before the backoff starts over. Default 5000. */
+  stableAfter?: number;
+  /** Extra server silence (ms) tolerated beyond heartbeat interval + timeout. Default 5000. */
+  heartbeatSlack?: number;
+  /** Where to keep positions across page reloads (e.g. `sessionStorage`). Off by default. */
+  storage?: Pick<Storage, "getItem" | "setItem"> | null;
+  /** Storage key; default `"budget-ws:" + url`. */
+  storageKey?: string;
+  /** Called when a topic's state is stale and must be reloaded. */
+  onResync?: (topic: string, position: Position) => void;
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
+  /** Returns a number in [0, 1). Default `Math.random`. */
+  random?: () => number;
+  /** Wall clock in ms. Default `Date.now`. */
+  now?: () => number;
+  /** Lifecycle event sources; default the page's `window` and `document`, if any. */
+  window?: EventTarget | null;
+  document?: (EventTarget & { visibilityState?: string }) | null;
+}
+
+export type Unsubscribe = () => void;
+
+export declare class BudgetWS<Events extends Record<string, unknown> = Record<string, any>> {
+  constructor(url: string, options?: BudgetWSOptions);
+  readonly url: string;
+  readonly options: Readonly<Required<Omit<BudgetWSOptions, "storage" | "onResync">>> &
+    BudgetWSOptions;
+  readonly state: ConnectionState;
+  /** Last processed position per topic. */
+  readonly positions: Map<string, Position>;
+
+  /** Open the connection (again, after `close()`). */
+  connect(): this;
+  /** Close for good: no reconnect until `connect()`. */
+  close(code?: number, reason?: string): void;
+  /** Subscribe; remembered and resumed on every reconnect. */
+  subscribe(topic: string): Promise<SubscribedFrame>;
+  unsubscribe(topic: string): void;
+  /** Send a client event; `false` when not open (events are not queued). */
+  send<K extends string>(
+    event: K,
+    data: K extends keyof Events ? Events[K] : unknown,
+    options?: { topic?: string; id?: string },
+  ): boolean;
+
+  on<K extends keyof ConnectionEvents>(
+    event: K,
+    handler: (data: ConnectionEvents[K], frame: ConnectionFrame<K>) => void,
+  ): Unsubscribe;
+  /** Every event: the server's (`frame` is the event frame) and the client's own. */
+  on(event: "*", handler: (data: any, frame: EventFrame | ConnectionFrame) => void): Unsubscribe;
+  on<K extends keyof Events & string>(
+    event: K,
+    handler: (data: Events[K], frame: EventFrame<K, Events[K]>) => void,
+  ): Unsubscribe;
+
+  once<K extends keyof ConnectionEvents>(
+    event: K,
+    handler: (data: ConnectionEvents[K], frame: ConnectionFrame<K>) => void,
+  ): Unsubscribe;
+  once(event: "*", handler: (data: any, frame: EventFrame | ConnectionFrame) => void): Unsubscribe;
+  once<K extends keyof Events & string>(
+    event: K,
+    handler: (data: Events[K], frame: EventFrame<K, Events[K]>) => void,
+  ): Unsubscribe;
+
+  off(event: string, handler: (...args: any[]) => void): void;
+}
+
+/** Create a client and connect it. */
+export declare function connect<Events extends Record<string, unknown> = Record<string, any>>(
+  url: string,
+  options?: BudgetWSOptions,
+): BudgetWS<Events>;
+
+/** The part of htmx that `htmxTrigger` uses. */
+export interface HtmxLike {
+  trigger(target: string | Element, eventName: string, detail?: unknown): void;
+}
+
+export interface HtmxTriggerOptions {
+  /** Default `globalThis.htmx`, looked up at each trigger. */
+  htmx?: HtmxLike;
+  /** Triggered on every mapped target when a topic needs a resync; `null` turns it off.
+   * Default `"budget-ws:resync"`, detail `{topic, position}`. */
+  resyncEvent?: string | null;
+}
+
+/** For `{eventName: target}`, call `htmx.trigger(target, eventName, data)` on each event. */
+export declare function htmxTrigger<Events extends Record<string, unknown>>(
+  client: BudgetWS<Events>,
+  mapping: Partial<Record<(keyof Events & string) | (string & {}), string | Element>>,
+  options?: HtmxTriggerOptions,
+): Unsubscribe;

@@ -1,0 +1,175 @@
+"""Local subscribers of each topic, bridged to the backend, with gap-free recovery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import anyio
+
+from .backends import Backend, Position
+from .connection import Connection
+from .protocol import ErrorCode, encode_error, encode_resync, encode_subscribed, position_frame
+
+__all__ = ["TopicRouter"]
+
+logger = logging.getLogger("budget_ws")
+
+
+@dataclass(eq=False)
+class _Topic:
+    """The local subscribers of one topic on this worker."""
+
+    connections: set[Connection] = field(default_factory=set)
+    # Connections resuming from history: live frames wait here until history is sent.
+    recovering: dict[Connection, list[tuple[Position, str]]] = field(default_factory=dict)
+    # Subscriptions under way; the topic is kept while any is.
+    reserved: int = 0
+    # Serialises the backend subscribe/unsubscribe of this topic.
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    subscribed: bool = False
+
+
+class TopicRouter:
+    """Keeps topic → local connections and is the backend's :class:`~budget_ws.Listener`.
+
+    One backend subscription per topic per worker, whatever the number of local
+    subscribers: the first subscriber subscribes, the last one leaving unsubscribes.
+    Each event arriving from the backend is turned into a frame once and queued for every
+    local subscriber without waiting.
+
+    Args:
+        backend: Where topics are subscribed and history is read.
+        max_replay: Most events replayed to one resuming connection; a larger gap is not
+            recovered (the outbox could not hold it).
+    """
+
+    def __init__(self, backend: Backend, max_replay: int) -> None:
+        self._backend = backend
+        self._max_replay = max_replay
+        self._topics: dict[str, _Topic] = {}
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def connections(self, topic: str) -> tuple[Connection, ...]:
+        """The local connections subscribed to ``topic``."""
+        state = self._topics.get(topic)
+        return tuple(state.connections) if state is not None else ()
+
+    def topics(self) -> Iterator[str]:
+        """Topics with local subscribers (or subscriptions under way)."""
+        return iter(list(self._topics))
+
+    async def attach(
+        self,
+        connection: Connection,
+        topic: str,
+        position: Position | None,
+        request_id: int | str | None = None,
+    ) -> None:
+        """Subscribe ``connection`` to ``topic``, resuming after ``position`` if given.
+
+        The client gets a ``subscribed`` frame, then the missed events (when recovered),
+        then live events, with none lost or repeated in between. Backend failures become
+        a ``backend_error`` frame.
+        """
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic()
+        state.reserved += 1
+        try:
+            try:
+                async with state.lock:
+                    if not state.subscribed:
+                        # Confirmed before history is read: every event published after
+                        # this point reaches the buffer below, so none falls in between.
+                        await self._backend.subscribe(topic, self)
+                        state.subscribed = True
+                buffer: list[tuple[Position, str]] = []
+                state.recovering[connection] = buffer
+                try:
+                    recovery = await self._backend.history(topic, position, self._max_replay)
+                finally:
+                    del state.recovering[connection]
+            except Exception as exc:
+                logger.exception("subscribing %r to %r failed", connection, topic)
+                connection.push(
+                    encode_error(
+                        ErrorCode.BACKEND_ERROR,
+                        f"could not subscribe to {topic!r}: {exc}; retry later",
+                        request_id,
+                        topic=topic,
+                    )
+                )
+                return
+            if connection.closed:
+                return
+            recovered = recovery.recovered and position is not None
+            frames = [position_frame(payload, topic, at) for at, payload in recovery.items]
+            if recovered and not connection.fits(len(frames) + 1, sum(map(len, frames))):
+                # Replaying would overflow the outbox and close the connection: ask the
+                # client to reload instead, which it would have to do anyway.
+                recovered, frames = False, []
+            top = recovery.position
+            connection.push(encode_subscribed(topic, top, recovered, request_id))
+            for frame in frames:
+                connection.push(frame)
+            for at, frame in buffer:
+                # History already held these, or they precede the client's new position.
+                if at.epoch != top.epoch or at.offset > top.offset:
+                    connection.push(frame)
+            connection.topics.add(topic)
+            state.connections.add(connection)
+        finally:
+            state.reserved -= 1
+            await self._release(topic, state)
+
+    async def detach(self, connection: Connection, topic: str) -> None:
+        """Stop delivering ``topic`` to ``connection``."""
+        connection.topics.discard(topic)
+        state = self._topics.get(topic)
+        if state is not None:
+            state.connections.discard(connection)
+            await self._release(topic, state)
+
+    async def _release(self, topic: str, state: _Topic) -> None:
+        """Drop the backend subscription once no local connection needs the topic."""
+        if state.connections or state.reserved:
+            return
+        async with state.lock:
+            if state.connections or state.reserved:
+                return
+            if state.subscribed:
+                # The topic stays registered while unsubscribing, so a subscriber arriving
+                # meanwhile waits for the lock and subscribes again instead of racing.
+                try:
+                    await self._backend.unsubscribe(topic, self)
+                except Exception:
+                    logger.exception("unsubscribing %r from the backend failed", topic)
+                state.subscribed = False
+            if not state.connections and not state.reserved and self._topics.get(topic) is state:
+                del self._topics[topic]
+
+    # The Listener protocol: called by the backend, never blocks.
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        """Queue one event for every local subscriber of ``topic``."""
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        frame = position_frame(payload, topic, position)
+        for buffer in state.recovering.values():
+            buffer.append((position, frame))
+        for connection in state.connections:
+            connection.push(frame)
+
+    def resync(self, topic: str, position: Position) -> None:
+        """Tell every local subscriber of ``topic`` that events were lost."""
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        frame = encode_resync(topic, position)
+        for connection in state.connections:
+            connection.push(frame)

@@ -1,0 +1,212 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { BudgetWS, setup } from "./helpers.mjs";
+
+const TOPIC = "budget:42";
+const at = (offset, epoch = "e1") => ({ offset, epoch });
+const event = (offset, epoch = "e1", topic = TOPIC) => ({
+  event: "budget_fact_created",
+  data: { offset },
+  topic,
+  offset,
+  epoch,
+});
+const subscribed = (id, position, recovered, topic = TOPIC) => ({ op: "subscribed", topic, id, position, recovered });
+
+/** A client subscribed to TOPIC at `position`, recording handled offsets and resyncs. */
+function subscribedClient(position = at(16), options = {}) {
+  const resyncs = [];
+  const t = setup({ onResync: (topic, p) => resyncs.push([topic, p]), ...options });
+  const handled = [];
+  t.client.on("budget_fact_created", (data) => handled.push(data.offset));
+  const ws = t.open();
+  t.client.subscribe(TOPIC);
+  ws.receive(subscribed(1, position, false));
+  return { ...t, handled, resyncs };
+}
+
+test("a fresh subscribe sends no position and stores the one it gets, without resync", () => {
+  const t = subscribedClient(at(16));
+  assert.deepEqual(t.ws.sentOps("subscribe"), [{ op: "subscribe", topic: TOPIC, id: 1 }]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(16));
+  assert.deepEqual(t.resyncs, []);
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), []);
+});
+
+test("events advance the position; duplicates are dropped", () => {
+  const t = subscribedClient(at(16));
+  t.ws.receive(event(17));
+  t.ws.receive(event(17));
+  t.ws.receive(event(18), event(16), event(18));
+  t.ws.receive(event(19));
+  assert.deepEqual(t.handled, [17, 18, 19]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(19));
+  assert.deepEqual(t.resyncs, []);
+});
+
+test("an offset jump is a gap: onResync, resync-needed, then the event is still handled", () => {
+  const t = subscribedClient(at(16));
+  const order = [];
+  t.client.on("budget-ws:resync-needed", (data) => order.push(["resync-needed", data]));
+  t.client.on("budget_fact_created", (data) => order.push(["event", data.offset]));
+  t.ws.receive(event(17));
+  t.ws.receive(event(20));
+  assert.deepEqual(t.resyncs, [[TOPIC, at(20)]]);
+  assert.deepEqual(order, [
+    ["event", 17],
+    ["resync-needed", { topic: TOPIC, position: at(20) }],
+    ["event", 20],
+  ]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(20));
+  t.ws.receive(event(21));
+  assert.deepEqual(t.handled, [17, 20, 21]);
+  assert.equal(t.resyncs.length, 1);
+});
+
+test("another epoch is a gap, even with a lower offset", () => {
+  const t = subscribedClient(at(16));
+  t.ws.receive(event(1, "e2"));
+  assert.deepEqual(t.resyncs, [[TOPIC, at(1, "e2")]]);
+  assert.deepEqual(t.handled, [1]);
+  t.ws.receive(event(2, "e2"));
+  assert.deepEqual(t.handled, [1, 2]);
+  assert.equal(t.resyncs.length, 1);
+});
+
+test("reconnect resubscribes with the last processed position; recovered: true replays", () => {
+  const t = subscribedClient(at(16));
+  t.ws.receive(event(17));
+  t.ws.serverClose(1012);
+  t.clock.advance(250);
+  const ws = t.open();
+  assert.deepEqual(ws.sentOps("subscribe"), [{ op: "subscribe", topic: TOPIC, id: 2, position: at(17) }]);
+  ws.receive(subscribed(2, at(19), true));
+  assert.deepEqual(t.seen("budget-ws:recovered"), [{ topic: TOPIC, position: at(19) }]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(17), "the replay moves the position, not the frame");
+  ws.receive(event(18), event(19)); // the replay: one message, two frames
+  ws.receive(event(20)); // live
+  assert.deepEqual(t.handled, [17, 18, 19, 20]);
+  assert.deepEqual(t.resyncs, []);
+});
+
+test("recovered: false after asking to resume: onResync and continue from the frame's position", () => {
+  const t = subscribedClient(at(16));
+  t.ws.receive(event(17));
+  t.ws.serverClose(1006);
+  t.clock.advance(250);
+  const ws = t.open();
+  ws.receive(subscribed(2, at(90, "e2"), false));
+  assert.deepEqual(t.resyncs, [[TOPIC, at(90, "e2")]]);
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), [{ topic: TOPIC, position: at(90, "e2") }]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(90, "e2"));
+  ws.receive(event(91, "e2"));
+  assert.deepEqual(t.handled, [17, 91]);
+  assert.equal(t.resyncs.length, 1);
+});
+
+test("a resync frame: onResync, resync-needed, and the new position", () => {
+  const t = subscribedClient(at(16));
+  t.ws.receive({ op: "resync", topic: TOPIC, position: at(90, "77aa01c3") });
+  assert.deepEqual(t.resyncs, [[TOPIC, at(90, "77aa01c3")]]);
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), [{ topic: TOPIC, position: at(90, "77aa01c3") }]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(90, "77aa01c3"));
+  t.ws.receive(event(91, "77aa01c3"));
+  assert.deepEqual(t.handled, [91]);
+});
+
+test("a message of several frames is split on \\n and handled in order", () => {
+  const t = subscribedClient(at(0));
+  const all = [];
+  t.client.on("*", (data, frame) => all.push(frame.event ?? frame.op));
+  t.ws.receive(event(1), "", { op: "ping" }, { event: "notice", data: "hi" }, event(2), event(2), "");
+  assert.deepEqual(t.handled, [1, 2]);
+  assert.deepEqual(all, ["budget_fact_created", "notice", "budget_fact_created"]);
+  assert.deepEqual(t.ws.sent.at(-1), { op: "pong" });
+});
+
+test("a frame that is not JSON is reported; the others are still handled", () => {
+  const t = subscribedClient(at(0));
+  t.ws.receive(event(1), "{nope", event(2));
+  assert.deepEqual(t.handled, [1, 2]);
+  assert.deepEqual(t.seen("budget-ws:error"), [{ op: "error", code: "bad_frame", message: "{nope" }]);
+});
+
+test("a handler that closes the client stops the rest of the message", () => {
+  const t = subscribedClient(at(0));
+  t.client.on("budget_fact_created", (data) => data.offset === 1 && t.client.close());
+  t.ws.receive(event(1), event(2));
+  assert.deepEqual(t.handled, [1]);
+});
+
+test("events without a topic are dispatched and not tracked", () => {
+  const t = subscribedClient(at(0));
+  const got = [];
+  t.client.on("hello", (data) => got.push(data));
+  t.ws.receive({ event: "hello", data: 1 }, { event: "hello", data: 1 });
+  assert.deepEqual(got, [1, 1]);
+  assert.deepEqual([...t.client.positions.keys()], [TOPIC]);
+});
+
+test("unsubscribe forgets the topic and its position", () => {
+  const t = subscribedClient(at(3));
+  t.client.unsubscribe(TOPIC);
+  assert.deepEqual(t.ws.sent.at(-1), { op: "unsubscribe", topic: TOPIC, id: 2 });
+  assert.equal(t.client.positions.has(TOPIC), false);
+  t.ws.receive(event(4)); // still on the way
+  t.ws.receive({ op: "unsubscribed", topic: TOPIC, id: 2 });
+  assert.equal(t.client.positions.has(TOPIC), false);
+  t.ws.serverClose(1012);
+  t.clock.advance(250);
+  assert.deepEqual(t.open().sentOps("subscribe"), []);
+});
+
+test("a server-side unsubscribe is not undone on reconnect", () => {
+  const t = subscribedClient(at(3));
+  t.ws.receive({ op: "unsubscribed", topic: TOPIC });
+  assert.deepEqual(t.seen("budget-ws:unsubscribed"), [{ topic: TOPIC }]);
+  t.ws.serverClose(1012);
+  t.clock.advance(250);
+  assert.deepEqual(t.open().sentOps("subscribe"), []);
+});
+
+test("a server-side subscribe is tracked; a later one past our position is a gap", () => {
+  const t = setup({ onResync: () => {} });
+  const ws = t.open();
+  ws.receive({ op: "subscribed", topic: "user:1", position: at(5), recovered: false });
+  assert.deepEqual(t.client.positions.get("user:1"), at(5));
+  ws.receive(event(6, "e1", "user:1"));
+  ws.receive({ op: "subscribed", topic: "user:1", position: at(6), recovered: false });
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), []);
+  ws.receive({ op: "subscribed", topic: "user:1", position: at(9), recovered: false });
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), [{ topic: "user:1", position: at(9) }]);
+});
+
+test("positions persist in storage and resume after a page reload", () => {
+  const saved = new Map();
+  const storage = { getItem: (k) => saved.get(k) ?? null, setItem: (k, v) => saved.set(k, v) };
+  const t = subscribedClient(at(16), { storage });
+  t.ws.receive(event(17));
+  assert.deepEqual(JSON.parse(saved.get("budget-ws:ws://test/ws")), { [TOPIC]: at(17) });
+
+  const reloaded = setup({ storage });
+  assert.deepEqual(reloaded.client.positions.get(TOPIC), at(17));
+  const ws = reloaded.open();
+  reloaded.client.subscribe(TOPIC);
+  assert.deepEqual(ws.sentOps("subscribe")[0].position, at(17));
+});
+
+test("storage that throws or holds garbage is survived", () => {
+  const broken = {
+    getItem: () => "{not json",
+    setItem: () => {
+      throw new Error("QuotaExceededError");
+    },
+  };
+  const t = subscribedClient(at(1), { storage: broken });
+  t.ws.receive(event(2));
+  assert.deepEqual(t.handled, [2]);
+});
+
+test("without storage, nothing is persisted", () => {
+  assert.equal(new BudgetWS("ws://x").positions.size, 0);
+});

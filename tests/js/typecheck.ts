@@ -1,0 +1,43 @@
+// Compile-time checks of budget-ws.d.ts; not run by `node --test`. Check with:
+//   npx -p typescript@5 tsc --noEmit --strict --target es2022 --module esnext \
+//     --moduleResolution bundler --lib es2022,dom tests/js/typecheck.ts
+import { BudgetWS, connect, htmxTrigger, type Position } from "../../src/budget_ws/static/budget-ws.js";
+
+type Events = {
+  budget_fact_created: { id: number; amount: string };
+  budget_total_changed: { total: string };
+};
+
+const ws = connect<Events>("/ws", { storage: sessionStorage, onResync: (topic: string, p: Position) => {} });
+
+ws.on("budget_fact_created", (data, frame) => {
+  const amount: string = data.amount;
+  const name: "budget_fact_created" = frame.event;
+  const offset: number | undefined = frame.offset;
+});
+ws.on<"budget_fact_created">("budget_fact_created", (data) => data.id.toFixed());
+// @ts-expect-error: not an event of the map
+ws.on("budget_fact_deleted", () => {});
+// @ts-expect-error: wrong data type
+ws.on("budget_total_changed", (data: { total: number }) => {});
+
+ws.on("budget-ws:closed", ({ code, reconnect, delay }) => [code.toFixed(), reconnect, delay]);
+ws.on("budget-ws:resync-needed", ({ topic, position }) => [topic.length, position.epoch]);
+ws.on("budget-ws:open", (welcome) => welcome.heartbeat.interval);
+ws.on("budget-ws:error", (error) => error.code);
+ws.on("*", (data, frame) => frame.event);
+const off: () => void = ws.once("budget_total_changed", (data) => data.total);
+off();
+
+const state: "connecting" | "open" | "closed" = ws.state;
+const last: Position | undefined = ws.positions.get("budget:42");
+ws.subscribe("budget:42").then((frame) => frame.recovered && frame.position.offset);
+ws.send("budget_total_changed", { total: "1" });
+ws.send("chat_message", { text: "hi" }, { topic: "room:1" });
+// @ts-expect-error: wrong data for a known event
+ws.send("budget_total_changed", { total: 1 });
+ws.close(4000, "bye");
+
+const untyped = new BudgetWS("ws://x");
+untyped.on("anything", (data) => data.whatever);
+htmxTrigger(ws, { budget_fact_created: "#facts", custom: document.body }, { resyncEvent: null })();

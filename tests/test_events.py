@@ -210,5 +210,5 @@ def test_schema_command_in_process(
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["schema", "--registry", "in_process_events", "--mode", "validation"]) == 0
     assert json.loads(capsys.readouterr().out)["oneOf"] == []
-    with pytest.raises(SystemExit, match="not a budget_ws.EventRegistry"):
+    with pytest.raises(SystemExit, match=r"not a budget_ws\.EventRegistry"):
         main(["schema", "--registry", "in_process_events:not_a_registry"])

@@ -612,3 +612,40 @@ async def test_connection_close_from_the_app(manager: ConnectionManager) -> None
         await connection.wait_closed()
         assert connection.close_code == 4400
         assert "Connection" in repr(connection)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_bad_clients_leak_no_task(anyio_backend: str) -> None:
+    import asyncio
+
+    limits = Limits(max_frame_bytes=200, max_messages_per_second=5, message_burst=5)
+    heartbeat = Heartbeat(interval=0.05, timeout=0.05)
+    async with ConnectionManager(limits=limits, heartbeat=heartbeat) as manager:
+        baseline = len(asyncio.all_tasks())
+        for raw in ["{bad", "[]", '{"op": "x"}', '{"op": "ping"}']:
+            async with connect(manager) as client:
+                await client.send_raw(raw)
+                await client.receive()
+        async with connect(manager) as client:
+            await client.send_raw("x" * 300)
+            assert (await closed_with(client)).code == CloseCode.MESSAGE_TOO_BIG
+        async with connect(manager) as flooder:
+            for _ in range(20):
+                await flooder.send_raw('{"op": "pong"}')
+            assert (await closed_with(flooder)).code == CloseCode.RATE_LIMITED
+        async with connect(manager) as silent:
+            assert (await closed_with(silent)).code == CloseCode.HEARTBEAT_TIMEOUT
+        assert manager.stats().connections == 0
+        assert len(asyncio.all_tasks()) == baseline
+
+
+async def test_a_server_bug_closes_the_connection_with_1011(
+    manager: ConnectionManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(connection: Connection, frame: object) -> None:
+        raise RuntimeError("bug in the manager")
+
+    monkeypatch.setattr(manager, "_handle_frame", broken)
+    async with connect(manager) as client:
+        await client.send_raw('{"op": "subscribe", "topic": "t"}')
+        assert (await closed_with(client)).code == CloseCode.INTERNAL_ERROR

@@ -284,7 +284,13 @@ class Connection:
             if isinstance(frame, Ping):
                 self.push(encode_pong())
                 continue
-            await handle_frame(self, frame)
+            try:
+                await handle_frame(self, frame)
+            except Exception:
+                # A bug on the server side must not escape into the web framework.
+                logger.exception("handling a frame of connection %s failed", self.id)
+                self.close(CloseCode.INTERNAL_ERROR, "internal error", drain=False)
+                return
 
 
 def _size(raw: str | bytes, limit: int) -> int:

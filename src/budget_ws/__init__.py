@@ -20,6 +20,7 @@ from .errors import (
     UnknownEvent,
 )
 from .events import Event, EventRegistry, default_registry
+from .handshake import Authenticate, Handshake, HandshakeRejected, origin_allowed
 from .limits import Heartbeat, Limits, OutboxLimits, SlowConsumerPolicy, validate_topic
 from .manager import Action, ClientMessage, ConnectionManager, Stats
 from .protocol import SUBPROTOCOL, CloseCode, ErrorCode
@@ -27,6 +28,7 @@ from .protocol import SUBPROTOCOL, CloseCode, ErrorCode
 __all__ = [
     "SUBPROTOCOL",
     "Action",
+    "Authenticate",
     "Backend",
     "BackendError",
     "BackendNotInstalled",
@@ -41,6 +43,8 @@ __all__ = [
     "EventRegistrationError",
     "EventRegistry",
     "EventValidationError",
+    "Handshake",
+    "HandshakeRejected",
     "Heartbeat",
     "InvalidTopic",
     "Limits",
@@ -58,5 +62,6 @@ __all__ = [
     "__version__",
     "create_backend",
     "default_registry",
+    "origin_allowed",
     "validate_topic",
 ]

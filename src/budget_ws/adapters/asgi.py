@@ -1,0 +1,186 @@
+"""Plain ASGI: a WebSocket endpoint for any ASGI framework or server, no dependency.
+
+The Starlette and FastAPI adapters mount this same app; the logic lives in the core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from ..errors import ConnectionClosed, ManagerClosed
+from ..handshake import Authenticate, Handshake, HandshakeRejected, origin_allowed
+from ..manager import ConnectionManager
+from ..protocol import SUBPROTOCOL, CloseCode
+
+__all__ = ["ASGITransport", "WebSocketApp"]
+
+logger = logging.getLogger("budget_ws")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ASGITransport:
+    """An accepted ASGI WebSocket as a :class:`~budget_ws.Transport`."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except OSError as exc:  # uvicorn's ClientDisconnected, a reset socket...
+            raise ConnectionClosed(1006, str(exc)) from None
+
+    async def receive(self) -> str | bytes:
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if text is not None:
+                return str(text)
+            return bytes(message.get("bytes") or b"")
+        raise ConnectionClosed(message.get("code", 1005), message.get("reason") or "")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # already closed by the client
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class WebSocketApp:
+    """An ASGI app that checks the handshake and hands the WebSocket to a manager.
+
+    Mount it at the path clients connect to. Used as the top-level app, it also runs the
+    manager in the ASGI lifespan; mounted inside a framework, start the manager in that
+    framework's lifespan instead.
+
+    Args:
+        manager: The manager that serves accepted connections.
+        authenticate: ``authenticate(handshake) -> principal`` runs before the WebSocket
+            is accepted; it may be async and refuses by raising
+            :class:`~budget_ws.HandshakeRejected`. The principal is passed to
+            ``authorize``. Without it, every client is anonymous (principal ``None``).
+        allowed_origins: Origins whose pages may connect: ``None`` (the default) allows
+            the same origin only, ``["*"]`` any; see :func:`~budget_ws.origin_allowed`.
+        require_subprotocol: Refuse clients that do not offer ``budget-ws.v1``.
+    """
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        *,
+        authenticate: Authenticate | None = None,
+        allowed_origins: Sequence[str] | None = None,
+        require_subprotocol: bool = True,
+    ) -> None:
+        self.manager = manager
+        self.authenticate = authenticate
+        self.allowed_origins = allowed_origins
+        self.require_subprotocol = require_subprotocol
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            body = b"This endpoint speaks WebSocket (subprotocol budget-ws.v1) only.\n"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 426,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"upgrade", b"websocket"),
+                        (b"connection", b"upgrade"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        handshake = Handshake.from_asgi(scope)
+        offered = SUBPROTOCOL in handshake.subprotocols
+        try:
+            principal = await self._check(handshake, offered)
+        except HandshakeRejected as rejection:
+            await self._refuse(scope, send, rejection, offered)
+            return
+        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
+        transport = ASGITransport(receive, send)
+        try:
+            await self.manager.serve(transport, principal=principal)
+        except ManagerClosed:
+            logger.error(
+                "budget_ws: the ConnectionManager is not running; start it in the app's "
+                "lifespan (see budget_ws.adapters.starlette.lifespan)"
+            )
+            await transport.close(CloseCode.INTERNAL_ERROR, "server not ready")
+
+    async def _check(self, handshake: Handshake, offered: bool) -> Any:
+        if self.require_subprotocol and not offered:
+            raise HandshakeRejected(
+                f"subprotocol {SUBPROTOCOL} required", status=400, close_code=1002
+            )
+        if not origin_allowed(handshake, self.allowed_origins):
+            raise HandshakeRejected(f"origin {handshake.origin} not allowed")
+        if self.authenticate is None:
+            return None
+        try:
+            principal = self.authenticate(handshake)
+            if inspect.isawaitable(principal):
+                principal = await principal
+        except HandshakeRejected:
+            raise
+        except Exception:
+            logger.exception("authenticate failed for %s", handshake.client)
+            raise HandshakeRejected("authentication failed") from None
+        return principal
+
+    async def _refuse(
+        self, scope: Scope, send: Send, rejection: HandshakeRejected, offered: bool
+    ) -> None:
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": rejection.status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send(
+                {
+                    "type": "websocket.http.response.body",
+                    "body": rejection.reason.encode() + b"\n",
+                }
+            )
+            return
+        # Without the extension a refused handshake reaches the browser as a bare failure;
+        # accepting and closing at once delivers the code and the reason.
+        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
+        await send(
+            {"type": "websocket.close", "code": rejection.close_code, "reason": rejection.reason}
+        )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            await self.manager.start()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.manager.aclose()
+        await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,78 @@
+"""Serves the bundled browser client from the installed package, with HTTP caching."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from importlib import resources
+
+from ..__about__ import __version__
+from .asgi import Receive, Scope, Send
+
+__all__ = ["CLIENT_FILES", "ClientAssets", "client_url"]
+
+CLIENT_FILES: Mapping[str, bytes] = {
+    "budget-ws.js": b"text/javascript; charset=utf-8",
+    "budget-ws.d.ts": b"application/typescript; charset=utf-8",
+}
+"""The files of the browser client and their content types."""
+
+
+def client_url(prefix: str = "/budget-ws") -> str:
+    """The versioned URL of the ES module, for ``<script type="module">`` or ``import``.
+
+    The version in the query string lets browsers cache the file for a year and still
+    fetch the new one after an upgrade.
+    """
+    return f"{prefix.rstrip('/')}/budget-ws.js?v={__version__}"
+
+
+class ClientAssets:
+    """An ASGI app serving ``budget-ws.js`` and ``budget-ws.d.ts``; mount it under a prefix.
+
+    Responses carry an ``ETag``. A request with a ``v`` query parameter (see
+    :func:`client_url`) may be cached for a year; others are revalidated each time and
+    answered ``304 Not Modified`` while unchanged.
+    """
+
+    def __init__(self) -> None:
+        package = resources.files("budget_ws") / "static"
+        self._files: dict[str, tuple[bytes, bytes, bytes]] = {}
+        for name, content_type in CLIENT_FILES.items():
+            body = (package / name).read_bytes()
+            etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+            self._files[name] = (body, content_type, etag)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        name = str(scope["path"]).rsplit("/", 1)[-1]
+        found = self._files.get(name)
+        if found is None or scope["method"] not in ("GET", "HEAD"):
+            status = 404 if found is None else 405
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"not found\n"})
+            return
+        body, content_type, etag = found
+        versioned = b"v=" in scope.get("query_string", b"")
+        cache = b"public, max-age=31536000, immutable" if versioned else b"no-cache"
+        headers = [(b"etag", etag), (b"cache-control", cache)]
+        if_none_match = dict(scope.get("headers", ())).get(b"if-none-match")
+        if if_none_match is not None and etag in if_none_match:
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers += [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )

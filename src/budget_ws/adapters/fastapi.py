@@ -1,0 +1,71 @@
+"""FastAPI: a router with the WebSocket and client routes, and a manager dependency.
+
+::
+
+    manager = ConnectionManager()
+    app = FastAPI(lifespan=lifespan(manager))
+    app.include_router(create_router(manager))
+
+    @app.post("/facts")
+    async def add_fact(fact: FactIn, manager: Manager) -> None:
+        await manager.publish(FactCreated(**fact.model_dump()), topic="budget:1")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+try:
+    from fastapi import APIRouter, Depends, Request
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "budget_ws.adapters.fastapi needs FastAPI: pip install 'budget-ws[fastapi]'"
+    ) from exc
+
+from ..handshake import Authenticate
+from ..manager import ConnectionManager
+from .starlette import STATE_KEY, client_route, lifespan, websocket_route
+
+__all__ = ["Manager", "create_router", "current_manager", "lifespan"]
+
+
+def create_router(
+    manager: ConnectionManager,
+    *,
+    path: str = "/ws",
+    client_path: str | None = "/budget-ws",
+    authenticate: Authenticate | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    require_subprotocol: bool = True,
+) -> APIRouter:
+    """An ``APIRouter`` with the WebSocket endpoint at ``path`` and, unless
+    ``client_path`` is None, the browser client under ``client_path``."""
+    router = APIRouter()
+    router.routes.append(
+        websocket_route(
+            manager,
+            path,
+            authenticate=authenticate,
+            allowed_origins=allowed_origins,
+            require_subprotocol=require_subprotocol,
+        )
+    )
+    if client_path is not None:
+        router.routes.append(client_route(client_path))
+    return router
+
+
+def current_manager(request: Request) -> ConnectionManager:
+    """A dependency giving the running manager; needs ``FastAPI(lifespan=lifespan(manager))``."""
+    manager = getattr(request.state, STATE_KEY, None)
+    if not isinstance(manager, ConnectionManager):
+        raise RuntimeError(
+            "no running budget_ws manager: create the app with "
+            "FastAPI(lifespan=budget_ws.adapters.fastapi.lifespan(manager))"
+        )
+    return manager
+
+
+Manager = Annotated[ConnectionManager, Depends(current_manager)]
+"""Annotate a route parameter with it to receive the running manager."""

@@ -1,0 +1,66 @@
+"""Starlette: a WebSocket route, the client asset route and a lifespan for the manager."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+try:
+    from starlette.routing import Mount, WebSocketRoute
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "budget_ws.adapters.starlette needs Starlette: pip install 'budget-ws[starlette]'"
+    ) from exc
+
+from ..handshake import Authenticate
+from ..manager import ConnectionManager
+from .asgi import WebSocketApp
+from .assets import ClientAssets
+
+__all__ = ["STATE_KEY", "client_route", "lifespan", "websocket_route"]
+
+STATE_KEY = "budget_ws_manager"
+"""The lifespan state key under which the running manager is shared with requests."""
+
+
+def websocket_route(
+    manager: ConnectionManager,
+    path: str = "/ws",
+    *,
+    authenticate: Authenticate | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    require_subprotocol: bool = True,
+    name: str | None = "budget_ws",
+) -> WebSocketRoute:
+    """A route that serves WebSocket clients at ``path`` (see :class:`WebSocketApp`)."""
+    app = WebSocketApp(
+        manager,
+        authenticate=authenticate,
+        allowed_origins=allowed_origins,
+        require_subprotocol=require_subprotocol,
+    )
+    return WebSocketRoute(path, app, name=name)
+
+
+def client_route(path: str = "/budget-ws", *, name: str | None = "budget_ws_client") -> Mount:
+    """A mount serving the browser client: ``{path}/budget-ws.js`` and ``.d.ts``."""
+    return Mount(path, app=ClientAssets(), name=name)
+
+
+def lifespan(
+    manager: ConnectionManager,
+) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
+    """A lifespan that runs the manager for as long as the app runs.
+
+    Pass it as ``Starlette(lifespan=lifespan(manager))``. At shutdown every connection is
+    closed with 1012 so clients reconnect to another worker. The manager is also put in
+    the lifespan state, where ``request.state.budget_ws_manager`` finds it.
+    """
+
+    @asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[dict[str, Any]]:
+        async with manager:
+            yield {STATE_KEY: manager}
+
+    return run

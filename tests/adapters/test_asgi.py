@@ -1,0 +1,228 @@
+"""The plain ASGI adapter over a real socket, with a real WebSocket client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from budget_ws import (
+    ConnectionManager,
+    Event,
+    Handshake,
+    HandshakeRejected,
+)
+from budget_ws.adapters import WebSocketApp
+
+pytestmark = pytest.mark.anyio
+
+PROTOCOL = "budget-ws.v1"
+
+
+class ArticleUpdated(Event, name="test_asgi_article_updated", register=False):
+    id: int
+    title: str
+
+
+async def frames(socket: ClientConnection, count: int) -> list[dict[str, Any]]:
+    received: list[dict[str, Any]] = []
+    while len(received) < count:
+        message = await socket.recv()
+        received.extend(json.loads(line) for line in str(message).split("\n"))
+    return received
+
+
+async def test_subscribe_and_receive_over_a_real_socket(serve: Any) -> None:
+    manager = ConnectionManager()
+    async with serve(WebSocketApp(manager)) as address:
+        async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
+            assert socket.subprotocol == PROTOCOL
+            [welcome] = await frames(socket, 1)
+            assert welcome["op"] == "welcome"
+            await socket.send('{"op": "subscribe", "topic": "budget:1", "id": 1}')
+            [subscribed] = await frames(socket, 1)
+            assert subscribed["recovered"] is False
+            await manager.publish(ArticleUpdated(id=7, title="Rent"), topic="budget:1")
+            [event] = await frames(socket, 1)
+            assert event["event"] == "test_asgi_article_updated"
+            assert event["data"] == {"id": 7, "title": "Rent"}
+            assert event["offset"] == 1
+
+
+async def test_garbage_before_subscribing_gets_an_error_frame(serve: Any) -> None:
+    manager = ConnectionManager()
+    async with serve(WebSocketApp(manager)) as address:
+        async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
+            await frames(socket, 1)
+            await socket.send(b"\x00\xff garbage")
+            [error] = await frames(socket, 1)
+            assert (error["op"], error["code"]) == ("error", "bad_frame")
+            await socket.send('{"op": "subscribe", "topic": "t", "id": 2}')
+            [subscribed] = await frames(socket, 1)
+            assert subscribed["op"] == "subscribed"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "reason"),
+    [
+        ({"subprotocols": None}, 400, "subprotocol budget-ws.v1 required"),
+        ({"subprotocols": ["other"]}, 400, "subprotocol budget-ws.v1 required"),
+        ({"origin": "http://evil.example"}, 403, "origin http://evil.example not allowed"),
+    ],
+)
+async def test_refused_handshakes_get_an_http_answer(
+    serve: Any, kwargs: dict[str, Any], status: int, reason: str
+) -> None:
+    manager = ConnectionManager()
+    options: dict[str, Any] = {"subprotocols": [PROTOCOL], **kwargs}
+    async with serve(WebSocketApp(manager)) as address:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://{address}/ws", **options):
+                pass
+        response = info.value.response
+        assert response.status_code == status
+        assert response.body.decode().strip() == reason
+        assert manager.stats().connections == 0
+
+
+async def test_same_origin_pages_and_listed_origins_are_allowed(serve: Any) -> None:
+    manager = ConnectionManager()
+    app = WebSocketApp(manager, allowed_origins=["https://app.example"])
+    async with serve(app) as address:
+        for origin in ["https://app.example", "https://APP.example:443"]:
+            async with connect(
+                f"ws://{address}/ws",
+                subprotocols=[PROTOCOL],  # type: ignore[list-item]
+                origin=origin,  # type: ignore[arg-type]
+            ) as socket:
+                assert (await frames(socket, 1))[0]["op"] == "welcome"
+        with pytest.raises(InvalidStatus):
+            async with connect(
+                f"ws://{address}/ws",
+                subprotocols=[PROTOCOL],  # type: ignore[list-item]
+                origin=f"http://{address}",  # type: ignore[arg-type]
+            ):
+                pass
+    async with serve(WebSocketApp(ConnectionManager())) as address:
+        async with connect(
+            f"ws://{address}/ws",
+            subprotocols=[PROTOCOL],  # type: ignore[list-item]
+            origin=f"http://{address}",  # type: ignore[arg-type]
+        ) as socket:
+            assert (await frames(socket, 1))[0]["op"] == "welcome"
+
+
+async def test_authenticate_gives_the_principal_to_authorize(serve: Any) -> None:
+    seen: list[Handshake] = []
+
+    async def authenticate(handshake: Handshake) -> str:
+        seen.append(handshake)
+        user = handshake.cookies.get("session")
+        if user is None:
+            raise HandshakeRejected("log in first")
+        return user
+
+    def authorize(principal: Any, topic: str, action: str) -> bool:
+        return topic == f"user:{principal}"
+
+    manager = ConnectionManager(authorize=authorize)
+    async with serve(WebSocketApp(manager, authenticate=authenticate)) as address:
+        url = f"ws://{address}/ws?tab=2"
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(url, subprotocols=[PROTOCOL]):  # type: ignore[list-item]
+                pass
+        assert info.value.response.status_code == 403
+        assert info.value.response.body == b"log in first\n"
+
+        headers = {"Cookie": "session=ann; theme=dark"}
+        async with connect(
+            url,
+            subprotocols=[PROTOCOL],  # type: ignore[list-item]
+            additional_headers=headers,
+        ) as socket:
+            await frames(socket, 1)
+            await socket.send('{"op": "subscribe", "topic": "user:bob", "id": 1}')
+            assert (await frames(socket, 1))[0]["code"] == "forbidden"
+            await socket.send('{"op": "subscribe", "topic": "user:ann", "id": 2}')
+            assert (await frames(socket, 1))[0]["op"] == "subscribed"
+    handshake = seen[-1]
+    assert handshake.query == {"tab": "2"}
+    assert handshake.cookies == {"session": "ann", "theme": "dark"}
+    assert handshake.path == "/ws"
+    assert handshake.client is not None
+    assert handshake.client[0] == "127.0.0.1"
+    assert handshake.subprotocols == (PROTOCOL,)
+
+
+async def test_a_crashing_authenticate_refuses_without_details(serve: Any) -> None:
+    def authenticate(handshake: Handshake) -> None:
+        raise KeyError("secret detail")
+
+    app = WebSocketApp(ConnectionManager(), authenticate=authenticate)
+    async with serve(app) as address:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]):  # type: ignore[list-item]
+                pass
+        assert info.value.response.status_code == 403
+        assert info.value.response.body == b"authentication failed\n"
+
+
+async def test_plain_http_requests_are_told_to_upgrade(serve: Any) -> None:
+    import httpx
+
+    async with serve(WebSocketApp(ConnectionManager())) as address:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://{address}/ws")
+    assert response.status_code == 426
+    assert "budget-ws.v1" in response.text
+
+
+async def test_server_shutdown_closes_clients_with_1012(serve: Any) -> None:
+    manager = ConnectionManager()
+    async with serve(WebSocketApp(manager)) as address:
+        socket = await connect(f"ws://{address}/ws", subprotocols=[PROTOCOL])  # type: ignore[list-item]
+        await frames(socket, 1)
+        assert manager.running
+    with pytest.raises(ConnectionClosed) as info:
+        await socket.recv()
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1012
+    assert not manager.running, "the lifespan closed the manager"
+
+
+async def test_a_manager_that_was_never_started_closes_with_1011(serve: Any) -> None:
+    async with serve(WebSocketApp(ConnectionManager()), lifespan="off") as address:
+        async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
+            with pytest.raises(ConnectionClosed) as info:
+                await socket.recv()
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (1011, "server not ready")
+
+
+async def test_without_the_denial_extension_a_refusal_is_a_close_with_a_reason() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"host", b"a.example"), (b"origin", b"http://evil.example")],
+        "subprotocols": ["budget-ws.v1"],
+    }
+    await WebSocketApp(ConnectionManager())(scope, receive, send)
+    assert sent == [
+        {"type": "websocket.accept", "subprotocol": "budget-ws.v1"},
+        {
+            "type": "websocket.close",
+            "code": 1008,
+            "reason": "origin http://evil.example not allowed",
+        },
+    ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m budget_ws schema myapp.events``."""
+"""Command line: ``python -m budget_ws schema|typescript myapp.events``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .events import EventRegistry, default_registry
+from .typescript import typescript_declarations
 
 
 def _load_registry(modules: Sequence[str], registry_path: str | None) -> EventRegistry:
@@ -42,12 +43,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="serialization",
         help="describe what the server sends (default) or what it accepts",
     )
+    typescript = commands.add_parser(
+        "typescript",
+        help="print TypeScript declarations of every registered event, for the browser client",
+    )
+    typescript.add_argument(
+        "modules", nargs="*", help="modules to import first, so their events register"
+    )
+    typescript.add_argument(
+        "--registry",
+        metavar="MODULE:NAME",
+        help="use this EventRegistry instead of the default registry",
+    )
+    typescript.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
+    )
     arguments = parser.parse_args(argv)
     sys.path.insert(0, "")
     try:
         registry = _load_registry(arguments.modules, arguments.registry)
     except ImportError as exc:
         parser.error(str(exc))
+    if arguments.command == "typescript":
+        declarations = typescript_declarations(registry)
+        if arguments.output:
+            with open(arguments.output, "w", encoding="utf-8") as output:
+                output.write(declarations)
+        else:
+            sys.stdout.write(declarations)
+        return 0
     json.dump(registry.json_schema(arguments.mode), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -34,7 +34,9 @@ class Event(pydantic.BaseModel):
     so a typo in a client's payload is an error rather than a silently dropped field.
     """
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    model_config = pydantic.ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
 
     event_name: ClassVar[str]
     """The name this event carries on the wire (the frame's ``event`` field)."""

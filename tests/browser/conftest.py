@@ -1,0 +1,160 @@
+"""Browser tests: Debian's Chromium driven by Playwright, against real uvicorn servers.
+
+Servers run in subprocesses so a test can stop and restart them (on the same port) while
+the page stays open. In CI a missing browser fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+# Chromium's own background traffic is refused on this network; keep it quiet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A headless Chromium shared by the session's tests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: pip install -e '.[dev]'")
+    if not os.path.exists(CHROMIUM):
+        _unavailable(f"{CHROMIUM} is missing: apt-get install chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page in its own browser context (own cookies and storage)."""
+    context = browser.new_context()
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+@pytest.fixture
+def new_page(browser: Any) -> Iterator[Any]:
+    """Opens more pages, each in its own context: ``second = new_page()``."""
+    contexts: list[Any] = []
+
+    def open_page() -> Any:
+        context = browser.new_context()
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LiveServer:
+    """``uvicorn APP`` in a subprocess on 127.0.0.1; stop and start it again at will.
+
+    Args:
+        app: The ASGI app as ``module:attribute`` (uvicorn's syntax).
+        app_dir: Directory put on ``sys.path`` for the app's module.
+        env: Extra environment variables for the server process.
+        factory: ``app`` names a function returning the app (uvicorn ``--factory``).
+    """
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        app_dir: Path = ROOT,
+        env: dict[str, str] | None = None,
+        factory: bool = False,
+    ) -> None:
+        self.app = app
+        self.app_dir = app_dir
+        self.env = env or {}
+        self.factory = factory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> LiveServer:
+        command = [
+            sys.executable, "-m", "uvicorn", self.app,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--app-dir", str(self.app_dir), "--log-level", "warning",
+        ]  # fmt: skip
+        if self.factory:
+            command.append("--factory")
+        self.process = subprocess.Popen(command, env={**os.environ, **self.env})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.app} exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.app} did not listen on port {self.port} in {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM, as a deployment would); WebSockets get 1012."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def live_server() -> Iterator[Any]:
+    """``live_server("module:app", env={...})`` starts a server, stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(app: str, **options: Any) -> LiveServer:
+        server = LiveServer(app, **options)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -649,3 +649,15 @@ async def test_a_server_bug_closes_the_connection_with_1011(
     async with connect(manager) as client:
         await client.send_raw('{"op": "subscribe", "topic": "t"}')
         assert (await closed_with(client)).code == CloseCode.INTERNAL_ERROR
+
+
+async def test_connections_beyond_the_maximum_are_told_to_come_back_later() -> None:
+    async with ConnectionManager(max_connections=1) as manager:
+        async with connect(manager) as first:
+            await first.receive()
+            async with connect(manager) as second:
+                closed = await closed_with(second)
+                assert (closed.code, closed.reason) == (1013, "server full; try again later")
+            assert (await first.subscribe("t"))["op"] == "subscribed"
+        async with connect(manager) as later:
+            assert (await later.receive())["op"] == "welcome"

@@ -104,6 +104,8 @@ class ConnectionManager:
         heartbeat: Ping interval and pong timeout.
         shutdown_timeout: Seconds :meth:`aclose` lets connections drain before it
             closes them anyway.
+        max_connections: Connections served at once at most; more are closed with 1013
+            (try again later) so their clients back off. Unlimited by default.
         on_connect: Awaited with each new connection before it reads its first frame
             (e.g. to subscribe it to topics server-side).
         on_disconnect: Awaited with each connection after it has closed.
@@ -119,6 +121,7 @@ class ConnectionManager:
         outbox: OutboxLimits | None = None,
         heartbeat: Heartbeat | None = None,
         shutdown_timeout: float = 10.0,
+        max_connections: int | None = None,
         on_connect: ConnectionHook | None = None,
         on_disconnect: ConnectionHook | None = None,
     ) -> None:
@@ -128,6 +131,7 @@ class ConnectionManager:
         self.outbox_limits = outbox or OutboxLimits()
         self.heartbeat = heartbeat or Heartbeat()
         self.shutdown_timeout = shutdown_timeout
+        self.max_connections = max_connections
         self._authorize = authorize
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -271,6 +275,10 @@ class ConnectionManager:
             return
         if connection.id in self._connections:
             raise ValueError(f"connection id {connection.id!r} is already in use")
+        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            connection.close(CloseCode.TRY_AGAIN_LATER, "server full; try again later")
+            await connection.run(self._handle_frame)
+            return
         self._connections[connection.id] = connection
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         try:

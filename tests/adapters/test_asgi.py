@@ -226,3 +226,22 @@ async def test_without_the_denial_extension_a_refusal_is_a_close_with_a_reason()
             "reason": "origin http://evil.example not allowed",
         },
     ]
+
+
+async def test_a_client_reconnecting_in_a_tight_loop_harms_nobody(serve: Any) -> None:
+    manager = ConnectionManager()
+    async with serve(WebSocketApp(manager)) as address:
+        url = f"ws://{address}/ws"
+        async with connect(url, subprotocols=[PROTOCOL]) as steady:  # type: ignore[list-item]
+            await frames(steady, 1)
+            await steady.send('{"op": "subscribe", "topic": "t", "id": 1}')
+            await frames(steady, 1)
+            for _ in range(100):
+                async with connect(url, subprotocols=[PROTOCOL]) as hasty:  # type: ignore[list-item]
+                    await hasty.send('{"op": "subscribe", "topic": "t", "id": 1}')
+            await manager.publish(ArticleUpdated(id=1, title="still here"), topic="t")
+            [event] = await frames(steady, 1)
+            assert event["data"]["title"] == "still here"
+            stats = manager.stats()
+            assert stats.topics == 1
+        assert manager.stats().connections <= 1

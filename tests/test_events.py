@@ -212,3 +212,5 @@ def test_schema_command_in_process(
     assert json.loads(capsys.readouterr().out)["oneOf"] == []
     with pytest.raises(SystemExit, match=r"not a budget_ws\.EventRegistry"):
         main(["schema", "--registry", "in_process_events:not_a_registry"])
+    with pytest.raises(SystemExit, match=r"not a budget_ws\.EventRegistry"):
+        main(["schema", "--registry", "in_process_events:missing"])

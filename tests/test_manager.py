@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from trio.testing import MockClock
 
 from budget_ws import (
+    BackendError,
     ClientMessage,
     CloseCode,
     ConnectionClosed,
     ConnectionManager,
     Event,
     EventRegistry,
+    EventTooLarge,
     Heartbeat,
     InvalidTopic,
     Limits,
@@ -141,10 +145,10 @@ async def test_resume_at_the_top_recovers_nothing_but_succeeds(
         assert (await client.receive_event())["offset"] == 2
 
 
-@pytest.mark.parametrize("reason", ["trimmed", "other epoch", "ahead", "too many for the outbox"])
+@pytest.mark.parametrize("reason", ["trimmed", "other epoch", "ahead", "more than max_replay"])
 async def test_resume_that_history_cannot_cover_gets_no_partial_replay(reason: str) -> None:
     backend = MemoryBackend(history_size=3 if reason == "trimmed" else 1000)
-    outbox = OutboxLimits(max_messages=4 if reason == "too many for the outbox" else 1000)
+    outbox = OutboxLimits(max_replay=3 if reason == "more than max_replay" else 1000)
     async with ConnectionManager(backend, outbox=outbox) as manager:
         first = await manager.publish(fact(1), topic="t")
         for number in range(2, 6):
@@ -153,7 +157,7 @@ async def test_resume_that_history_cannot_cover_gets_no_partial_replay(reason: s
             "trimmed": first,
             "other epoch": Position(1, "not-the-epoch"),
             "ahead": Position(99, first.epoch),
-            "too many for the outbox": first,
+            "more than max_replay": first,
         }[reason]
         async with connect(manager) as client:
             subscribed = await client.subscribe("t", position=after)
@@ -661,3 +665,109 @@ async def test_connections_beyond_the_maximum_are_told_to_come_back_later() -> N
             assert (await first.subscribe("t"))["op"] == "subscribed"
         async with connect(manager) as later:
             assert (await later.receive())["op"] == "welcome"
+
+
+async def test_a_client_closed_for_overflowing_recovers_everything_on_resume() -> None:
+    outbox = OutboxLimits(max_messages=10)
+    async with ConnectionManager(outbox=outbox) as manager:
+        async with connect(manager, send_buffer=1) as stalled:
+            await stalled.subscribe("t")
+            for number in range(1, 41):
+                await manager.publish(fact(number), topic="t")
+            assert (await closed_with(stalled)).code == CloseCode.SLOW_CONSUMER
+            positions = dict(stalled.positions)
+        async with connect(manager, positions=positions) as back:
+            subscribed = await back.subscribe("t", resume=True)
+            assert subscribed["recovered"] is True
+            received = await events(back, 40 - positions["t"].offset)
+            assert [frame["data"]["id"] for frame in received] == list(
+                range(positions["t"].offset + 1, 41)
+            )
+
+
+async def test_drop_oldest_never_drops_answers_to_requests() -> None:
+    outbox = OutboxLimits(max_messages=2, policy=SlowConsumerPolicy.DROP_OLDEST)
+    async with ConnectionManager(outbox=outbox) as manager:
+        async with connect(manager, send_buffer=1) as client:
+            await client.subscribe("a")
+            for number in range(10):
+                await manager.publish(fact(number), topic="a")
+            answer = await client.subscribe("b")  # queued behind a full outbox
+            assert answer["op"] == "subscribed"
+            await client.send_raw("{oops")
+            errors = []
+            while not errors:
+                frame = await client.receive()
+                if frame.get("op") == "error":
+                    errors.append(frame)
+            assert errors[0]["code"] == "bad_frame"
+
+
+async def test_a_client_that_piles_up_control_frames_is_closed() -> None:
+    outbox = OutboxLimits(max_messages=5, max_replay=0)
+    async with ConnectionManager(outbox=outbox) as manager:
+        async with connect(manager, send_buffer=1) as client:
+            for _ in range(20):
+                await client.send_raw('{"op": "ping"}')
+            closed = await closed_with(client)
+            assert closed.code == CloseCode.SLOW_CONSUMER
+            assert manager.stats().slow_consumer_disconnects == 1
+
+
+async def test_events_no_client_could_receive_are_refused(manager: ConnectionManager) -> None:
+    async with ConnectionManager(outbox=OutboxLimits(max_bytes=300)) as small:
+        big = FactCreated(id=1, amount=Decimal(1), article="x" * 300)
+        with pytest.raises(EventTooLarge, match="max_bytes"):
+            await small.publish(big, topic="t")
+        with pytest.raises(EventTooLarge):
+            await small.broadcast(big)
+        assert small.stats().published == 0
+        await small.publish(fact(1), topic="t")
+
+
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+async def test_pings_come_every_interval(anyio_backend: Any) -> None:
+    heartbeat = Heartbeat(interval=20, timeout=5)
+    async with ConnectionManager(heartbeat=heartbeat) as manager, connect(manager) as client:
+        client.timeout = 1000
+        pings: list[float] = []
+        while len(pings) < 4:
+            frame = await client.receive()
+            if frame.get("op") == "ping":
+                pings.append(anyio.current_time())
+                await client.send_raw('{"op": "pong"}')
+        gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(pings)]
+        assert gaps == [20, 20, 20]
+
+
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+async def test_a_silent_client_is_closed_interval_plus_timeout_after_its_last_frame(
+    anyio_backend: Any,
+) -> None:
+    heartbeat = Heartbeat(interval=20, timeout=5)
+    async with ConnectionManager(heartbeat=heartbeat) as manager, connect(manager) as client:
+        client.timeout = 1000
+        start = anyio.current_time()
+        assert (await closed_with(client)).code == CloseCode.HEARTBEAT_TIMEOUT
+        assert anyio.current_time() - start == pytest.approx(25)
+
+
+class _BrokenBackend(MemoryBackend):
+    async def subscribe(self, topic: str, listener: Any) -> None:
+        raise ConnectionError("backend down")
+
+
+async def test_backend_failures_on_subscribe() -> None:
+    seen: list[Connection] = []
+
+    async def on_connect(connection: Connection) -> None:
+        seen.append(connection)
+
+    async with ConnectionManager(_BrokenBackend(), on_connect=on_connect) as manager:
+        async with connect(manager) as client:
+            error = await client.subscribe("t")
+            assert (error["code"], error["topic"]) == ("backend_error", "t")
+            assert "backend down" in error["message"]
+            with pytest.raises(BackendError, match="backend down"):
+                await manager.subscribe(seen[0], "t")
+            assert manager.stats().topics == 0

@@ -18,7 +18,7 @@ def _load_registry(modules: Sequence[str], registry_path: str | None) -> EventRe
     if registry_path is None:
         return default_registry
     module_name, _, attribute = registry_path.partition(":")
-    registry = getattr(importlib.import_module(module_name), attribute or "registry")
+    registry = getattr(importlib.import_module(module_name), attribute or "registry", None)
     if not isinstance(registry, EventRegistry):
         raise SystemExit(f"{registry_path} is not a budget_ws.EventRegistry")
     return registry
@@ -64,6 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = _load_registry(arguments.modules, arguments.registry)
     except ImportError as exc:
         parser.error(str(exc))
+    try:
+        _write(arguments, registry)
+    except BrokenPipeError:  # e.g. `python -m budget_ws schema app | head`
+        sys.stderr.close()
+    return 0
+
+
+def _write(arguments: argparse.Namespace, registry: EventRegistry) -> None:
     if arguments.command == "typescript":
         declarations = typescript_declarations(registry)
         if arguments.output:
@@ -71,10 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 output.write(declarations)
         else:
             sys.stdout.write(declarations)
-        return 0
+            sys.stdout.flush()
+        return
     json.dump(registry.json_schema(arguments.mode), sys.stdout, indent=2)
     sys.stdout.write("\n")
-    return 0
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -149,9 +149,20 @@ class Connection:
         elif outbox.dropped != dropped:
             self._counters.dropped += outbox.dropped - dropped
 
-    def fits(self, count: int, size: int) -> bool:
-        """Whether ``count`` more frames of total ``size`` fit in the outbox now."""
-        return self._outbox.fits(count, size)
+    def push_control(self, *frames: str) -> None:
+        """Queue control frames (or a replay) ahead of events, never to be dropped.
+
+        A client that lets them pile up beyond the outbox's bounds is closed with 4000.
+        """
+        if self._close_code is not None:
+            return
+        if not self._outbox.put_urgent(frames):
+            self._counters.slow_consumers += 1
+            self.close(
+                CloseCode.SLOW_CONSUMER,
+                "slow consumer: control frames piled up",
+                drain=False,
+            )
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, drain: bool = True) -> None:
         """Close the connection without waiting.
@@ -230,13 +241,16 @@ class Connection:
         self._cancel()
 
     async def _heartbeat_loop(self) -> None:
+        # A ping every `interval` seconds; a client silent for `timeout` seconds after a
+        # ping is closed. With timeout >= interval the next ping waits for the check.
         interval = self._heartbeat.interval
         timeout = self._heartbeat.timeout
+        next_ping = anyio.current_time() + interval
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep_until(next_ping)
             sent = anyio.current_time()
-            self.push(encode_ping())
-            await anyio.sleep(timeout)
+            self.push_control(encode_ping())
+            await anyio.sleep_until(sent + timeout)
             if self._last_inbound < sent:
                 self.close(
                     CloseCode.HEARTBEAT_TIMEOUT,
@@ -244,6 +258,7 @@ class Connection:
                     drain=False,
                 )
                 return
+            next_ping = sent + interval
 
     async def _read_loop(self, handle_frame: FrameHandler) -> None:
         limits = self._limits
@@ -277,12 +292,12 @@ class Connection:
             try:
                 frame = decode_client_frame(raw)
             except ProtocolViolation as exc:
-                self.push(encode_error(exc.code, exc.message, exc.id))
+                self.push_control(encode_error(exc.code, exc.message, exc.id))
                 continue
             if isinstance(frame, Pong):
                 continue
             if isinstance(frame, Ping):
-                self.push(encode_pong())
+                self.push_control(encode_pong())
                 continue
             try:
                 await handle_frame(self, frame)

@@ -13,6 +13,7 @@ __all__ = [
     "BudgetWSError",
     "ConnectionClosed",
     "EventRegistrationError",
+    "EventTooLarge",
     "EventValidationError",
     "InvalidTopic",
     "ManagerClosed",
@@ -45,6 +46,10 @@ class EventValidationError(BudgetWSError, ValueError):
         super().__init__(message)
         self.event = event
         self.errors = errors
+
+
+class EventTooLarge(BudgetWSError, ValueError):
+    """An encoded event is larger than ``OutboxLimits.max_bytes``: no client could receive it."""
 
 
 class InvalidTopic(BudgetWSError, ValueError):

@@ -35,14 +35,24 @@ class OutboxLimits:
     max_messages: int = 1000
     """Frames queued for one connection at most."""
     max_bytes: int = 1024 * 1024
-    """Bytes of frames queued for one connection at most."""
+    """Size of the event frames queued for one connection at most, counted in characters
+    of JSON text (bytes for ASCII). An event larger than this cannot be published."""
     policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT
     """What to do when a frame does not fit."""
     max_batch_bytes: int = 64 * 1024
     """Queued frames are joined into one WebSocket message up to this size."""
+    max_replay: int = 1000
+    """Missed events replayed at most to a client that resumes; a larger gap is answered
+    with ``recovered: false``. Replays queue ahead of live events, outside the bounds
+    above, so a client that overflowed its outbox can still recover."""
 
     def __post_init__(self) -> None:
-        if self.max_messages < 1 or self.max_bytes < 1 or self.max_batch_bytes < 1:
+        if (
+            self.max_messages < 1
+            or self.max_bytes < 1
+            or self.max_batch_bytes < 1
+            or self.max_replay < 0
+        ):
             raise ValueError("outbox limits must be positive")
 
 
@@ -90,11 +100,11 @@ class Limits:
         ):
             raise ValueError("limits must be positive")
 
-    def describe(self) -> dict[str, int]:
+    def describe(self) -> dict[str, float]:
         """The limits a client is told in the welcome frame."""
         return {
             "max_frame_bytes": self.max_frame_bytes,
-            "max_messages_per_second": int(self.max_messages_per_second),
+            "max_messages_per_second": self.max_messages_per_second,
             "max_topics": self.max_topics_per_connection,
             "max_topic_length": self.max_topic_length,
         }

@@ -14,6 +14,8 @@ import anyio
 from .backends import Backend, Position, create_backend
 from .connection import Connection, Transport, _Counters
 from .errors import (
+    BackendError,
+    EventTooLarge,
     EventValidationError,
     InvalidTopic,
     ManagerClosed,
@@ -38,6 +40,9 @@ from .topics import TopicRouter
 __all__ = ["Action", "ClientMessage", "ConnectionManager", "Stats"]
 
 logger = logging.getLogger("budget_ws")
+
+# Room for `,"topic":…,"offset":…,"epoch":"…"` added to a payload per topic.
+_POSITION_FIELDS = 64
 
 E = TypeVar("E", bound=Event)
 
@@ -137,7 +142,7 @@ class ConnectionManager:
         self._on_disconnect = on_disconnect
         self._handlers: dict[str, Callable[[ClientMessage[Any]], Awaitable[None]]] = {}
         self._connections: dict[str, Connection] = {}
-        self._router = TopicRouter(self.backend, max_replay=self.outbox_limits.max_messages - 1)
+        self._router = TopicRouter(self.backend, max_replay=self.outbox_limits.max_replay)
         self._counters = _Counters()
         self._published = 0
         self._state: Literal["new", "running", "closing", "closed"] = "new"
@@ -283,7 +288,7 @@ class ConnectionManager:
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         try:
             heartbeat = self.heartbeat
-            connection.push(
+            connection.push_control(
                 encode_welcome(
                     connection.id, heartbeat.interval, heartbeat.timeout, self.limits.describe()
                 )
@@ -319,7 +324,7 @@ class ConnectionManager:
         elif isinstance(frame, Unsubscribe):
             if frame.topic in connection.topics:
                 await self._router.detach(connection, frame.topic)
-            connection.push(encode_unsubscribed(frame.topic, frame.id))
+            connection.push_control(encode_unsubscribed(frame.topic, frame.id))
         elif isinstance(frame, ClientEvent):
             await self._client_event(connection, frame)
 
@@ -328,10 +333,10 @@ class ConnectionManager:
         try:
             validate_topic(topic, self.limits.max_topic_length)
         except InvalidTopic as exc:
-            connection.push(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
+            connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
             return
         if not await self._allowed(connection, topic, "subscribe"):
-            connection.push(
+            connection.push_control(
                 encode_error(
                     ErrorCode.FORBIDDEN,
                     f"not allowed to subscribe to {topic!r}",
@@ -340,12 +345,29 @@ class ConnectionManager:
                 )
             )
             return
-        await self._subscribe(connection, topic, frame.position, frame.id)
+        limit = self.limits.max_topics_per_connection
+        if topic not in connection.topics and len(connection.topics) >= limit:
+            connection.push_control(
+                encode_error(
+                    ErrorCode.TOO_MANY_TOPICS,
+                    f"a connection may hold {limit} topics",
+                    frame.id,
+                    topic=topic,
+                )
+            )
+            return
+        try:
+            await self._subscribe(connection, topic, frame.position, frame.id)
+        except BackendError as exc:
+            logger.exception("subscribing %r to %r failed", connection, topic)
+            connection.push_control(
+                encode_error(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
+            )
 
     async def _client_event(self, connection: Connection, frame: ClientEvent) -> None:
         handler = self._handlers.get(frame.event)
         if handler is None:
-            connection.push(
+            connection.push_control(
                 encode_error(
                     ErrorCode.UNKNOWN_EVENT,
                     f"the server accepts no event named {frame.event!r}",
@@ -358,10 +380,10 @@ class ConnectionManager:
             try:
                 validate_topic(topic, self.limits.max_topic_length)
             except InvalidTopic as exc:
-                connection.push(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
+                connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
                 return
             if not await self._allowed(connection, topic, "publish"):
-                connection.push(
+                connection.push_control(
                     encode_error(
                         ErrorCode.FORBIDDEN,
                         f"not allowed to publish to {topic!r}",
@@ -373,18 +395,18 @@ class ConnectionManager:
         try:
             event = self.registry.validate(frame.event, frame.data)
         except EventValidationError as exc:
-            connection.push(
+            connection.push_control(
                 encode_error(ErrorCode.INVALID_EVENT, str(exc), frame.id, details=exc.errors)
             )
             return
         except UnknownEvent as exc:
-            connection.push(encode_error(ErrorCode.UNKNOWN_EVENT, str(exc), frame.id))
+            connection.push_control(encode_error(ErrorCode.UNKNOWN_EVENT, str(exc), frame.id))
             return
         try:
             await handler(ClientMessage(connection, event, topic))
         except Exception:
             logger.exception("handler for %r failed", frame.event)
-            connection.push(
+            connection.push_control(
                 encode_error(
                     ErrorCode.HANDLER_ERROR,
                     f"the server failed to handle {frame.event!r}",
@@ -409,12 +431,15 @@ class ConnectionManager:
     async def subscribe(
         self, connection: Connection, topic: str, *, position: Position | None = None
     ) -> None:
-        """Subscribe a connection to a topic from the server side (no ``authorize``).
+        """Subscribe a connection to a topic from the server side.
 
-        The client receives a ``subscribed`` frame as if it had asked itself.
+        Neither ``authorize`` nor the per-connection topic limit applies: the server
+        decides. The client receives a ``subscribed`` frame (without an ``id``), and the
+        missed events when ``position`` is given and recoverable.
 
         Raises:
             InvalidTopic: The topic name breaks the naming rules.
+            BackendError: The backend failed to subscribe the topic.
         """
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
@@ -424,7 +449,7 @@ class ConnectionManager:
         """Unsubscribe a connection from a topic; the client gets an ``unsubscribed`` frame."""
         if topic in connection.topics:
             await self._router.detach(connection, topic)
-            connection.push(encode_unsubscribed(topic))
+            connection.push_control(encode_unsubscribed(topic))
 
     async def _subscribe(
         self,
@@ -436,16 +461,6 @@ class ConnectionManager:
         if topic in connection.topics:
             # A second subscribe restarts the subscription, resuming where it says.
             await self._router.detach(connection, topic)
-        elif len(connection.topics) >= self.limits.max_topics_per_connection:
-            connection.push(
-                encode_error(
-                    ErrorCode.TOO_MANY_TOPICS,
-                    f"a connection may hold {self.limits.max_topics_per_connection} topics",
-                    request_id,
-                    topic=topic,
-                )
-            )
-            return
         await self._router.attach(connection, topic, position, request_id)
 
     # Publishing ------------------------------------------------------------------------
@@ -462,20 +477,20 @@ class ConnectionManager:
         Raises:
             InvalidTopic: The topic name breaks the naming rules.
             ManagerClosed: The manager is not running.
+            EventTooLarge: The encoded event exceeds ``OutboxLimits.max_bytes``.
             TypeError: ``event`` is not an :class:`~budget_ws.Event`.
         """
         self._check_running()
-        if not isinstance(event, Event):
-            raise TypeError(f"publish() takes a budget_ws.Event, not {type(event).__name__}")
         validate_topic(topic, self.limits.max_topic_length)
-        position = await self.backend.publish(topic, encode_event(event))
+        payload = self._encode(event, extra=len(topic) + _POSITION_FIELDS)
+        position = await self.backend.publish(topic, payload)
         self._published += 1
         return position
 
     async def send(self, connection: Connection, event: Event) -> None:
         """Send an event to one connection, outside any topic (not recoverable)."""
         self._check_running()
-        connection.push(encode_event(event).decode())
+        connection.push(self._encode(event).decode())
 
     async def broadcast(self, event: Event) -> int:
         """Send an event to every connection of *this* manager, outside any topic.
@@ -487,11 +502,23 @@ class ConnectionManager:
             The number of connections the event was queued for.
         """
         self._check_running()
-        frame = encode_event(event).decode()
+        frame = self._encode(event).decode()
         connections = list(self._connections.values())
         for connection in connections:
             connection.push(frame)
         return len(connections)
+
+    def _encode(self, event: Event, extra: int = 0) -> bytes:
+        if not isinstance(event, Event):
+            raise TypeError(f"expected a budget_ws.Event, not {type(event).__name__}")
+        payload = encode_event(event)
+        if len(payload) + extra > self.outbox_limits.max_bytes:
+            raise EventTooLarge(
+                f"{event.event_name!r} encodes to {len(payload)} bytes, more than "
+                f"OutboxLimits.max_bytes ({self.outbox_limits.max_bytes}): no client could "
+                "receive it"
+            )
+        return payload
 
     # Introspection ---------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 import anyio
 
@@ -19,13 +20,30 @@ class Outbox:
     delaying the publisher and every other client. One writer task takes batches with
     :meth:`get_message`. Sizes are counted in characters of the JSON text, which equals
     bytes for ASCII payloads.
+
+    Control frames and replays of missed events go to a separate, urgent queue
+    (:meth:`put_urgent`) that is written first and never dropped: a ``subscribed`` answer
+    must not be lost to the drop-oldest policy, and a client resuming after an overflow
+    must get its replay even though it is as large as the outbox that overflowed.
     """
 
-    __slots__ = ("_finished", "_frames", "_limits", "_size", "_wakeup", "dropped")
+    __slots__ = (
+        "_finished",
+        "_frames",
+        "_limits",
+        "_size",
+        "_urgent",
+        "_urgent_limit",
+        "_wakeup",
+        "dropped",
+    )
 
     def __init__(self, limits: OutboxLimits) -> None:
         self._limits = limits
         self._frames: deque[str] = deque()
+        self._urgent: deque[str] = deque()
+        # Replays are bounded by max_replay; the rest leaves room for control frames.
+        self._urgent_limit = limits.max_replay + limits.max_messages
         self._size = 0
         self._wakeup: anyio.Event | None = None
         self._finished = False
@@ -33,20 +51,24 @@ class Outbox:
         """Frames discarded by the drop-oldest policy."""
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) + len(self._urgent)
 
     @property
     def size(self) -> int:
-        """Characters of JSON currently queued."""
-        return self._size
+        """Characters of JSON currently queued (urgent frames included)."""
+        return self._size + sum(map(len, self._urgent))
 
-    def fits(self, count: int, size: int) -> bool:
-        """Whether ``count`` more frames totalling ``size`` would fit right now."""
-        limits = self._limits
-        return (
-            len(self._frames) + count <= limits.max_messages
-            and self._size + size <= limits.max_bytes
-        )
+    def put_urgent(self, frames: Iterable[str]) -> bool:
+        """Queue frames ahead of the event frames; they are never dropped.
+
+        Returns:
+            False when the urgent queue is over its bound (the client answers nothing and
+            keeps asking): the caller closes the connection.
+        """
+        self._urgent.extend(frames)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return len(self._urgent) <= self._urgent_limit
 
     def put(self, frame: str) -> bool:
         """Queue one frame without waiting.
@@ -85,6 +107,7 @@ class Outbox:
     def clear(self) -> None:
         """Discard every queued frame."""
         self._frames.clear()
+        self._urgent.clear()
         self._size = 0
 
     async def get_message(self) -> tuple[str, int] | None:
@@ -98,8 +121,7 @@ class Outbox:
             The message and the number of frames in it, or ``None`` after :meth:`finish`
             once the queue is empty.
         """
-        frames = self._frames
-        while not frames:
+        while not self._frames and not self._urgent:
             if self._finished:
                 return None
             self._wakeup = anyio.Event()
@@ -107,11 +129,10 @@ class Outbox:
                 await self._wakeup.wait()
             finally:
                 self._wakeup = None
+        urgent = bool(self._urgent)
+        frames = self._urgent if urgent else self._frames
         first = frames.popleft()
         size = len(first)
-        if not frames or size >= self._limits.max_batch_bytes:
-            self._size -= size
-            return first, 1
         batch = [first]
         budget = self._limits.max_batch_bytes - size
         while frames and len(frames[0]) < budget:
@@ -119,5 +140,8 @@ class Outbox:
             budget -= len(frame) + 1
             size += len(frame)
             batch.append(frame)
-        self._size -= size
+        if not urgent:
+            self._size -= size
+        if len(batch) == 1:
+            return first, 1
         return FRAME_SEPARATOR.join(batch), len(batch)

@@ -271,7 +271,10 @@ def position_frame(payload: bytes, topic: str, position: Position) -> str:
 
 
 def encode_welcome(
-    connection_id: str, heartbeat_interval: float, heartbeat_timeout: float, limits: dict[str, int]
+    connection_id: str,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    limits: dict[str, float],
 ) -> str:
     """The first frame of every connection: what the client needs to behave."""
     return _dumps(

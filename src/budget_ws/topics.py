@@ -10,7 +10,8 @@ import anyio
 
 from .backends import Backend, Position
 from .connection import Connection
-from .protocol import ErrorCode, encode_error, encode_resync, encode_subscribed, position_frame
+from .errors import BackendError
+from .protocol import encode_resync, encode_subscribed, position_frame
 
 __all__ = ["TopicRouter"]
 
@@ -42,7 +43,7 @@ class TopicRouter:
     Args:
         backend: Where topics are subscribed and history is read.
         max_replay: Most events replayed to one resuming connection; a larger gap is not
-            recovered (the outbox could not hold it).
+            recovered.
     """
 
     def __init__(self, backend: Backend, max_replay: int) -> None:
@@ -72,8 +73,10 @@ class TopicRouter:
         """Subscribe ``connection`` to ``topic``, resuming after ``position`` if given.
 
         The client gets a ``subscribed`` frame, then the missed events (when recovered),
-        then live events, with none lost or repeated in between. Backend failures become
-        a ``backend_error`` frame.
+        then live events, with none lost or repeated in between.
+
+        Raises:
+            BackendError: The backend failed to subscribe or to read history.
         """
         state = self._topics.get(topic)
         if state is None:
@@ -94,28 +97,13 @@ class TopicRouter:
                 finally:
                     del state.recovering[connection]
             except Exception as exc:
-                logger.exception("subscribing %r to %r failed", connection, topic)
-                connection.push(
-                    encode_error(
-                        ErrorCode.BACKEND_ERROR,
-                        f"could not subscribe to {topic!r}: {exc}; retry later",
-                        request_id,
-                        topic=topic,
-                    )
-                )
-                return
+                raise BackendError(f"could not subscribe to {topic!r}: {exc}") from exc
             if connection.closed:
                 return
             recovered = recovery.recovered and position is not None
-            frames = [position_frame(payload, topic, at) for at, payload in recovery.items]
-            if recovered and not connection.fits(len(frames) + 1, sum(map(len, frames))):
-                # Replaying would overflow the outbox and close the connection: ask the
-                # client to reload instead, which it would have to do anyway.
-                recovered, frames = False, []
             top = recovery.position
-            connection.push(encode_subscribed(topic, top, recovered, request_id))
-            for frame in frames:
-                connection.push(frame)
+            replay = [position_frame(payload, topic, at) for at, payload in recovery.items]
+            connection.push_control(encode_subscribed(topic, top, recovered, request_id), *replay)
             for at, frame in buffer:
                 # History already held these, or they precede the client's new position.
                 if at.epoch != top.epoch or at.offset > top.offset:
@@ -172,4 +160,4 @@ class TopicRouter:
             return
         frame = encode_resync(topic, position)
         for connection in state.connections:
-            connection.push(frame)
+            connection.push_control(frame)

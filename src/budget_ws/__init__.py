@@ -10,6 +10,7 @@ from .connection import Connection, Transport
 from .errors import (
     BackendError,
     BackendNotInstalled,
+    BackendUnavailable,
     BudgetWSError,
     ConnectionClosed,
     EventRegistrationError,
@@ -33,6 +34,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendNotInstalled",
+    "BackendUnavailable",
     "BudgetWSError",
     "ClientMessage",
     "CloseCode",

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendNotInstalled",
+    "BackendUnavailable",
     "BudgetWSError",
     "ConnectionClosed",
     "EventRegistrationError",
@@ -82,6 +83,10 @@ class UnknownBackend(BudgetWSError, ValueError):
 
 class BackendError(BudgetWSError):
     """A backend failed to publish, subscribe or read history."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend's server cannot be reached or did not answer in time; retry later."""
 
 
 class BackendNotInstalled(BudgetWSError, ImportError):

@@ -1,7 +1,8 @@
-"""The backend contract suite runs against every backend."""
+"""The backend contract suite runs against every backend, on every event loop it supports."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -9,12 +10,34 @@ import pytest
 from budget_ws import Backend, create_backend
 from budget_ws.testing import RecordingListener
 
-BACKEND_URLS = {"memory": "memory://?history_size=100"}
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# backend -> the event loops it runs on (redis-py's client is asyncio-only)
+BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",)}
+CASES = [(name, loop) for name, loops in BACKENDS.items() for loop in loops]
 
 
-@pytest.fixture(params=sorted(BACKEND_URLS))
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    async with create_backend(BACKEND_URLS[request.param]) as opened:
+def backend_url(name: str) -> str:
+    if name == "memory":
+        return "memory://?history_size=100"
+    # A prefix of its own per test keeps runs (and parallel developers) apart.
+    return f"{REDIS_URL}?history_size=100&key_prefix=test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=CASES, ids=[f"{name}-{loop}" for name, loop in CASES])
+def backend_case(request: pytest.FixtureRequest) -> tuple[str, str]:
+    name, loop = request.param
+    return str(name), str(loop)
+
+
+@pytest.fixture
+def contract_anyio_backend(backend_case: tuple[str, str]) -> str:
+    return backend_case[1]
+
+
+@pytest.fixture
+async def backend(backend_case: tuple[str, str]) -> AsyncIterator[Backend]:
+    async with create_backend(backend_url(backend_case[0])) as opened:
         yield opened
 
 

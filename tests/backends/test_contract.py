@@ -15,6 +15,12 @@ from budget_ws.testing import RecordingListener
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def anyio_backend(contract_anyio_backend: str) -> str:
+    """Each backend runs on the event loops it supports (see conftest.CASES)."""
+    return contract_anyio_backend
+
+
 def fresh_topic() -> str:
     return f"contract:{uuid.uuid4().hex}"
 
@@ -56,6 +62,8 @@ async def test_unsubscribe_stops_delivery(backend: Backend, listener: RecordingL
     topic = fresh_topic()
     await backend.subscribe(topic, listener)
     await backend.publish(topic, b"1")
+    with anyio.fail_after(5):
+        await listener.wait_for(1)
     await backend.unsubscribe(topic, listener)
     await backend.unsubscribe(topic, listener)  # twice is harmless
     await backend.unsubscribe(fresh_topic(), listener)

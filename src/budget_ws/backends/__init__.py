@@ -20,7 +20,12 @@ __all__ = [
 ]
 
 # scheme -> (module, class name, the distribution it needs, the extra that installs it)
-_LAZY_BACKENDS: dict[str, tuple[str, str, str, str]] = {}
+_REDIS = ("budget_ws.backends.redis", "RedisBackend", "redis", "redis")
+_LAZY_BACKENDS: dict[str, tuple[str, str, str, str]] = {
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "unix": _REDIS,
+}
 
 _MEMORY_OPTIONS = {"history_size": int, "history_ttl": float}
 

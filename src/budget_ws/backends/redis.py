@@ -1,0 +1,607 @@
+"""The Redis backend: fan-out across workers and hosts, history in Redis Streams.
+
+Each publish is one server-side script: it assigns the topic's next offset (creating the
+topic's epoch when absent), appends the payload to the topic's stream, and publishes it
+with its position, so every worker sees events in history order. Each worker holds one
+pub/sub connection for all its topics, supervised: when it breaks, the backend reconnects
+with jittered backoff, subscribes again and fills every topic's gap from the stream, or
+tells its listeners to resync when the stream cannot cover the gap.
+
+Requires redis-py (``pip install 'budget-ws[redis]'``) and runs on asyncio.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import random
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+from typing_extensions import Self
+
+from ..errors import BackendError, BackendUnavailable
+from .base import Listener, Position, Recovery
+
+__all__ = ["HistoryPolicy", "RedisBackend"]
+
+logger = logging.getLogger("budget_ws")
+
+# KEYS: meta hash, stream. ARGV: payload, history size, history ttl (ms), key ttl (ms),
+# new epoch, channel, "1" for sharded pub/sub.
+_PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 't', now_ms, 'p', ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local message = offset .. ' ' .. epoch .. ' ' .. ARGV[1]
+if ARGV[7] == '1' then
+  redis.call('SPUBLISH', ARGV[6], message)
+else
+  redis.call('PUBLISH', ARGV[6], message)
+end
+return {offset, epoch}
+"""
+
+# KEYS: meta hash, stream. ARGV: after offset (-1: only the position), limit, history ttl
+# (ms), key ttl (ms), new epoch. Returns {epoch, offset, oldest allowed ms, entries...}.
+_HISTORY = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('DEL', KEYS[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local after = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+local entries = {}
+if after >= 0 and after < top and top - after <= tonumber(ARGV[2]) then
+  entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-1', top .. '-1')
+end
+return {epoch, top, oldest, entries}
+"""
+
+
+@dataclass(frozen=True)
+class HistoryPolicy:
+    """How much of a topic's history Redis keeps for recovery."""
+
+    size: int = 1000
+    """Events kept per topic (the stream's exact MAXLEN); 0 keeps none."""
+    ttl: float = 300.0
+    """Seconds an event stays recoverable."""
+
+
+@dataclass(eq=False)
+class _Subscription:
+    listeners: list[Listener] = field(default_factory=list)
+    # Last position delivered to the listeners; None until known.
+    position: Position | None = None
+    # Messages held while the position is being established or a gap is being filled.
+    held: list[tuple[Position, bytes]] | None = None
+    confirmed: anyio.Event = field(default_factory=anyio.Event)
+
+
+class RedisBackend:
+    """Fans events out through Redis pub/sub and keeps their history in Redis Streams.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL of the server (or of one node
+            of a cluster, with ``cluster=True``).
+        key_prefix: Prefix of every key and channel.
+        history: Default history policy of every topic.
+        history_overrides: Policies for topics matching shell-style patterns, first match
+            wins, e.g. ``{"chat:*": HistoryPolicy(size=100, ttl=60)}``.
+        topic_ttl: Seconds an idle topic keeps its offset and epoch; after that its next
+            event starts a new epoch and resuming clients resync.
+        cluster: Connect to a Redis Cluster; fan-out then uses sharded pub/sub.
+        operation_timeout: Seconds a publish, subscribe or history read may take before
+            :class:`~budget_ws.BackendUnavailable` is raised.
+        health_check_interval: Seconds between pings on the pub/sub connection; no answer
+            within ``operation_timeout`` counts as a dead connection.
+        reconnect_delay: Smallest and largest delay between reconnection attempts; each
+            delay is drawn at random up to an exponentially growing cap (full jitter).
+        connection_options: Extra keyword arguments for redis-py's client.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        key_prefix: str = "budget_ws",
+        history: HistoryPolicy | None = None,
+        history_overrides: Mapping[str, HistoryPolicy] | None = None,
+        topic_ttl: float = 86400.0,
+        cluster: bool = False,
+        operation_timeout: float = 5.0,
+        health_check_interval: float = 5.0,
+        reconnect_delay: tuple[float, float] = (0.05, 5.0),
+        connection_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.history_policy = history or HistoryPolicy()
+        self.history_overrides = dict(history_overrides or {})
+        self.topic_ttl = topic_ttl
+        self.cluster = cluster
+        self.operation_timeout = operation_timeout
+        self.health_check_interval = health_check_interval
+        self.reconnect_delay = reconnect_delay
+        self._connection_options = dict(connection_options or {})
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._publish_script: Any = None
+        self._history_script: Any = None
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._connected = False
+        self._reconnects = 0
+        self._pong = anyio.Event()
+        self._pubsub_client: Any = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """Create a backend from a URL; budget_ws options go in the query string.
+
+        ``redis://host:6379/0?key_prefix=app&history_size=500&history_ttl=60&cluster=1``;
+        other query parameters are left to redis-py.
+        """
+        parts = urlsplit(url)
+        ours: dict[str, Any] = {}
+        history: dict[str, Any] = {}
+        theirs: list[tuple[str, str]] = []
+        for name, value in parse_qsl(parts.query):
+            if name == "key_prefix":
+                ours["key_prefix"] = value
+            elif name == "history_size":
+                history["size"] = int(value)
+            elif name == "history_ttl":
+                history["ttl"] = float(value)
+            elif name == "topic_ttl":
+                ours["topic_ttl"] = float(value)
+            elif name == "cluster":
+                ours["cluster"] = value.lower() in ("1", "true", "yes")
+            elif name == "operation_timeout":
+                ours["operation_timeout"] = float(value)
+            else:
+                theirs.append((name, value))
+        if history:
+            ours["history"] = HistoryPolicy(**history)
+        plain = urlunsplit(parts._replace(query=urlencode(theirs)))
+        return cls(plain, **ours)
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self.url)
+        where = parts.hostname or parts.path
+        port = f":{parts.port}" if parts.port else ""
+        kind = "cluster" if self.cluster else "server"
+        return f"RedisBackend({parts.scheme}://{where}{port} {kind}, prefix={self.key_prefix!r})"
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        options = {**self._connection_options, "decode_responses": False}
+        if self.cluster:
+            self._client = RedisCluster.from_url(self.url, **options)
+        else:
+            self._client = aioredis.Redis.from_url(self.url, **options)
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._history_script = self._client.register_script(_HISTORY)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._supervise)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening and close every connection."""
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+        with anyio.CancelScope(shield=True):
+            await self._close_pubsub()
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
+
+    def status(self) -> dict[str, Any]:
+        """State of the pub/sub connection, for ``ConnectionManager.stats()``."""
+        return {
+            "connected": self._connected,
+            "reconnects": self._reconnects,
+            "topics": len(self._subscriptions),
+        }
+
+    # Keys ------------------------------------------------------------------------------
+
+    def _keys(self, topic: str) -> tuple[str, str, str]:
+        # One hash tag per topic: its keys and its shard channel share a cluster slot.
+        base = f"{self.key_prefix}:{{{topic}}}"
+        return f"{base}:meta", f"{base}:log", base
+
+    def _policy(self, topic: str) -> HistoryPolicy:
+        for pattern, policy in self.history_overrides.items():
+            if fnmatch.fnmatchcase(topic, pattern):
+                return policy
+        return self.history_policy
+
+    def _topic_of(self, channel: str) -> str:
+        return channel[len(self.key_prefix) + 2 : -1]
+
+    # Publishing and history ------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes) -> Position:
+        """Assign the next offset, append to the stream and fan out: one round trip."""
+        meta, log, channel = self._keys(topic)
+        policy = self._policy(topic)
+        arguments = [
+            payload,
+            policy.size,
+            int(policy.ttl * 1000),
+            int(max(self.topic_ttl, policy.ttl) * 1000),
+            secrets.token_hex(4),
+            channel,
+            "1" if self.cluster else "0",
+        ]
+        result = await self._call(self._publish_script, [meta, log], arguments, topic)
+        offset, epoch = result
+        return Position(int(offset), _text(epoch))
+
+    async def history(self, topic: str, after: Position | None, limit: int) -> Recovery:
+        """Read what ``topic`` holds after ``after``; all of it or nothing."""
+        meta, log, _ = self._keys(topic)
+        policy = self._policy(topic)
+        arguments = [
+            after.offset if after is not None else -1,
+            limit,
+            int(policy.ttl * 1000),
+            int(max(self.topic_ttl, policy.ttl) * 1000),
+            secrets.token_hex(4),
+        ]
+        epoch, top, oldest, entries = await self._call(
+            self._history_script, [meta, log], arguments, topic
+        )
+        position = Position(int(top), _text(epoch))
+        if after is None or after.epoch != position.epoch or after.offset > position.offset:
+            return Recovery(False, position)
+        missing = position.offset - after.offset
+        if missing == 0:
+            return Recovery(True, position)
+        if len(entries) != missing:
+            return Recovery(False, position)
+        items: list[tuple[Position, bytes]] = []
+        expected = after.offset + 1
+        for entry_id, fields in entries:
+            values = _fields(fields)
+            offset = int(_text(entry_id).split("-", 1)[0])
+            if offset != expected or int(values[b"t"]) < int(oldest):
+                return Recovery(False, position)
+            items.append((Position(offset, position.epoch), values[b"p"]))
+            expected += 1
+        return Recovery(True, position, items)
+
+    async def _call(
+        self, script: Any, keys: Sequence[str], arguments: Sequence[Any], topic: str
+    ) -> Any:
+        if self._client is None:
+            raise BackendError("the Redis backend is not open: use `async with backend:`")
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                return await script(keys=keys, args=arguments)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"Redis did not answer within {self.operation_timeout:g} s (topic {topic!r})"
+            ) from None
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"Redis failed for topic {topic!r}: {exc}") from exc
+
+    # Subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, listener: Listener) -> None:
+        """Deliver ``topic`` to ``listener``; returns once Redis confirmed the subscription."""
+        subscription = self._subscriptions.get(topic)
+        if subscription is not None:
+            if listener not in subscription.listeners:
+                subscription.listeners.append(listener)
+            await self._wait_confirmed(topic, subscription)
+            return
+        subscription = self._subscriptions[topic] = _Subscription(listeners=[listener])
+        subscription.held = []
+        try:
+            if self._connected:
+                await self._send_subscribe([topic])
+            await self._wait_confirmed(topic, subscription)
+            # Everything published from here on reaches us; what came before is history.
+            recovery = await self.history(topic, None, 0)
+        except BaseException:
+            if self._subscriptions.get(topic) is subscription:
+                subscription.listeners.remove(listener)
+                if not subscription.listeners:
+                    del self._subscriptions[topic]
+                    await self._send_unsubscribe_quietly(topic)
+            raise
+        subscription.position = recovery.position
+        self._release_held(topic, subscription)
+
+    async def _wait_confirmed(self, topic: str, subscription: _Subscription) -> None:
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                await subscription.confirmed.wait()
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"Redis did not confirm the subscription to {topic!r} within "
+                f"{self.operation_timeout:g} s"
+            ) from None
+
+    async def unsubscribe(self, topic: str, listener: Listener) -> None:
+        """Stop delivering ``topic`` to ``listener``; the last one unsubscribes in Redis."""
+        subscription = self._subscriptions.get(topic)
+        if subscription is None or listener not in subscription.listeners:
+            return
+        subscription.listeners.remove(listener)
+        if not subscription.listeners:
+            del self._subscriptions[topic]
+            await self._send_unsubscribe_quietly(topic)
+
+    async def _send_subscribe(self, topics: Sequence[str]) -> None:
+        channels = [self._keys(topic)[2] for topic in topics]
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                if self.cluster:
+                    await self._pubsub.ssubscribe(*channels)
+                else:
+                    await self._pubsub.subscribe(*channels)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The health check notices the broken connection; reconnecting subscribes again.
+            logger.warning("budget_ws: subscribing %s failed: %s", topics, exc)
+
+    async def _send_unsubscribe_quietly(self, topic: str) -> None:
+        if self._pubsub is None or not self._connected:
+            return
+        channel = self._keys(topic)[2]
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                if self.cluster:
+                    await self._pubsub.sunsubscribe(channel)
+                else:
+                    await self._pubsub.unsubscribe(channel)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("budget_ws: unsubscribing %r failed: %s", topic, exc)
+
+    # The supervised listener -----------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Keep one pub/sub connection alive; after every break, resubscribe and fill gaps."""
+        attempt = 0
+        while True:
+            try:
+                await self._connect_pubsub()
+                attempt = 0
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(self._health_check, task_group.cancel_scope)
+                    task_group.start_soon(self._recover_all)
+                    await self._listen()
+            except Exception as exc:  # supervised: any failure means reconnect
+                if self._connected:
+                    logger.warning("budget_ws: Redis pub/sub connection lost: %r", exc)
+                else:
+                    logger.debug("budget_ws: Redis pub/sub reconnect failed: %r", exc)
+            finally:
+                self._connected = False
+                for subscription in self._subscriptions.values():
+                    subscription.confirmed = anyio.Event()
+                    if subscription.held is None:
+                        subscription.held = []
+                with anyio.CancelScope(shield=True):
+                    await self._close_pubsub()
+            attempt += 1
+            self._reconnects += 1
+            low, high = self.reconnect_delay
+            await anyio.sleep(random.uniform(low, min(high, low * 2**attempt)))
+
+    async def _connect_pubsub(self) -> None:
+        # redis-py must not reconnect and resubscribe behind our back: a silent
+        # reconnect would hide the gap that only we know how to fill.
+        options = {
+            "socket_connect_timeout": self.operation_timeout,
+            **self._connection_options,
+            "retry": Retry(NoBackoff(), 0),
+            "decode_responses": False,
+        }
+        with anyio.fail_after(self.operation_timeout):
+            if self.cluster:
+                self._pubsub = self._client.pubsub()
+            else:
+                client = aioredis.Redis.from_url(self.url, **options)
+                self._pubsub = client.pubsub()
+                self._pubsub_client = client
+            await self._pubsub.ping()
+        self._connected = True
+        if self._subscriptions:
+            channels = [self._keys(topic)[2] for topic in self._subscriptions]
+            with anyio.fail_after(self.operation_timeout):
+                if self.cluster:
+                    await self._pubsub.ssubscribe(*channels)
+                else:
+                    await self._pubsub.subscribe(*channels)
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()
+            except Exception:
+                logger.debug("closing the pub/sub connection failed", exc_info=True)
+        client = getattr(self, "_pubsub_client", None)
+        if client is not None:
+            self._pubsub_client = None
+            try:
+                await client.aclose()
+            except Exception:
+                logger.debug("closing the pub/sub client failed", exc_info=True)
+
+    async def _health_check(self, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(self.health_check_interval)
+            self._pong = anyio.Event()
+            with anyio.fail_after(self.operation_timeout):
+                await self._pubsub.ping()
+            with anyio.move_on_after(self.operation_timeout):
+                await self._pong.wait()
+            if not self._pong.is_set():
+                raise _DeadConnection("no pong on the pub/sub connection")
+
+    async def _listen(self) -> None:
+        pubsub = self._pubsub
+        while True:
+            if self.cluster:
+                message = await pubsub.get_sharded_message(timeout=0.5)
+            else:
+                message = await pubsub.get_message(timeout=0.5)
+            if message is None:
+                continue
+            kind = _text(message["type"])
+            if kind in ("message", "smessage"):
+                self._on_message(_text(message["channel"]), message["data"])
+            elif kind in ("subscribe", "ssubscribe"):
+                subscription = self._subscriptions.get(self._topic_of(_text(message["channel"])))
+                if subscription is not None:
+                    subscription.confirmed.set()
+            elif kind == "pong":
+                self._pong.set()
+
+    async def _recover_all(self) -> None:
+        """After a reconnect: wait for confirmations, then fill each topic's gap."""
+        for topic, subscription in list(self._subscriptions.items()):
+            if subscription.position is None:
+                continue  # subscribe() is establishing it
+            await self._wait_confirmed(topic, subscription)
+            await self._fill(topic, subscription)
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        topic = self._topic_of(channel)
+        subscription = self._subscriptions.get(topic)
+        if subscription is None:
+            return
+        offset, epoch, payload = data.split(b" ", 2)
+        position = Position(int(offset), epoch.decode())
+        if subscription.held is not None:
+            subscription.held.append((position, payload))
+            return
+        self._deliver(topic, subscription, position, payload)
+
+    def _deliver(
+        self, topic: str, subscription: _Subscription, position: Position, payload: bytes
+    ) -> None:
+        """Deliver in offset order: drop repeats, fill gaps from the stream first."""
+        last = subscription.position
+        if last is not None and position.epoch == last.epoch:
+            if position.offset <= last.offset:
+                return
+            if position.offset > last.offset + 1:
+                # Pub/sub lost something: hold live messages and fill from the stream.
+                subscription.held = [(position, payload)]
+                if self._task_group is not None:
+                    self._task_group.start_soon(self._fill, topic, subscription)
+                return
+        elif last is not None:
+            # Another epoch: Redis lost the topic's state, so nothing can be recovered.
+            # Listeners resync to just before this event, then get it.
+            self._notify_resync(topic, subscription, Position(position.offset - 1, position.epoch))
+        self._dispatch(topic, subscription, position, payload)
+
+    def _dispatch(
+        self, topic: str, subscription: _Subscription, position: Position, payload: bytes
+    ) -> None:
+        subscription.position = position
+        for listener in tuple(subscription.listeners):
+            try:
+                listener.deliver(topic, position, payload)
+            except Exception:
+                logger.exception("listener %r failed on topic %r", listener, topic)
+
+    async def _fill(self, topic: str, subscription: _Subscription) -> None:
+        """Deliver what the stream holds after the last delivered event, then the held."""
+        if subscription.held is None:
+            subscription.held = []
+        after = subscription.position
+        if after is None:
+            return
+        try:
+            recovery = await self.history(topic, after, max(self._policy(topic).size, 1))
+        except BackendError as exc:
+            # Redis is failing again; the next reconnect fills this gap.
+            logger.warning("budget_ws: filling the gap of %r failed: %s", topic, exc)
+            return
+        if recovery.recovered:
+            for position, payload in recovery.items:
+                self._dispatch(topic, subscription, position, payload)
+        else:
+            subscription.position = recovery.position
+            self._notify_resync(topic, subscription, recovery.position)
+        self._release_held(topic, subscription)
+
+    def _release_held(self, topic: str, subscription: _Subscription) -> None:
+        held, subscription.held = subscription.held or [], None
+        for position, payload in held:
+            if subscription.held is not None:  # a new gap: keep holding behind it
+                subscription.held.append((position, payload))
+            else:
+                self._deliver(topic, subscription, position, payload)
+
+    def _notify_resync(self, topic: str, subscription: _Subscription, position: Position) -> None:
+        for listener in tuple(subscription.listeners):
+            try:
+                listener.resync(topic, position)
+            except Exception:
+                logger.exception("listener %r failed on topic %r", listener, topic)
+
+
+class _DeadConnection(Exception):
+    """The pub/sub connection stopped answering pings."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _fields(fields: Any) -> dict[bytes, bytes]:
+    if isinstance(fields, dict):
+        return {_bytes(key): value for key, value in fields.items()}
+    pairs = list(fields)
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))

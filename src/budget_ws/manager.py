@@ -87,6 +87,8 @@ class Stats:
     """Connections closed because their outbox overflowed."""
     backend: str
     """The backend's description."""
+    backend_status: dict[str, Any]
+    """What the backend reports of itself (e.g. whether its pub/sub connection is up)."""
 
 
 class ConnectionManager:
@@ -197,10 +199,12 @@ class ConnectionManager:
                 connection.close(CloseCode.SERVICE_RESTART, "server shutting down", drain=False)
             with anyio.CancelScope(shield=True):
                 await self._idle.wait()
-                if was_running:
-                    await self.backend.aclose()
         finally:
             self._state = "closed"
+            # Outside any scope opened here: a backend may close a task group that
+            # `start()` opened, which must be the innermost scope when it exits.
+            if was_running:
+                await self.backend.aclose()
 
     @property
     def running(self) -> bool:
@@ -536,8 +540,20 @@ class ConnectionManager:
             dropped=counters.dropped,
             slow_consumer_disconnects=counters.slow_consumers,
             backend=repr(self.backend),
+            backend_status=_backend_status(self.backend),
         )
 
     def topic_connections(self, topic: str) -> Iterable[Connection]:
         """The local connections subscribed to ``topic``."""
         return self._router.connections(topic)
+
+
+def _backend_status(backend: Backend) -> dict[str, Any]:
+    # `status()` is optional for third-party backends.
+    status = getattr(backend, "status", None)
+    if status is None:
+        return {}
+    try:
+        return dict(status())
+    except Exception as exc:
+        return {"error": repr(exc)}

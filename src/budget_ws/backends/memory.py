@@ -81,6 +81,10 @@ class MemoryBackend:
         for state in self._topics.values():
             state.listeners.clear()
 
+    def status(self) -> dict[str, object]:
+        """What ``ConnectionManager.stats()`` reports of this backend."""
+        return {"connected": True, "topics": len(self._topics)}
+
     def _topic(self, topic: str) -> _Topic:
         state = self._topics.get(topic)
         if state is None:

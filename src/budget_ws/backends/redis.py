@@ -161,6 +161,7 @@ class RedisBackend:
         self._reconnects = 0
         self._pong = anyio.Event()
         self._pubsub_client: Any = None
+        self._up = anyio.Event()
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -203,6 +204,9 @@ class RedisBackend:
     # Lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        """Connect; fails with :class:`~budget_ws.BackendUnavailable` if Redis is unreachable."""
+        if self._client is not None:
+            raise RuntimeError("this RedisBackend is already open")
         options = {**self._connection_options, "decode_responses": False}
         if self.cluster:
             self._client = RedisCluster.from_url(self.url, **options)
@@ -213,6 +217,14 @@ class RedisBackend:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._supervise)
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                await self.wait_connected()
+        except TimeoutError:
+            await self.aclose()
+            raise BackendUnavailable(
+                f"could not connect to Redis at {self!r} within {self.operation_timeout:g} s"
+            ) from None
         return self
 
     async def __aexit__(
@@ -234,6 +246,11 @@ class RedisBackend:
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+
+    async def wait_connected(self) -> None:
+        """Wait until the pub/sub connection is up (e.g. for a readiness probe)."""
+        while not self._connected:
+            await self._up.wait()
 
     def status(self) -> dict[str, Any]:
         """State of the pub/sub connection, for ``ConnectionManager.stats()``."""
@@ -418,7 +435,9 @@ class RedisBackend:
                 else:
                     logger.debug("budget_ws: Redis pub/sub reconnect failed: %r", exc)
             finally:
-                self._connected = False
+                if self._connected:
+                    self._connected = False
+                    self._up = anyio.Event()
                 for subscription in self._subscriptions.values():
                     subscription.confirmed = anyio.Event()
                     if subscription.held is None:
@@ -448,6 +467,7 @@ class RedisBackend:
                 self._pubsub_client = client
             await self._pubsub.ping()
         self._connected = True
+        self._up.set()
         if self._subscriptions:
             channels = [self._keys(topic)[2] for topic in self._subscriptions]
             with anyio.fail_after(self.operation_timeout):

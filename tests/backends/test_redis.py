@@ -1,0 +1,297 @@
+"""What is particular to the Redis backend, against real Redis servers.
+
+The shared server on 127.0.0.1:6379 serves most tests; tests that break Redis start a
+server of their own on another loopback port and stop it by pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+import anyio
+import pytest
+from redis import asyncio as aioredis
+
+from budget_ws import (
+    BackendUnavailable,
+    ConnectionManager,
+    Event,
+    Position,
+    create_backend,
+)
+from budget_ws.backends.redis import HistoryPolicy, RedisBackend
+from budget_ws.testing import RecordingListener, connect
+
+pytestmark = pytest.mark.anyio
+
+SHARED = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's client runs on asyncio
+
+
+class FactCreated(Event, name="test_redis_fact_created", register=False):
+    id: int
+    amount: Decimal = Decimal("1.00")
+
+
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        assert executable, "redis-server is needed (apt-get install redis-server)"
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_backend() -> AsyncIterator[RedisBackend]:
+    async with RedisBackend(SHARED, key_prefix=prefix()) as backend:
+        yield backend
+
+
+async def test_urls_choose_the_redis_backend_with_options() -> None:
+    backend = create_backend(
+        "redis://127.0.0.1:6379/2?key_prefix=app&history_size=50&history_ttl=30"
+        "&topic_ttl=600&operation_timeout=2&socket_timeout=3"
+    )
+    assert isinstance(backend, RedisBackend)
+    assert backend.key_prefix == "app"
+    assert backend.history_policy == HistoryPolicy(size=50, ttl=30)
+    assert (backend.topic_ttl, backend.operation_timeout) == (600, 2)
+    assert backend.url == "redis://127.0.0.1:6379/2?socket_timeout=3"
+    assert repr(backend) == "RedisBackend(redis://127.0.0.1:6379 server, prefix='app')"
+    assert isinstance(create_backend("rediss://cache.example:6380"), RedisBackend)
+    assert isinstance(create_backend("unix:///run/redis.sock"), RedisBackend)
+
+
+async def test_one_round_trip_per_publish(redis_backend: RedisBackend) -> None:
+    monitor = aioredis.Redis.from_url(SHARED)
+    async with monitor.monitor() as stream:
+        await anyio.sleep(0.05)
+        await redis_backend.publish("counted", b"x")
+        seen: list[str] = []
+        with anyio.move_on_after(0.5):
+            async for command in stream.listen():
+                seen.append(command["command"])
+    await monitor.aclose()
+    ours = [command for command in seen if redis_backend.key_prefix in command]
+    client_commands = [c for c in ours if c.split()[0].upper() in ("EVALSHA", "EVAL")]
+    assert len(client_commands) == 1, ours
+
+
+async def test_history_policies_per_topic_pattern() -> None:
+    async with RedisBackend(
+        SHARED,
+        key_prefix=prefix(),
+        history=HistoryPolicy(size=10),
+        history_overrides={"chat:*": HistoryPolicy(size=2)},
+    ) as backend:
+        first = await backend.publish("chat:1", b"1")
+        for number in (2, 3, 4):
+            await backend.publish("chat:1", b"%d" % number)
+        assert not (await backend.history("chat:1", first, 10)).recovered
+        assert (await backend.history("chat:1", Position(2, first.epoch), 10)).recovered
+        other = await backend.publish("budget:1", b"1")
+        for number in (2, 3):
+            await backend.publish("budget:1", b"%d" % number)
+        assert (await backend.history("budget:1", other, 10)).recovered
+
+
+async def test_expired_history_is_not_recovered() -> None:
+    async with RedisBackend(
+        SHARED, key_prefix=prefix(), history=HistoryPolicy(size=10, ttl=0.2)
+    ) as backend:
+        first = await backend.publish("t", b"1")
+        await backend.publish("t", b"2")
+        await anyio.sleep(0.3)
+        await backend.publish("t", b"3")
+        recovery = await backend.history("t", first, 10)
+        assert not recovery.recovered
+        assert recovery.position.offset == 3
+
+
+async def test_two_workers_share_topics_through_redis() -> None:
+    key_prefix = prefix()
+    async with (
+        ConnectionManager(RedisBackend(SHARED, key_prefix=key_prefix)) as worker_a,
+        ConnectionManager(RedisBackend(SHARED, key_prefix=key_prefix)) as worker_b,
+        connect(worker_a) as on_a,
+        connect(worker_b) as on_b,
+    ):
+        await on_a.subscribe("budget:1")
+        await on_b.subscribe("budget:1")
+        for number in range(1, 6):
+            await worker_a.publish(FactCreated(id=number), topic="budget:1")
+        for client in (on_a, on_b):
+            offsets = [(await client.receive_event())["offset"] for _ in range(5)]
+            assert offsets == [1, 2, 3, 4, 5]
+        positions = dict(on_a.positions)
+    # A client of worker A reconnects to worker B and recovers what it missed.
+    async with (
+        ConnectionManager(RedisBackend(SHARED, key_prefix=key_prefix)) as worker_a,
+        ConnectionManager(RedisBackend(SHARED, key_prefix=key_prefix)) as worker_b,
+    ):
+        for number in range(6, 9):
+            await worker_a.publish(FactCreated(id=number), topic="budget:1")
+        async with connect(worker_b, positions=positions) as moved:
+            answer = await moved.subscribe("budget:1", resume=True)
+            assert answer["recovered"] is True
+            received = [await moved.receive_event() for _ in range(3)]
+            assert [frame["data"]["id"] for frame in received] == [6, 7, 8]
+
+
+async def test_a_broken_pubsub_connection_is_restored_and_its_gap_filled(
+    redis_backend: RedisBackend,
+) -> None:
+    listener = RecordingListener()
+    await redis_backend.subscribe("t", listener)
+    await redis_backend.publish("t", b"1")
+    with anyio.fail_after(5):
+        await listener.wait_for(1)
+    admin = aioredis.Redis.from_url(SHARED)
+    await admin.client_kill_filter(_type="pubsub", skipme=True)
+    for number in (2, 3, 4):
+        await redis_backend.publish("t", b"%d" % number)  # while pub/sub is down
+    with anyio.fail_after(10):
+        await listener.wait_for(4)
+    await redis_backend.publish("t", b"5")
+    with anyio.fail_after(5):
+        await listener.wait_for(5)
+    await admin.aclose()
+    assert [payload for _, _, payload in listener.delivered] == [b"1", b"2", b"3", b"4", b"5"]
+    assert [position.offset for _, position, _ in listener.delivered] == [1, 2, 3, 4, 5]
+    assert listener.resyncs == []
+    status = redis_backend.status()
+    assert status["connected"] is True
+    assert status["reconnects"] >= 1
+
+
+async def test_redis_restarted_empty_means_resync_then_live_events(own_redis: RedisServer) -> None:
+    listener = RecordingListener()
+    async with RedisBackend(
+        own_redis.url, key_prefix=prefix(), operation_timeout=1, reconnect_delay=(0.05, 0.2)
+    ) as backend:
+        await backend.subscribe("t", listener)
+        before = await backend.publish("t", b"before")
+        with anyio.fail_after(5):
+            await listener.wait_for(1)
+        own_redis.stop()
+        with pytest.raises(BackendUnavailable):
+            await backend.publish("t", b"lost")
+        own_redis.start()
+        with anyio.fail_after(10):
+            await listener.wait_for(1, resyncs=1)  # the gap cannot be filled: resync
+        after = await backend.publish("t", b"after")
+        with anyio.fail_after(10):
+            await listener.wait_for(2)
+    assert after.epoch != before.epoch, "an empty Redis starts a new epoch"
+    assert [payload for _, _, payload in listener.delivered] == [b"before", b"after"]
+    [(topic, position)] = listener.resyncs
+    assert topic == "t"
+    assert position.epoch == after.epoch
+
+
+async def test_an_unreachable_redis_fails_at_startup() -> None:
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", operation_timeout=0.5)
+    with pytest.raises(BackendUnavailable, match="could not connect"):
+        async with ConnectionManager(backend):
+            pass
+
+
+async def test_publishing_while_redis_is_down_fails_fast_and_clearly(
+    own_redis: RedisServer,
+) -> None:
+    async with RedisBackend(own_redis.url, key_prefix=prefix(), operation_timeout=0.5) as backend:
+        own_redis.stop()
+        started = anyio.current_time()
+        with pytest.raises(BackendUnavailable, match="topic 't'"):
+            await backend.publish("t", b"x")
+        assert anyio.current_time() - started < 5
+        with pytest.raises(BackendUnavailable):
+            await backend.subscribe("t", RecordingListener())
+        own_redis.start()
+
+
+async def test_a_silent_pubsub_connection_is_detected(own_redis: RedisServer) -> None:
+    listener = RecordingListener()
+    async with RedisBackend(
+        own_redis.url,
+        key_prefix=prefix(),
+        health_check_interval=0.1,
+        operation_timeout=0.3,
+        reconnect_delay=(0.05, 0.1),
+    ) as backend:
+        await backend.subscribe("t", listener)
+        assert own_redis.process is not None
+        own_redis.process.send_signal(19)  # SIGSTOP: the socket stays open, nothing answers
+        try:
+            with anyio.fail_after(5):
+                while backend.status()["connected"]:  # noqa: ASYNC110 - polls a state
+                    await anyio.sleep(0.02)
+        finally:
+            own_redis.process.send_signal(18)  # SIGCONT
+        with anyio.fail_after(10):
+            await backend.wait_connected()
+        await backend.publish("t", b"after the pause")
+        with anyio.fail_after(5):
+            await listener.wait_for(1)
+
+
+async def test_manager_stats_show_the_backend_status() -> None:
+    async with ConnectionManager(RedisBackend(SHARED, key_prefix=prefix())) as manager:
+        status = manager.stats().backend_status
+        assert status["connected"] is True
+        assert "RedisBackend" in manager.stats().backend

@@ -17,10 +17,12 @@ __all__ = ["Authenticate", "Handshake", "HandshakeRejected", "origin_allowed"]
 class HandshakeRejected(BudgetWSError):
     """Raise from ``authenticate`` to refuse a connection.
 
-    The client gets an HTTP ``status`` response where the server supports the ASGI
-    denial-response extension, else the WebSocket is accepted and closed at once with
-    ``close_code`` and ``reason`` (browsers never see the body of a refused handshake,
-    but they do see a close reason).
+    Browsers (requests with an ``Origin`` header) get the WebSocket accepted and closed at
+    once with ``close_code`` and ``reason``: a browser sees nothing of a refused handshake
+    but a 1006 it cannot tell from an outage, so its client would retry forever, while a
+    close code tells it to stop. Other clients get an HTTP ``status`` response with the
+    reason as body where the server supports the ASGI denial-response extension (uvicorn
+    does), else the same accept-and-close.
 
     Args:
         reason: Why, for the client; keep it short and free of secrets.

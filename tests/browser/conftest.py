@@ -37,9 +37,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless Chromium shared by the session's tests."""
+    """A headless Chromium shared by a module's tests.
+
+    Module-scoped, not session-scoped: Playwright's sync API keeps an event loop running
+    in this thread while it is open, and the async tests of other modules need it gone.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -113,7 +113,7 @@ class WebSocketApp:
         try:
             principal = await self._check(handshake, offered)
         except HandshakeRejected as rejection:
-            await self._refuse(scope, send, rejection, offered)
+            await self._refuse(scope, send, rejection, offered, handshake.origin is not None)
             return
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
         transport = ASGITransport(receive, send)
@@ -147,9 +147,17 @@ class WebSocketApp:
         return principal
 
     async def _refuse(
-        self, scope: Scope, send: Send, rejection: HandshakeRejected, offered: bool
+        self,
+        scope: Scope,
+        send: Send,
+        rejection: HandshakeRejected,
+        offered: bool,
+        browser: bool,
     ) -> None:
-        if "websocket.http.response" in scope.get("extensions", {}):
+        # A browser never sees the status of a refused handshake, only a 1006 it cannot
+        # tell from an outage, so its client would retry forever. Browsers (which always
+        # send Origin) get the WebSocket accepted and closed with a code that says stop.
+        if not browser and "websocket.http.response" in scope.get("extensions", {}):
             await send(
                 {
                     "type": "websocket.http.response.start",
@@ -164,8 +172,6 @@ class WebSocketApp:
                 }
             )
             return
-        # Without the extension a refused handshake reaches the browser as a bare failure;
-        # accepting and closing at once delivers the code and the reason.
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
         await send(
             {"type": "websocket.close", "code": rejection.close_code, "reason": rejection.reason}

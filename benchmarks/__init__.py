@@ -1,0 +1,1 @@
+"""Benchmarks of budget_ws; run them with ``scripts/bench`` (see ``benchmarks/README.md``)."""

@@ -1,0 +1,7 @@
+"""The family-budget demo: FastAPI, Jinja2, HTMX and SQLite, kept live by budget_ws.
+
+Run it from the repository root with ``.venv/bin/python examples/family_budget``, open the
+printed URL in two browser tabs, and add a budget fact in one: it appears in the other.
+
+Importing the package does nothing: :func:`family_budget.app.create_app` builds the app.
+"""

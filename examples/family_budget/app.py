@@ -1,0 +1,411 @@
+"""The family-budget web app: FastAPI routes, Jinja2 pages and HTMX fragments.
+
+Every write follows the same path: check the form, write to SQLite, then
+``await manager.publish(event, topic=budget_topic(budget_id))``. Each open tab of that
+budget receives the event through the bundled browser client, which turns it into an htmx
+event; the fragments listening for it (facts table and totals, article lists) re-fetch
+themselves. Run it with ``python -m family_budget`` from ``examples/`` or with
+``uvicorn --factory --app-dir examples family_budget.app:app_factory``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from html import escape
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Cookie, Depends, FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
+
+from budget_ws import Action, ConnectionManager, Handshake, HandshakeRejected
+from budget_ws.adapters import client_url
+from budget_ws.adapters.fastapi import Manager, create_router, lifespan
+
+from .db import Database, Totals, User
+from .events import ArticleUpdated, FactCreated, FactDeleted, FactUpdated, budget_topic
+from .forms import ArticleName, FactForm, InvalidInput
+
+__all__ = ["app_factory", "create_app"]
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "demo_user"
+WS_PATH = "/ws"
+
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.trim_blocks = templates.env.lstrip_blocks = True
+templates.env.filters["money"] = lambda amount: f"{amount:,.2f}"
+templates.env.globals.update(client_url=client_url(), ws_path=WS_PATH)
+
+
+def default_database() -> str:
+    """``$BUDGET_DEMO_DB``, else a file in the temporary directory (kept between runs)."""
+    return os.environ.get("BUDGET_DEMO_DB") or str(
+        Path(tempfile.gettempdir()) / "budget_ws_family_budget.sqlite3"
+    )
+
+
+def default_backend() -> str:
+    """``$BUDGET_WS_BACKEND``, else the in-memory backend (one process)."""
+    return os.environ.get("BUDGET_WS_BACKEND") or "memory://"
+
+
+def create_app(database: str | None = None, backend: str | None = None) -> FastAPI:
+    """Build the demo app; nothing is opened until the app starts.
+
+    Args:
+        database: SQLite file, or ``":memory:"``; default :func:`default_database`.
+        backend: budget_ws backend URL; default :func:`default_backend`.
+    """
+    db = Database(database or default_database())
+
+    async def authenticate(handshake: Handshake) -> User:
+        # Runs before the WebSocket is accepted: no known user, no connection.
+        name = handshake.cookies.get(COOKIE)
+        user = await db.user(name) if name else None
+        if user is None:
+            raise HandshakeRejected("log in first", status=401)
+        return user
+
+    def authorize(user: User, topic: str, action: Action) -> bool:
+        # Tabs only listen (changes come through the forms), and only to their own budget.
+        return action == "subscribe" and topic == budget_topic(user.budget_id)
+
+    manager = ConnectionManager(backend or default_backend(), authorize=authorize)
+    manager_lifespan = lifespan(manager)
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        db.open()
+        try:
+            async with manager_lifespan(app) as state:
+                yield {**state, "database": db}
+        finally:
+            db.close()
+
+    app = FastAPI(
+        title="Family budget",
+        lifespan=run,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(create_router(manager, path=WS_PATH, authenticate=authenticate))
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_exception_handler(LoginRequired, login_required)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, bad_request)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """The app with its settings from the environment, for ``uvicorn --factory``."""
+    return create_app()
+
+
+# Dependencies -----------------------------------------------------------------------------
+
+
+class LoginRequired(Exception):
+    """No demo user is logged in (or the cookie names nobody)."""
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.state.database
+    return database
+
+
+Db = Annotated[Database, Depends(get_database)]
+
+
+async def get_user(db: Db, demo_user: Annotated[str | None, Cookie()] = None) -> User:
+    user = await db.user(demo_user) if demo_user else None
+    if user is None:
+        raise LoginRequired
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_user)]
+
+
+def get_budget_id(budget_id: int, user: CurrentUser) -> int:
+    if budget_id != user.budget_id:
+        raise HTTPException(403, "That is not your budget: you can only see and change your own.")
+    return budget_id
+
+
+BudgetId = Annotated[int, Depends(get_budget_id)]
+"""The budget of the URL, once checked to be the logged-in user's."""
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, template, context, status_code=status, headers=headers
+    )
+
+
+def back_to_budget(budget_id: int) -> RedirectResponse:
+    """The answer to a form posted without htmx (JavaScript off): reload the page."""
+    return RedirectResponse(f"/budgets/{budget_id}", status_code=303)
+
+
+# Error pages ------------------------------------------------------------------------------
+
+
+async def login_required(request: Request, exc: Exception) -> Response:
+    if is_htmx(request):
+        return Response(status_code=401, headers={"HX-Redirect": "/login"})
+    return RedirectResponse("/login", status_code=303)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(request, exc.status_code, str(exc.detail))
+
+
+async def bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    fields = ", ".join(str(error["loc"][-1]) for error in exc.errors())
+    return error_response(request, 400, f"Bad request: check {fields}.")
+
+
+def error_response(request: Request, status: int, message: str) -> Response:
+    if is_htmx(request):
+        # Whatever the request meant to replace, the message goes to the page's flash area.
+        return HTMLResponse(
+            f'<p class="error" role="alert">{escape(message)}</p>',
+            status_code=status,
+            headers={"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"},
+        )
+    return render(request, "error.html", {"status": status, "message": message}, status=status)
+
+
+# Pages ------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.get("/", response_model=None)
+async def home(db: Db, demo_user: Annotated[str | None, Cookie()] = None) -> RedirectResponse:
+    user = await db.user(demo_user) if demo_user else None
+    return RedirectResponse(f"/budgets/{user.budget_id}" if user else "/login", status_code=303)
+
+
+@router.get("/login")
+async def login_page(request: Request, db: Db) -> HTMLResponse:
+    return render(request, "login.html", {"users": await db.users()})
+
+
+@router.post("/login", response_model=None)
+async def login(
+    request: Request, db: Db, user: Annotated[str, Form()] = ""
+) -> HTMLResponse | RedirectResponse:
+    found = await db.user(user)
+    if found is None:
+        context = {"users": await db.users(), "error": "Pick one of the demo users."}
+        return render(request, "login.html", context, status=400)
+    response = RedirectResponse(f"/budgets/{found.budget_id}", status_code=303)
+    # A demo: the user name is the whole credential. SameSite keeps other sites' forms out.
+    response.set_cookie(COOKIE, found.name, httponly=True, samesite="lax")
+    return response
+
+
+@router.post("/logout")
+async def logout() -> RedirectResponse:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+async def budget_context(db: Database, user: User, **context: Any) -> dict[str, Any]:
+    """Everything the budget page shows."""
+    budget_id = user.budget_id
+    return {
+        "user": user,
+        "budget_id": budget_id,
+        "topic": budget_topic(budget_id),
+        **await ledger_context(db, budget_id),
+        "articles": await db.articles(budget_id),
+        "centers": await db.financial_centers(budget_id),
+        "form": FactForm(),
+        "editing": None,
+        "renaming": None,
+        **context,
+    }
+
+
+async def ledger_context(db: Database, budget_id: int) -> dict[str, Any]:
+    """The facts table and the totals."""
+    facts = await db.facts(budget_id)
+    return {"budget_id": budget_id, "facts": facts, "totals": Totals.of(facts)}
+
+
+@router.get("/budgets/{budget_id}")
+async def budget_page(request: Request, budget_id: BudgetId, user: CurrentUser, db: Db) -> Response:
+    return render(request, "budget.html", await budget_context(db, user))
+
+
+# Fragments the page re-fetches when an event arrives --------------------------------------
+
+
+@router.get("/budgets/{budget_id}/ledger")
+async def ledger(request: Request, budget_id: BudgetId, db: Db) -> HTMLResponse:
+    return render(request, "_ledger.html", await ledger_context(db, budget_id))
+
+
+@router.get("/budgets/{budget_id}/articles")
+async def articles(request: Request, budget_id: BudgetId, db: Db) -> HTMLResponse:
+    context = {"budget_id": budget_id, "articles": await db.articles(budget_id), "renaming": None}
+    return render(request, "_articles.html", context)
+
+
+@router.get("/budgets/{budget_id}/article-options")
+async def article_options(
+    request: Request, budget_id: BudgetId, db: Db, article_id: str = ""
+) -> HTMLResponse:
+    # The <select> sends its current value, so a re-fetch keeps the user's choice.
+    context = {"articles": await db.articles(budget_id), "selected": article_id}
+    return render(request, "_article_options.html", context)
+
+
+# Writes: check, save, publish -------------------------------------------------------------
+
+FormField = Annotated[str, Form()]
+
+
+@router.post("/budgets/{budget_id}/facts", response_model=None)
+async def create_fact(
+    request: Request,
+    budget_id: BudgetId,
+    user: CurrentUser,
+    db: Db,
+    manager: Manager,
+    amount: FormField = "",
+    article_id: FormField = "",
+    financial_center_id: FormField = "",
+) -> Response:
+    form = FactForm(amount, article_id, financial_center_id)
+    try:
+        fact = await db.create_fact(budget_id, form.parse(), author=user.name)
+    except InvalidInput as invalid:
+        form.errors = invalid.errors
+        return await fact_form_error(request, db, user, form=form)
+    await manager.publish(FactCreated.of(fact, author=user.name), topic=budget_topic(budget_id))
+    if not is_htmx(request):
+        return back_to_budget(budget_id)
+    # A fresh form that keeps the article and center chosen: facts often come in runs.
+    context = await budget_context(db, user, form=FactForm("", article_id, financial_center_id))
+    context["added"] = fact
+    return render(request, "_new_fact.html", context, headers={"HX-Trigger": "facts-changed"})
+
+
+@router.get("/budgets/{budget_id}/facts/{fact_id}/edit")
+async def edit_fact(
+    request: Request, budget_id: BudgetId, fact_id: int, user: CurrentUser, db: Db
+) -> HTMLResponse:
+    fact = await db.fact(budget_id, fact_id)
+    if fact is None:
+        raise HTTPException(404, "That fact does not exist (any more).")
+    form = FactForm(str(fact.amount), str(fact.article_id), str(fact.financial_center_id))
+    context = await budget_context(db, user, editing=fact, edit_form=form)
+    return render(request, "_edit_fact.html" if is_htmx(request) else "budget.html", context)
+
+
+@router.post("/budgets/{budget_id}/facts/{fact_id}", response_model=None)
+async def update_fact(
+    request: Request,
+    budget_id: BudgetId,
+    fact_id: int,
+    user: CurrentUser,
+    db: Db,
+    manager: Manager,
+    amount: FormField = "",
+    article_id: FormField = "",
+    financial_center_id: FormField = "",
+) -> Response:
+    form = FactForm(amount, article_id, financial_center_id)
+    try:
+        fact = await db.update_fact(budget_id, fact_id, form.parse())
+    except InvalidInput as invalid:
+        form.errors = invalid.errors
+        editing = await db.fact(budget_id, fact_id)
+        if editing is None:
+            raise HTTPException(404, "That fact does not exist (any more).") from None
+        return await fact_form_error(request, db, user, editing=editing, edit_form=form)
+    if fact is None:
+        raise HTTPException(404, "That fact does not exist (any more).")
+    await manager.publish(FactUpdated.of(fact, author=user.name), topic=budget_topic(budget_id))
+    if not is_htmx(request):
+        return back_to_budget(budget_id)
+    return HTMLResponse("", headers={"HX-Trigger": "facts-changed"})  # empties the editor
+
+
+@router.post("/budgets/{budget_id}/facts/{fact_id}/delete", response_model=None)
+async def delete_fact(
+    request: Request, budget_id: BudgetId, fact_id: int, user: CurrentUser, db: Db, manager: Manager
+) -> Response:
+    if not await db.delete_fact(budget_id, fact_id):
+        raise HTTPException(404, "That fact does not exist (any more).")
+    await manager.publish(FactDeleted(id=fact_id, author=user.name), topic=budget_topic(budget_id))
+    if not is_htmx(request):
+        return back_to_budget(budget_id)
+    return HTMLResponse("", headers={"HX-Trigger": "facts-changed"})  # removes the row
+
+
+@router.post("/budgets/{budget_id}/articles/{article_id}", response_model=None)
+async def rename_article(
+    request: Request,
+    budget_id: BudgetId,
+    article_id: int,
+    user: CurrentUser,
+    db: Db,
+    manager: Manager,
+    name: Annotated[str, Form()] = "",
+) -> Response:
+    form = ArticleName(name)
+    try:
+        article = await db.rename_article(budget_id, article_id, form.parse())
+    except InvalidInput as invalid:
+        form.error = invalid.errors["name"]
+        renaming = {"id": article_id, "form": form}
+        if not is_htmx(request):
+            context = await budget_context(db, user, renaming=renaming)
+            return render(request, "budget.html", context, status=400)
+        context = {"budget_id": budget_id, "articles": await db.articles(budget_id)}
+        return render(request, "_articles.html", {**context, "renaming": renaming}, status=400)
+    if article is None:
+        raise HTTPException(404, "That article does not exist.")
+    event = ArticleUpdated.of(article, author=user.name)
+    await manager.publish(event, topic=budget_topic(budget_id))
+    if not is_htmx(request):
+        return back_to_budget(budget_id)
+    context = {"budget_id": budget_id, "articles": await db.articles(budget_id), "renaming": None}
+    return render(request, "_articles.html", context, headers={"HX-Trigger": "articles-changed"})
+
+
+async def fact_form_error(request: Request, db: Database, user: User, **form: Any) -> HTMLResponse:
+    """Show a fact form again with what is wrong, as typed (status 400)."""
+    context = await budget_context(db, user, **form)
+    if not is_htmx(request):
+        return render(request, "budget.html", context, status=400)
+    template = "_edit_fact.html" if "editing" in form else "_new_fact.html"
+    return render(request, template, context, status=400)

@@ -1,0 +1,79 @@
+"""The fan-out benchmark runs end to end on a tiny N and every contender delivers everything.
+
+No timing is asserted: this only keeps ``scripts/bench`` working as the code changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `benchmarks` lives beside `src`, not in the package
+    sys.path.insert(0, str(ROOT))
+
+fanout = importlib.import_module("benchmarks.fanout")
+
+CONNECTIONS = 20
+EVENTS = 5
+
+
+def run_benchmark(capsys: pytest.CaptureFixture[str], *arguments: str) -> dict[str, Any]:
+    code = fanout.main(
+        [
+            "--connections",
+            str(CONNECTIONS),
+            "--events",
+            str(EVENTS),
+            "--repeat",
+            "1",
+            "--json",
+            *arguments,
+        ]
+    )
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert code == 0
+    return report
+
+
+def test_every_contender_delivers_every_frame(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_benchmark(capsys, "--memory", "rss", "traced")
+
+    runs = report["runs"]
+    assert {(run["contender"], run["mode"]) for run in runs} == {
+        (contender, mode) for contender in ("budget_ws", "naive") for mode in ("burst", "paced")
+    }
+    for run in runs:
+        assert run["frames"] == CONNECTIONS * EVENTS, run
+        assert run["complete"], run
+        assert run["deliveries_per_second"] > 0
+    for run in runs:
+        if run["contender"] == "budget_ws":
+            # publish() hands frames to outboxes; the writers, not the publisher, send them.
+            assert run["sends_by_publish"] == 0
+            assert run["suspensions_per_publish"] <= 1
+        else:
+            assert run["sends_by_publish"] == CONNECTIONS
+
+    probes = {(item["contender"], item["probe"]) for item in report["memory"]}
+    assert probes == {
+        (contender, probe) for contender in ("budget_ws", "naive") for probe in ("rss", "traced")
+    }
+    assert all(item["complete"] for item in report["memory"])
+    for row in report["rows"]:
+        if row["contender"] == "budget_ws":
+            assert row["ratio_budget_ws_to_naive"] > 0
+        assert "traced_idle_kib_per_connection" in row
+
+
+def test_runs_on_trio(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_benchmark(capsys, "--anyio-backend", "trio", "--memory")
+
+    assert report["environment"]["anyio_backend"] == "trio"
+    assert report["memory"] == []
+    assert [run["frames"] for run in report["runs"]] == [CONNECTIONS * EVENTS] * 4

@@ -771,3 +771,26 @@ async def test_backend_failures_on_subscribe() -> None:
             with pytest.raises(BackendError, match="backend down"):
                 await manager.subscribe(seen[0], "t")
             assert manager.stats().topics == 0
+
+
+async def test_position_lets_a_page_subscribe_from_what_it_rendered(
+    manager: ConnectionManager,
+) -> None:
+    rendered = await manager.position("budget:1")
+    assert rendered.offset == 0
+    await manager.publish(fact(1), topic="budget:1")  # between render and subscribe
+    assert (await manager.position("budget:1")).offset == 1
+    async with connect(manager) as client:
+        answer = await client.subscribe("budget:1", position=rendered)
+        assert answer["recovered"] is True
+        assert (await client.receive_event())["data"]["id"] == 1
+    with pytest.raises(InvalidTopic):
+        await manager.position("no spaces")
+
+
+async def test_the_close_code_of_a_client_is_kept(manager: ConnectionManager) -> None:
+    async with connect(manager) as client:
+        await client.receive()
+        [connection] = manager.connections.values()
+    await connection.wait_closed()
+    assert connection.close_code == 1000  # MemoryClient.close() says 1000

@@ -270,8 +270,11 @@ class Connection:
         while True:
             try:
                 raw = await transport.receive()
-            except ConnectionClosed:
+            except ConnectionClosed as closed:
                 self._peer_closed = True
+                if self._close_code is None and closed.code is not None:
+                    self._close_code = closed.code
+                    self._close_reason = closed.reason
                 return
             now = anyio.current_time()
             self._last_inbound = now

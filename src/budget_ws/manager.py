@@ -491,6 +491,21 @@ class ConnectionManager:
         self._published += 1
         return position
 
+    async def position(self, topic: str) -> Position:
+        """The topic's latest position.
+
+        Render it into a page together with the state it shows; the browser client then
+        subscribes from it (``subscribe(topic, {position})``) and recovers every event
+        published between rendering and subscribing.
+
+        Raises:
+            InvalidTopic: The topic name breaks the naming rules.
+            BackendError: The backend could not be read.
+        """
+        self._check_running()
+        validate_topic(topic, self.limits.max_topic_length)
+        return (await self.backend.history(topic, None, 0)).position
+
     async def send(self, connection: Connection, event: Event) -> None:
         """Send an event to one connection, outside any topic (not recoverable)."""
         self._check_running()

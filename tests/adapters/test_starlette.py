@@ -88,4 +88,7 @@ async def test_the_client_module_is_served_with_caching(serve: Any) -> None:
             head = await client.head("/budget-ws/budget-ws.js")
             assert (head.status_code, head.content) == (200, b"")
             assert (await client.get("/budget-ws/secrets.py")).status_code == 404
-            assert (await client.post("/budget-ws/budget-ws.js")).status_code == 405
+            refused = await client.post("/budget-ws/budget-ws.js")
+            assert (refused.status_code, refused.headers["allow"]) == (405, "GET, HEAD")
+            other_query = await client.get("/budget-ws/budget-ws.js?nav=1")
+            assert other_query.headers["cache-control"] == "no-cache"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from importlib import resources
+from urllib.parse import parse_qs
 
 from ..__about__ import __version__
 from .asgi import Receive, Scope, Send
@@ -49,18 +50,16 @@ class ClientAssets:
         name = str(scope["path"]).rsplit("/", 1)[-1]
         found = self._files.get(name)
         if found is None or scope["method"] not in ("GET", "HEAD"):
-            status = 404 if found is None else 405
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b"not found\n"})
+            status, body = (404, b"not found\n") if found is None else (405, b"use GET\n")
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            if status == 405:
+                headers.append((b"allow", b"GET, HEAD"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         body, content_type, etag = found
-        versioned = b"v=" in scope.get("query_string", b"")
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        versioned = "v" in query
         cache = b"public, max-age=31536000, immutable" if versioned else b"no-cache"
         headers = [(b"etag", etag), (b"cache-control", cache)]
         if_none_match = dict(scope.get("headers", ())).get(b"if-none-match")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import shutil
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,15 +19,96 @@ from budget_ws.testing import RecordingListener
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # backend -> the event loops it runs on (redis-py's client is asyncio-only)
-BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",)}
+BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",), "redis-cluster": ("asyncio",)}
 CASES = [(name, loop) for name, loops in BACKENDS.items() for loop in loops]
 
 
-def backend_url(name: str) -> str:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback ports of its own; yields a node's URL."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    assert server, "redis-server is needed (apt-get install redis-server)"
+    assert cli, "redis-cli is needed (apt-get install redis-tools)"
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_cluster_port()
+        if port not in ports:
+            ports.append(port)
+    processes = []
+    for port in ports:
+        directory: Path = tmp_path_factory.mktemp(f"cluster-{port}")
+        processes.append(
+            subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(directory / "nodes.conf"), "--save", "",
+                 "--appendonly", "no", "--dir", str(directory)],
+                stdout=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+    try:
+        for port in ports:
+            wait_for_port(port)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = subprocess.run(
+                [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True
+            ).stdout
+            if "cluster_state:ok" in info:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the Redis cluster did not come up")
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def backend_url(name: str, request: pytest.FixtureRequest) -> str:
+    key_prefix = f"test-{uuid.uuid4().hex[:12]}"  # keeps runs and developers apart
     if name == "memory":
         return "memory://?history_size=100"
-    # A prefix of its own per test keeps runs (and parallel developers) apart.
-    return f"{REDIS_URL}?history_size=100&key_prefix=test-{uuid.uuid4().hex[:12]}"
+    if name == "redis":
+        return f"{REDIS_URL}?history_size=100&key_prefix={key_prefix}"
+    cluster: str = request.getfixturevalue("redis_cluster")
+    return f"{cluster}?history_size=100&key_prefix={key_prefix}&cluster=1"
 
 
 @pytest.fixture(params=CASES, ids=[f"{name}-{loop}" for name, loop in CASES])
@@ -36,8 +123,10 @@ def contract_anyio_backend(backend_case: tuple[str, str]) -> str:
 
 
 @pytest.fixture
-async def backend(backend_case: tuple[str, str]) -> AsyncIterator[Backend]:
-    async with create_backend(backend_url(backend_case[0])) as opened:
+async def backend(
+    backend_case: tuple[str, str], request: pytest.FixtureRequest
+) -> AsyncIterator[Backend]:
+    async with create_backend(backend_url(backend_case[0], request)) as opened:
         yield opened
 
 

@@ -295,3 +295,36 @@ async def test_manager_stats_show_the_backend_status() -> None:
         status = manager.stats().backend_status
         assert status["connected"] is True
         assert "RedisBackend" in manager.stats().backend
+
+
+async def test_a_cluster_spreads_topics_over_nodes_and_recovers(redis_cluster: str) -> None:
+    key_prefix = prefix()
+    topics = [f"budget:{number}" for number in range(12)]
+    async with (
+        ConnectionManager(RedisBackend(redis_cluster, cluster=True, key_prefix=key_prefix)) as a,
+        ConnectionManager(RedisBackend(redis_cluster, cluster=True, key_prefix=key_prefix)) as b,
+    ):
+        backend = b.backend
+        assert isinstance(backend, RedisBackend)
+        nodes = {backend._shard_key(backend._keys(topic)[2]) for topic in topics}
+        assert len(nodes) == 3, "the topics' hash tags land on every master"
+        async with connect(b) as client:
+            for topic in topics:
+                assert (await client.subscribe(topic))["op"] == "subscribed"
+            for number, topic in enumerate(topics):
+                await a.publish(FactCreated(id=number), topic=topic)
+            received = {}
+            for _ in topics:
+                frame = await client.receive_event()
+                received[frame["topic"]] = frame["data"]["id"]
+            assert received == {topic: number for number, topic in enumerate(topics)}
+            positions = dict(client.positions)
+        for number, topic in enumerate(topics):
+            await a.publish(FactCreated(id=100 + number), topic=topic)
+        async with connect(b, positions=positions) as back:
+            for topic in topics:
+                answer = await back.subscribe(topic, resume=True)
+                assert answer["recovered"] is True
+            replayed = {(await back.receive_event())["data"]["id"] for _ in topics}
+            assert replayed == {100 + number for number in range(len(topics))}
+        assert backend.status()["connected"] is True

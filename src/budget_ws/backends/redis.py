@@ -152,15 +152,14 @@ class RedisBackend:
         self.reconnect_delay = reconnect_delay
         self._connection_options = dict(connection_options or {})
         self._client: Any = None
-        self._pubsub: Any = None
+        self._shards: dict[str, _Shard] = {}
+        self._shard_group: anyio.abc.TaskGroup | None = None
         self._publish_script: Any = None
         self._history_script: Any = None
         self._subscriptions: dict[str, _Subscription] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connected = False
         self._reconnects = 0
-        self._pong = anyio.Event()
-        self._pubsub_client: Any = None
         self._up = anyio.Event()
 
     @classmethod
@@ -210,6 +209,13 @@ class RedisBackend:
         options = {**self._connection_options, "decode_responses": False}
         if self.cluster:
             self._client = RedisCluster.from_url(self.url, **options)
+            try:
+                with anyio.fail_after(self.operation_timeout):
+                    await self._client.initialize()
+            except (RedisError, OSError, TimeoutError) as exc:
+                await self._client.aclose()
+                self._client = None
+                raise BackendUnavailable(f"could not reach the Redis cluster: {exc}") from exc
         else:
             self._client = aioredis.Redis.from_url(self.url, **options)
         self._publish_script = self._client.register_script(_PUBLISH)
@@ -242,7 +248,7 @@ class RedisBackend:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
-            await self._close_pubsub()
+            await self._close_shards()
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
@@ -391,50 +397,63 @@ class RedisBackend:
             del self._subscriptions[topic]
             await self._send_unsubscribe_quietly(topic)
 
+    def _shard_key(self, channel: str) -> str:
+        # A cluster needs one pub/sub connection per node owning subscribed channels.
+        if not self.cluster:
+            return ""
+        node = self._client.get_node_from_key(channel)
+        return str(node.name)
+
     async def _send_subscribe(self, topics: Sequence[str]) -> None:
-        channels = [self._keys(topic)[2] for topic in topics]
         try:
-            with anyio.fail_after(self.operation_timeout):
-                if self.cluster:
-                    await self._pubsub.ssubscribe(*channels)
-                else:
-                    await self._pubsub.subscribe(*channels)
-        except (RedisError, OSError, TimeoutError) as exc:
+            for topic in topics:
+                channel = self._keys(topic)[2]
+                shard = await self._shard_for(channel)
+                with anyio.fail_after(self.operation_timeout):
+                    await shard.subscribe(channel)
+        except (RedisError, OSError, TimeoutError, _DeadConnection) as exc:
             # The health check notices the broken connection; reconnecting subscribes again.
             logger.warning("budget_ws: subscribing %s failed: %s", topics, exc)
 
     async def _send_unsubscribe_quietly(self, topic: str) -> None:
-        if self._pubsub is None or not self._connected:
+        if not self._connected:
             return
         channel = self._keys(topic)[2]
+        shard = self._shards.get(self._shard_key(channel))
+        if shard is None:
+            return
         try:
             with anyio.fail_after(self.operation_timeout):
-                if self.cluster:
-                    await self._pubsub.sunsubscribe(channel)
-                else:
-                    await self._pubsub.unsubscribe(channel)
+                await shard.unsubscribe(channel)
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning("budget_ws: unsubscribing %r failed: %s", topic, exc)
 
     # The supervised listener -----------------------------------------------------------
 
     async def _supervise(self) -> None:
-        """Keep one pub/sub connection alive; after every break, resubscribe and fill gaps."""
+        """Keep the pub/sub connections alive; after every break, resubscribe, fill gaps."""
         attempt = 0
         while True:
             try:
-                await self._connect_pubsub()
-                attempt = 0
                 async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(self._health_check, task_group.cancel_scope)
+                    self._shard_group = task_group
+                    channels = [self._keys(topic)[2] for topic in self._subscriptions]
+                    await self._shard_for("" if self.cluster else None)
+                    for channel in channels:
+                        shard = await self._shard_for(channel)
+                        with anyio.fail_after(self.operation_timeout):
+                            await shard.subscribe(channel)
+                    self._connected = True
+                    self._up.set()
+                    attempt = 0
                     task_group.start_soon(self._recover_all)
-                    await self._listen()
             except Exception as exc:  # supervised: any failure means reconnect
                 if self._connected:
                     logger.warning("budget_ws: Redis pub/sub connection lost: %r", exc)
                 else:
                     logger.debug("budget_ws: Redis pub/sub reconnect failed: %r", exc)
             finally:
+                self._shard_group = None
                 if self._connected:
                     self._connected = False
                     self._up = anyio.Event()
@@ -443,83 +462,48 @@ class RedisBackend:
                     if subscription.held is None:
                         subscription.held = []
                 with anyio.CancelScope(shield=True):
-                    await self._close_pubsub()
+                    await self._close_shards()
             attempt += 1
             self._reconnects += 1
             low, high = self.reconnect_delay
             await anyio.sleep(random.uniform(low, min(high, low * 2**attempt)))
 
-    async def _connect_pubsub(self) -> None:
-        # redis-py must not reconnect and resubscribe behind our back: a silent
-        # reconnect would hide the gap that only we know how to fill.
-        options = {
-            "socket_connect_timeout": self.operation_timeout,
-            **self._connection_options,
-            "retry": Retry(NoBackoff(), 0),
-            "decode_responses": False,
-        }
+    async def _shard_for(self, channel: str | None) -> _Shard:
+        """The pub/sub connection for ``channel``, opened (and supervised) on first use."""
+        if self.cluster and channel:
+            key = self._shard_key(channel)
+        elif self.cluster:
+            node = self._client.get_random_node()
+            key = str(node.name)
+        else:
+            key = ""
+        shard = self._shards.get(key)
+        if shard is not None:
+            return shard
+        if self._shard_group is None:
+            raise _DeadConnection("the pub/sub connections are being re-established")
+        if self.cluster:
+            host, port = key.rsplit(":", 1)
+            url = _with_host(self.url, host, int(port))
+        else:
+            url = self.url
+        shard = _Shard(self, url)
+        self._shards[key] = shard
         with anyio.fail_after(self.operation_timeout):
-            if self.cluster:
-                self._pubsub = self._client.pubsub()
-            else:
-                client = aioredis.Redis.from_url(self.url, **options)
-                self._pubsub = client.pubsub()
-                self._pubsub_client = client
-            await self._pubsub.ping()
-        self._connected = True
-        self._up.set()
-        if self._subscriptions:
-            channels = [self._keys(topic)[2] for topic in self._subscriptions]
-            with anyio.fail_after(self.operation_timeout):
-                if self.cluster:
-                    await self._pubsub.ssubscribe(*channels)
-                else:
-                    await self._pubsub.subscribe(*channels)
+            await shard.open()
+        self._shard_group.start_soon(shard.listen)
+        self._shard_group.start_soon(shard.check_health)
+        return shard
 
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()
-            except Exception:
-                logger.debug("closing the pub/sub connection failed", exc_info=True)
-        client = getattr(self, "_pubsub_client", None)
-        if client is not None:
-            self._pubsub_client = None
-            try:
-                await client.aclose()
-            except Exception:
-                logger.debug("closing the pub/sub client failed", exc_info=True)
+    async def _close_shards(self) -> None:
+        shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            await shard.close()
 
-    async def _health_check(self, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(self.health_check_interval)
-            self._pong = anyio.Event()
-            with anyio.fail_after(self.operation_timeout):
-                await self._pubsub.ping()
-            with anyio.move_on_after(self.operation_timeout):
-                await self._pong.wait()
-            if not self._pong.is_set():
-                raise _DeadConnection("no pong on the pub/sub connection")
-
-    async def _listen(self) -> None:
-        pubsub = self._pubsub
-        while True:
-            if self.cluster:
-                message = await pubsub.get_sharded_message(timeout=0.5)
-            else:
-                message = await pubsub.get_message(timeout=0.5)
-            if message is None:
-                continue
-            kind = _text(message["type"])
-            if kind in ("message", "smessage"):
-                self._on_message(_text(message["channel"]), message["data"])
-            elif kind in ("subscribe", "ssubscribe"):
-                subscription = self._subscriptions.get(self._topic_of(_text(message["channel"])))
-                if subscription is not None:
-                    subscription.confirmed.set()
-            elif kind == "pong":
-                self._pong.set()
+    def _on_confirmed(self, channel: str) -> None:
+        subscription = self._subscriptions.get(self._topic_of(channel))
+        if subscription is not None:
+            subscription.confirmed.set()
 
     async def _recover_all(self) -> None:
         """After a reconnect: wait for confirmations, then fill each topic's gap."""
@@ -606,6 +590,89 @@ class RedisBackend:
                 listener.resync(topic, position)
             except Exception:
                 logger.exception("listener %r failed on topic %r", listener, topic)
+
+
+class _Shard:
+    """One pub/sub connection: to the server, or to one cluster node.
+
+    redis-py must not reconnect and resubscribe behind our back here: a silent reconnect
+    would hide the gap that only the backend knows how to fill. So retries are off, and
+    any failure ends the supervisor's task group, which reconnects everything.
+    """
+
+    def __init__(self, backend: RedisBackend, url: str) -> None:
+        self._backend = backend
+        self._url = url
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._pong = anyio.Event()
+
+    async def open(self) -> None:
+        backend = self._backend
+        options = {
+            "socket_connect_timeout": backend.operation_timeout,
+            **backend._connection_options,
+            "retry": Retry(NoBackoff(), 0),
+            "decode_responses": False,
+        }
+        self._client = aioredis.Redis.from_url(self._url, **options)
+        self._pubsub = self._client.pubsub()
+        await self._pubsub.ping()  # connects, and fails now if the server is away
+
+    async def subscribe(self, channel: str) -> None:
+        if self._backend.cluster:
+            await self._pubsub.ssubscribe(channel)
+        else:
+            await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._backend.cluster:
+            await self._pubsub.sunsubscribe(channel)
+        else:
+            await self._pubsub.unsubscribe(channel)
+
+    async def listen(self) -> None:
+        backend = self._backend
+        pubsub = self._pubsub
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            kind = _text(message["type"])
+            if kind in ("message", "smessage"):
+                backend._on_message(_text(message["channel"]), message["data"])
+            elif kind in ("subscribe", "ssubscribe"):
+                backend._on_confirmed(_text(message["channel"]))
+            elif kind == "pong":
+                self._pong.set()
+
+    async def check_health(self) -> None:
+        """Ping every interval; a connection that stops answering counts as dead."""
+        backend = self._backend
+        while True:
+            await anyio.sleep(backend.health_check_interval)
+            self._pong = anyio.Event()
+            with anyio.fail_after(backend.operation_timeout):
+                await self._pubsub.ping()
+            with anyio.move_on_after(backend.operation_timeout):
+                await self._pong.wait()
+            if not self._pong.is_set():
+                raise _DeadConnection(f"no pong from {self._url}")
+
+    async def close(self) -> None:
+        for resource in (self._pubsub, self._client):
+            if resource is not None:
+                try:
+                    await resource.aclose()
+                except Exception:
+                    logger.debug("closing a pub/sub connection failed", exc_info=True)
+
+
+def _with_host(url: str, host: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class _DeadConnection(Exception):

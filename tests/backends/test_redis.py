@@ -64,12 +64,18 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, directory: str | None = None) -> None:
+        """Start; with a ``directory``, keep data there across restarts (append-only file)."""
         executable = shutil.which("redis-server")
         assert executable, "redis-server is needed (apt-get install redis-server)"
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", directory]
+            if directory
+            else ["--appendonly", "no"]
+        )
         self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *persistence],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -249,6 +255,39 @@ async def test_an_unreachable_redis_fails_at_startup() -> None:
     with pytest.raises(BackendUnavailable, match="could not connect"):
         async with ConnectionManager(backend):
             pass
+
+
+async def test_redis_restarted_with_its_data_means_the_gap_is_filled(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    server = RedisServer()
+    server.start(directory=str(tmp_path))
+    listener = RecordingListener()
+    other_worker = RedisBackend(server.url, key_prefix="kept", operation_timeout=1)
+    try:
+        async with RedisBackend(
+            server.url, key_prefix="kept", operation_timeout=1, reconnect_delay=(1.0, 1.5)
+        ) as backend:
+            await backend.subscribe("t", listener)
+            await backend.publish("t", b"1")
+            with anyio.fail_after(5):
+                await listener.wait_for(1)
+            server.stop()
+            server.start(directory=str(tmp_path))  # the append-only file brings it back
+            # Another worker publishes before this one has reconnected its pub/sub.
+            async with other_worker:
+                for number in (2, 3):
+                    await other_worker.publish("t", b"%d" % number)
+            with anyio.fail_after(15):
+                await listener.wait_for(3)
+            await backend.publish("t", b"4")
+            with anyio.fail_after(5):
+                await listener.wait_for(4)
+    finally:
+        server.stop()
+    assert [payload for _, _, payload in listener.delivered] == [b"1", b"2", b"3", b"4"]
+    assert len({position.epoch for _, position, _ in listener.delivered}) == 1
+    assert listener.resyncs == []
 
 
 async def test_publishing_while_redis_is_down_fails_fast_and_clearly(

@@ -26,6 +26,7 @@ import anyio
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from typing_extensions import Self
@@ -341,7 +342,11 @@ class RedisBackend:
             raise BackendError("the Redis backend is not open: use `async with backend:`")
         try:
             with anyio.fail_after(self.operation_timeout):
-                return await script(keys=keys, args=arguments)
+                try:
+                    return await script(keys=keys, args=arguments)
+                except RedisConnectionError:
+                    # A pooled connection may predate a Redis restart: one fresh try.
+                    return await script(keys=keys, args=arguments)
         except TimeoutError:
             raise BackendUnavailable(
                 f"Redis did not answer within {self.operation_timeout:g} s (topic {topic!r})"
@@ -536,8 +541,10 @@ class RedisBackend:
             if position.offset > last.offset + 1:
                 # Pub/sub lost something: hold live messages and fill from the stream.
                 subscription.held = [(position, payload)]
-                if self._task_group is not None:
-                    self._task_group.start_soon(self._fill, topic, subscription)
+                if self._shard_group is not None:
+                    # Under the supervisor: if the fill fails, everything reconnects and
+                    # the reconnection fills this topic's gap again.
+                    self._shard_group.start_soon(self._fill, topic, subscription)
                 return
         elif last is not None:
             # Another epoch: Redis lost the topic's state, so nothing can be recovered.
@@ -556,18 +563,17 @@ class RedisBackend:
                 logger.exception("listener %r failed on topic %r", listener, topic)
 
     async def _fill(self, topic: str, subscription: _Subscription) -> None:
-        """Deliver what the stream holds after the last delivered event, then the held."""
+        """Deliver what the stream holds after the last delivered event, then the held.
+
+        Runs under the supervisor: a failure reconnects everything, and the reconnection
+        fills the gap again, so a topic is never left holding.
+        """
         if subscription.held is None:
             subscription.held = []
         after = subscription.position
         if after is None:
             return
-        try:
-            recovery = await self.history(topic, after, max(self._policy(topic).size, 1))
-        except BackendError as exc:
-            # Redis is failing again; the next reconnect fills this gap.
-            logger.warning("budget_ws: filling the gap of %r failed: %s", topic, exc)
-            return
+        recovery = await self.history(topic, after, max(self._policy(topic).size, 1))
         if recovery.recovered:
             for position, payload in recovery.items:
                 self._dispatch(topic, subscription, position, payload)

@@ -4,13 +4,14 @@
  * It speaks the `budget-ws.v1` wire protocol described in `docs/protocol.md` (the single
  * source of truth): it reconnects with fully jittered backoff, watches the server's
  * heartbeat, re-subscribes with the last processed position of every topic so missed
- * events are replayed, drops duplicates and reports gaps (`budget-ws:resync-needed`).
+ * events are replayed, drops duplicates and events of topics it does not hold, and reports
+ * gaps (`budget-ws:resync-needed`).
  *
  * @example
  * import { connect } from "/budget-ws.js";
  * const ws = connect("/ws");
  * ws.on("budget_fact_created", (data, frame) => console.log(data, frame.offset));
- * await ws.subscribe("budget:42");
+ * await ws.subscribe("budget:42", { position: renderedPosition }); // position: optional
  *
  * @module budget-ws
  */
@@ -67,7 +68,8 @@ export class BudgetWS {
     this.positions = new Map();
     this._handlers = new Map(); // event name -> Set of handlers
     this._subs = new Map(); // remembered topic -> [resolve, reject] of unanswered subscribe()s
-    this._requests = new Map(); // subscribe id -> {topic, position sent}
+    this._requests = new Map(); // subscribe id -> {topic, position sent}; the latest per topic
+    this._held = new Set(); // topics with a `subscribed` answer on this connection
     this._id = 0;
     this._attempt = 0;
     this._stopped = true;
@@ -80,6 +82,7 @@ export class BudgetWS {
 
   /** Open the connection (again, after `close()`); returns `this`. */
   connect() {
+    this._auto = 0; // connect(url) no longer needs to start it
     if (this._stopped) this._attempt = 0;
     this._stopped = this._paused = false;
     this._listen();
@@ -95,6 +98,7 @@ export class BudgetWS {
    */
   close(code = 1000, reason = "") {
     this._stopped = true;
+    this._auto = 0;
     this._lifecycle?.abort();
     this._lifecycle = null;
     this._clear();
@@ -105,26 +109,32 @@ export class BudgetWS {
   /**
    * Subscribe to a topic; remembered and re-sent with its last position on every reconnect.
    * @param {string} topic
+   * @param {{position?: {offset: number, epoch: string} | null}} [options] `position`:
+   *   resume after it (e.g. rendered into the page with `await manager.position(topic)`),
+   *   unless the client knows a newer position of the same epoch.
    * @returns {Promise<object>} The `subscribed` frame. Rejects with an Error carrying the
    *   `code` of an error frame answering it (`"backend_error"` is retried all the same).
    */
-  subscribe(topic) {
+  subscribe(topic, { position } = {}) {
+    const known = this.positions.get(topic);
+    const adopt = position && !(known?.epoch === position.epoch && known.offset >= position.offset);
+    if (adopt) this._store(topic, position);
     return new Promise((resolve, reject) => {
       const waiting = this._subs.get(topic) || [];
       this._subs.set(topic, [...waiting, [resolve, reject]]);
-      if (!waiting.length) this._subscribe(topic);
+      // A new position needs a new request; the server restarts the subscription from it.
+      if (!waiting.length || adopt) this._subscribe(topic);
     });
   }
 
   /**
-   * Leave a topic and forget its position. Events already on the way may still arrive
-   * until the server's `unsubscribed` frame.
+   * Leave a topic and forget its position. Events of the topic still on the way are
+   * dropped.
    * @param {string} topic
    */
   unsubscribe(topic) {
     this._settle(topic, 1, failure("unsubscribed", `unsubscribed from ${topic}`));
-    this._subs.delete(topic);
-    this._forget(topic);
+    this._leave(topic);
     this._send({ op: "unsubscribe", topic, id: ++this._id });
   }
 
@@ -215,6 +225,7 @@ export class BudgetWS {
     ws.onclose = (event) => this._close(event.code, event.reason);
     this.state = "connecting";
     this._requests.clear();
+    this._held.clear(); // the new connection holds a topic once it is subscribed again
     this._silence = DEFAULT_SILENCE;
     this._seen = this._now();
     this._emit(PREFIX + "connecting", { attempt: this._attempt });
@@ -305,8 +316,22 @@ export class BudgetWS {
     if (this.state != "open") return; // sent on the next welcome
     const id = ++this._id;
     const position = this.positions.get(topic);
+    this._drop(topic);
     this._requests.set(id, { topic, position });
     this._send({ op: "subscribe", topic, id, position });
+  }
+
+  /** Ignore the answers to the topic's requests sent so far. */
+  _drop(topic) {
+    for (const [id, request] of this._requests) request.topic == topic && this._requests.delete(id);
+  }
+
+  /** Forget a topic: no resubscribe, no position, and its events are dropped from now on. */
+  _leave(topic) {
+    this._subs.delete(topic);
+    this._drop(topic);
+    this._held.delete(topic);
+    this._forget(topic);
   }
 
   /** Resolve (`i` = 0) or reject (`i` = 1) the unanswered `subscribe()` calls of a topic. */
@@ -379,9 +404,11 @@ export class BudgetWS {
         break;
       }
       case "subscribed": {
-        if (request && !this._subs.has(topic)) break; // unsubscribed meanwhile
+        if (id != null && !request) break; // answers a request superseded or unsubscribed since
+        this._held.add(topic);
         const last = this.positions.get(topic);
-        if (frame.recovered) {
+        const { recovered } = frame;
+        if (recovered) {
           this._emit(PREFIX + "recovered", { topic, position });
         } else if (
           // Asked to resume and could not, or subscribed by the server past our position.
@@ -393,12 +420,14 @@ export class BudgetWS {
         } else {
           this._store(topic, position);
         }
+        this._emit(PREFIX + "subscribed", { topic, position, recovered });
         this._settle(topic, 0, frame);
         break;
       }
       case "unsubscribed":
-        if (id == null) this._subs.delete(topic); // the server's decision: don't resubscribe
-        if (!this._subs.has(topic)) this._forget(topic);
+        this._held.delete(topic);
+        // The server's decision (no id): forget the topic, don't resubscribe.
+        if (id == null || !this._subs.has(topic)) this._leave(topic);
         this._emit(PREFIX + "unsubscribed", { topic });
         break;
       case "resync":
@@ -413,8 +442,7 @@ export class BudgetWS {
             const retry = () => this._subs.has(topic) && this._subscribe(topic);
             this._timer(retry, random() * maxDelay);
           } else {
-            this._subs.delete(topic);
-            this._forget(topic);
+            this._leave(topic);
           }
         }
         this._emit(PREFIX + "error", frame);
@@ -423,6 +451,7 @@ export class BudgetWS {
 
   _event(frame) {
     const { topic, offset, epoch } = frame;
+    if (topic != null && !this._held.has(topic)) return; // unsubscribed: still on the way
     if (topic != null && offset != null) {
       const last = this.positions.get(topic);
       const sameEpoch = last && last.epoch === epoch;
@@ -438,25 +467,36 @@ export class BudgetWS {
 }
 
 /**
- * Create a client and connect it.
+ * Create a client and connect it in a microtask, so that handlers added right after this
+ * call see the first `budget-ws:connecting` too. `close()` before then cancels it.
  * @param {string} url
  * @param {object} [options]
  * @returns {BudgetWS}
  */
-export const connect = (url, options) => new BudgetWS(url, options).connect();
+export const connect = (url, options) => {
+  const client = new BudgetWS(url, options);
+  client._auto = 1;
+  queueMicrotask(() => client._auto && client.connect());
+  return client;
+};
 
 /**
  * Turn budget-ws events into htmx events: for `{eventName: target}`, each event calls
- * `htmx.trigger(target, eventName, data)`. When a topic needs a resync, `resyncEvent`
+ * `htmx.trigger(target, eventName, data)`; `htmxTrigger(client, [eventName, ...], target,
+ * options)` maps several events to one target. When a topic needs a resync, `resyncEvent`
  * (default `"budget-ws:resync"`, detail `{topic, position}`) is triggered once on every
  * mapped target, so fragments can re-fetch: `hx-trigger="budget-ws:resync from:body"`
  * or filtered, `budget-ws:resync[detail.topic=='budget:42']`.
  * @param {BudgetWS} client
- * @param {Record<string, string | Element>} mapping
- * @param {{htmx?: object, resyncEvent?: string | null}} [options]
+ * @param {Record<string, string | Element> | string[]} mapping
+ * @param {...any} rest `[options]` after a mapping, `target, [options]` after an array:
+ *   `options` is `{htmx?: object, resyncEvent?: string | null}`.
  * @returns {() => void} Stops triggering.
  */
-export function htmxTrigger(client, mapping, { htmx, resyncEvent = PREFIX + "resync" } = {}) {
+export function htmxTrigger(client, mapping, ...rest) {
+  if (Array.isArray(mapping)) mapping = Object.fromEntries(mapping.map((name) => [name, rest[0]]));
+  else rest.unshift(0);
+  const { htmx, resyncEvent = PREFIX + "resync" } = rest[1] || {};
   const trigger = (target, name, detail) => (htmx || globalThis.htmx).trigger(target, name, detail);
   const offs = Object.entries(mapping).map(([name, target]) =>
     client.on(name, (data) => trigger(target, name, data)),

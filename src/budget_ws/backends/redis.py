@@ -25,65 +25,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from typing_extensions import Self
 
 from ..errors import BackendError, BackendUnavailable
+from ._redis_pubsub import HISTORY_SCRIPT, PUBLISH_SCRIPT, DeadConnection, Shard, with_host
 from .base import Listener, Position, Recovery
 
 __all__ = ["HistoryPolicy", "RedisBackend"]
 
 logger = logging.getLogger("budget_ws")
-
-# KEYS: meta hash, stream. ARGV: payload, history size, history ttl (ms), key ttl (ms),
-# new epoch, channel, "1" for sharded pub/sub.
-_PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('HSET', KEYS[1], 'e', epoch)
-  redis.call('DEL', KEYS[2])
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 't', now_ms, 'p', ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local message = offset .. ' ' .. epoch .. ' ' .. ARGV[1]
-if ARGV[7] == '1' then
-  redis.call('SPUBLISH', ARGV[6], message)
-else
-  redis.call('PUBLISH', ARGV[6], message)
-end
-return {offset, epoch}
-"""
-
-# KEYS: meta hash, stream. ARGV: after offset (-1: only the position), limit, history ttl
-# (ms), key ttl (ms), new epoch. Returns {epoch, offset, oldest allowed ms, entries...}.
-_HISTORY = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('DEL', KEYS[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-local after = tonumber(ARGV[1])
-local now = redis.call('TIME')
-local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
-local entries = {}
-if after >= 0 and after < top and top - after <= tonumber(ARGV[2]) then
-  entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-1', top .. '-1')
-end
-return {epoch, top, oldest, entries}
-"""
 
 
 @dataclass(frozen=True)
@@ -153,7 +105,7 @@ class RedisBackend:
         self.reconnect_delay = reconnect_delay
         self._connection_options = dict(connection_options or {})
         self._client: Any = None
-        self._shards: dict[str, _Shard] = {}
+        self._shards: dict[str, Shard] = {}
         self._shard_group: anyio.abc.TaskGroup | None = None
         self._publish_script: Any = None
         self._history_script: Any = None
@@ -219,8 +171,8 @@ class RedisBackend:
                 raise BackendUnavailable(f"could not reach the Redis cluster: {exc}") from exc
         else:
             self._client = aioredis.Redis.from_url(self.url, **options)
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._history_script = self._client.register_script(_HISTORY)
+        self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
+        self._history_script = self._client.register_script(HISTORY_SCRIPT)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._supervise)
@@ -416,7 +368,7 @@ class RedisBackend:
                 shard = await self._shard_for(channel)
                 with anyio.fail_after(self.operation_timeout):
                     await shard.subscribe(channel)
-        except (RedisError, OSError, TimeoutError, _DeadConnection) as exc:
+        except (RedisError, OSError, TimeoutError, DeadConnection) as exc:
             # The health check notices the broken connection; reconnecting subscribes again.
             logger.warning("budget_ws: subscribing %s failed: %s", topics, exc)
 
@@ -473,7 +425,7 @@ class RedisBackend:
             low, high = self.reconnect_delay
             await anyio.sleep(random.uniform(low, min(high, low * 2**attempt)))
 
-    async def _shard_for(self, channel: str | None) -> _Shard:
+    async def _shard_for(self, channel: str | None) -> Shard:
         """The pub/sub connection for ``channel``, opened (and supervised) on first use."""
         if self.cluster and channel:
             key = self._shard_key(channel)
@@ -486,13 +438,21 @@ class RedisBackend:
         if shard is not None:
             return shard
         if self._shard_group is None:
-            raise _DeadConnection("the pub/sub connections are being re-established")
+            raise DeadConnection("the pub/sub connections are being re-established")
         if self.cluster:
             host, port = key.rsplit(":", 1)
-            url = _with_host(self.url, host, int(port))
+            url = with_host(self.url, host, int(port))
         else:
             url = self.url
-        shard = _Shard(self, url)
+        shard = Shard(
+            url,
+            sharded=self.cluster,
+            on_message=self._on_message,
+            on_confirmed=self._on_confirmed,
+            health_check_interval=self.health_check_interval,
+            operation_timeout=self.operation_timeout,
+            connection_options=self._connection_options,
+        )
         self._shards[key] = shard
         with anyio.fail_after(self.operation_timeout):
             await shard.open()
@@ -596,93 +556,6 @@ class RedisBackend:
                 listener.resync(topic, position)
             except Exception:
                 logger.exception("listener %r failed on topic %r", listener, topic)
-
-
-class _Shard:
-    """One pub/sub connection: to the server, or to one cluster node.
-
-    redis-py must not reconnect and resubscribe behind our back here: a silent reconnect
-    would hide the gap that only the backend knows how to fill. So retries are off, and
-    any failure ends the supervisor's task group, which reconnects everything.
-    """
-
-    def __init__(self, backend: RedisBackend, url: str) -> None:
-        self._backend = backend
-        self._url = url
-        self._client: Any = None
-        self._pubsub: Any = None
-        self._pong = anyio.Event()
-
-    async def open(self) -> None:
-        backend = self._backend
-        options = {
-            "socket_connect_timeout": backend.operation_timeout,
-            **backend._connection_options,
-            "retry": Retry(NoBackoff(), 0),
-            "decode_responses": False,
-        }
-        self._client = aioredis.Redis.from_url(self._url, **options)
-        self._pubsub = self._client.pubsub()
-        await self._pubsub.ping()  # connects, and fails now if the server is away
-
-    async def subscribe(self, channel: str) -> None:
-        if self._backend.cluster:
-            await self._pubsub.ssubscribe(channel)
-        else:
-            await self._pubsub.subscribe(channel)
-
-    async def unsubscribe(self, channel: str) -> None:
-        if self._backend.cluster:
-            await self._pubsub.sunsubscribe(channel)
-        else:
-            await self._pubsub.unsubscribe(channel)
-
-    async def listen(self) -> None:
-        backend = self._backend
-        pubsub = self._pubsub
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
-                continue
-            kind = _text(message["type"])
-            if kind in ("message", "smessage"):
-                backend._on_message(_text(message["channel"]), message["data"])
-            elif kind in ("subscribe", "ssubscribe"):
-                backend._on_confirmed(_text(message["channel"]))
-            elif kind == "pong":
-                self._pong.set()
-
-    async def check_health(self) -> None:
-        """Ping every interval; a connection that stops answering counts as dead."""
-        backend = self._backend
-        while True:
-            await anyio.sleep(backend.health_check_interval)
-            self._pong = anyio.Event()
-            with anyio.fail_after(backend.operation_timeout):
-                await self._pubsub.ping()
-            with anyio.move_on_after(backend.operation_timeout):
-                await self._pong.wait()
-            if not self._pong.is_set():
-                raise _DeadConnection(f"no pong from {self._url}")
-
-    async def close(self) -> None:
-        for resource in (self._pubsub, self._client):
-            if resource is not None:
-                try:
-                    await resource.aclose()
-                except Exception:
-                    logger.debug("closing a pub/sub connection failed", exc_info=True)
-
-
-def _with_host(url: str, host: str, port: int) -> str:
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class _DeadConnection(Exception):
-    """The pub/sub connection stopped answering pings."""
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,167 @@
+"""Pub/sub connections of the Redis backend, and its server-side scripts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+from redis import asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = ["HISTORY_SCRIPT", "PUBLISH_SCRIPT", "DeadConnection", "Shard", "with_host"]
+
+logger = logging.getLogger("budget_ws")
+
+# KEYS: meta hash, stream. ARGV: payload, history size, history ttl (ms), key ttl (ms),
+# new epoch, channel, "1" for sharded pub/sub.
+PUBLISH_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 't', now_ms, 'p', ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local message = offset .. ' ' .. epoch .. ' ' .. ARGV[1]
+if ARGV[7] == '1' then
+  redis.call('SPUBLISH', ARGV[6], message)
+else
+  redis.call('PUBLISH', ARGV[6], message)
+end
+return {offset, epoch}
+"""
+
+# KEYS: meta hash, stream. ARGV: after offset (-1: only the position), limit, history ttl
+# (ms), key ttl (ms), new epoch. Returns {epoch, offset, oldest allowed ms, entries...}.
+HISTORY_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('DEL', KEYS[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local after = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+local entries = {}
+if after >= 0 and after < top and top - after <= tonumber(ARGV[2]) then
+  entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-1', top .. '-1')
+end
+return {epoch, top, oldest, entries}
+"""
+
+
+class Shard:
+    """One pub/sub connection: to the server, or to one cluster node.
+
+    redis-py must not reconnect and resubscribe behind our back here: a silent reconnect
+    would hide the gap that only the backend knows how to fill. So retries are off, and
+    any failure ends the supervisor's task group, which reconnects everything.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sharded: bool,
+        on_message: Callable[[str, bytes], None],
+        on_confirmed: Callable[[str], None],
+        health_check_interval: float,
+        operation_timeout: float,
+        connection_options: Mapping[str, Any],
+    ) -> None:
+        self._url = url
+        self._sharded = sharded
+        self._on_message = on_message
+        self._on_confirmed = on_confirmed
+        self._health_check_interval = health_check_interval
+        self._operation_timeout = operation_timeout
+        self._connection_options = connection_options
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._pong = anyio.Event()
+
+    async def open(self) -> None:
+        options = {
+            "socket_connect_timeout": self._operation_timeout,
+            **self._connection_options,
+            "retry": Retry(NoBackoff(), 0),
+            "decode_responses": False,
+        }
+        self._client = aioredis.Redis.from_url(self._url, **options)
+        self._pubsub = self._client.pubsub()
+        await self._pubsub.ping()  # connects, and fails now if the server is away
+
+    async def subscribe(self, channel: str) -> None:
+        if self._sharded:
+            await self._pubsub.ssubscribe(channel)
+        else:
+            await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._sharded:
+            await self._pubsub.sunsubscribe(channel)
+        else:
+            await self._pubsub.unsubscribe(channel)
+
+    async def listen(self) -> None:
+        pubsub = self._pubsub
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            kind = _text(message["type"])
+            if kind in ("message", "smessage"):
+                self._on_message(_text(message["channel"]), message["data"])
+            elif kind in ("subscribe", "ssubscribe"):
+                self._on_confirmed(_text(message["channel"]))
+            elif kind == "pong":
+                self._pong.set()
+
+    async def check_health(self) -> None:
+        """Ping every interval; a connection that stops answering counts as dead."""
+        while True:
+            await anyio.sleep(self._health_check_interval)
+            self._pong = anyio.Event()
+            with anyio.fail_after(self._operation_timeout):
+                await self._pubsub.ping()
+            with anyio.move_on_after(self._operation_timeout):
+                await self._pong.wait()
+            if not self._pong.is_set():
+                raise DeadConnection(f"no pong from {self._url}")
+
+    async def close(self) -> None:
+        for resource in (self._pubsub, self._client):
+            if resource is not None:
+                try:
+                    await resource.aclose()
+                except Exception:
+                    logger.debug("closing a pub/sub connection failed", exc_info=True)
+
+
+def with_host(url: str, host: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class DeadConnection(Exception):
+    """The pub/sub connection stopped answering pings."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -367,3 +367,26 @@ async def test_a_cluster_spreads_topics_over_nodes_and_recovers(redis_cluster: s
             replayed = {(await back.receive_event())["data"]["id"] for _ in topics}
             assert replayed == {100 + number for number in range(len(topics))}
         assert backend.status()["connected"] is True
+
+
+async def test_clients_are_told_to_resync_when_redis_lost_their_topic(
+    own_redis: RedisServer,
+) -> None:
+    backend = RedisBackend(
+        own_redis.url, key_prefix=prefix(), operation_timeout=1, reconnect_delay=(0.05, 0.2)
+    )
+    async with ConnectionManager(backend) as manager, connect(manager) as client:
+        await client.subscribe("budget:1")
+        await manager.publish(FactCreated(id=1), topic="budget:1")
+        assert (await client.receive_event())["offset"] == 1
+        own_redis.stop()
+        own_redis.start()  # empty: the topic's history and epoch are gone
+        client.timeout = 15
+        resync = await client.receive()
+        assert resync["op"] == "resync"
+        assert resync["topic"] == "budget:1"
+        await manager.publish(FactCreated(id=2), topic="budget:1")
+        frame = await client.receive_event()
+        assert frame["data"]["id"] == 2
+        assert frame["epoch"] == resync["position"]["epoch"]
+        assert frame["offset"] == resync["position"]["offset"] + 1

@@ -27,15 +27,18 @@ def _load_registry(modules: Sequence[str], registry_path: str | None) -> EventRe
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m budget_ws", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    schema = commands.add_parser("schema", help="print the JSON Schema of every registered event")
-    schema.add_argument(
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument(
         "modules", nargs="*", help="modules to import first, so their events register"
     )
-    schema.add_argument(
+    source.add_argument(
         "--registry",
         metavar="MODULE:NAME",
         help="use this EventRegistry instead of the default registry",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    schema = commands.add_parser(
+        "schema", parents=[source], help="print the JSON Schema of every registered event"
     )
     schema.add_argument(
         "--mode",
@@ -45,15 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     typescript = commands.add_parser(
         "typescript",
+        parents=[source],
         help="print TypeScript declarations of every registered event, for the browser client",
-    )
-    typescript.add_argument(
-        "modules", nargs="*", help="modules to import first, so their events register"
-    )
-    typescript.add_argument(
-        "--registry",
-        metavar="MODULE:NAME",
-        help="use this EventRegistry instead of the default registry",
     )
     typescript.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"

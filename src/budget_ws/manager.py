@@ -334,20 +334,7 @@ class ConnectionManager:
 
     async def _client_subscribe(self, connection: Connection, frame: Subscribe) -> None:
         topic = frame.topic
-        try:
-            validate_topic(topic, self.limits.max_topic_length)
-        except InvalidTopic as exc:
-            connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
-            return
-        if not await self._allowed(connection, topic, "subscribe"):
-            connection.push_control(
-                encode_error(
-                    ErrorCode.FORBIDDEN,
-                    f"not allowed to subscribe to {topic!r}",
-                    frame.id,
-                    topic=topic,
-                )
-            )
+        if not await self._topic_allowed(connection, topic, "subscribe", frame.id):
             return
         limit = self.limits.max_topics_per_connection
         if topic not in connection.topics and len(connection.topics) >= limit:
@@ -380,22 +367,10 @@ class ConnectionManager:
             )
             return
         topic = frame.topic
-        if topic is not None:
-            try:
-                validate_topic(topic, self.limits.max_topic_length)
-            except InvalidTopic as exc:
-                connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), frame.id))
-                return
-            if not await self._allowed(connection, topic, "publish"):
-                connection.push_control(
-                    encode_error(
-                        ErrorCode.FORBIDDEN,
-                        f"not allowed to publish to {topic!r}",
-                        frame.id,
-                        topic=topic,
-                    )
-                )
-                return
+        if topic is not None and not await self._topic_allowed(
+            connection, topic, "publish", frame.id
+        ):
+            return
         try:
             event = self.registry.validate(frame.event, frame.data)
         except EventValidationError as exc:
@@ -417,6 +392,27 @@ class ConnectionManager:
                     frame.id,
                 )
             )
+
+    async def _topic_allowed(
+        self, connection: Connection, topic: str, action: Action, request_id: int | str | None
+    ) -> bool:
+        """Check a client's topic name and ``authorize``; answer with an error frame if not."""
+        try:
+            validate_topic(topic, self.limits.max_topic_length)
+        except InvalidTopic as exc:
+            connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), request_id))
+            return False
+        if await self._allowed(connection, topic, action):
+            return True
+        connection.push_control(
+            encode_error(
+                ErrorCode.FORBIDDEN,
+                f"not allowed to {action} to {topic!r}",
+                request_id,
+                topic=topic,
+            )
+        )
+        return False
 
     async def _allowed(self, connection: Connection, topic: str, action: Action) -> bool:
         if self._authorize is None:

@@ -19,10 +19,12 @@ import pytest
 from redis import asyncio as aioredis
 
 from budget_ws import (
+    BackendError,
     BackendUnavailable,
     ConnectionManager,
     Event,
     Position,
+    UnknownBackend,
     create_backend,
 )
 from budget_ws.backends.redis import HistoryPolicy, RedisBackend
@@ -390,3 +392,60 @@ async def test_clients_are_told_to_resync_when_redis_lost_their_topic(
         assert frame["data"]["id"] == 2
         assert frame["epoch"] == resync["position"]["epoch"]
         assert frame["offset"] == resync["position"]["offset"] + 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_the_backend_says_it_needs_asyncio(anyio_backend: str) -> None:
+    with pytest.raises(BackendError, match="asyncio"):
+        async with RedisBackend(SHARED):
+            pass
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(UnknownBackend, match="history_size"):
+        create_backend("redis://127.0.0.1:6379/0?history_size=many")
+    with pytest.raises(ValueError, match="ttl"):
+        HistoryPolicy(ttl=0)
+    with pytest.raises(ValueError, match="size"):
+        HistoryPolicy(size=-1)
+    with pytest.raises(ValueError, match="topic_ttl"):
+        RedisBackend(SHARED, topic_ttl=0)
+
+
+async def test_a_misspelt_option_is_named_when_startup_fails() -> None:
+    backend = RedisBackend.from_url(f"{SHARED}?history_sise=5&operation_timeout=1")
+    with pytest.raises(BackendUnavailable, match="history_sise"):
+        async with backend:
+            pass
+
+
+async def test_an_offset_jump_in_live_pubsub_is_filled_from_the_stream(
+    redis_backend: RedisBackend,
+) -> None:
+    listener = RecordingListener()
+    await redis_backend.subscribe("t", listener)
+    await redis_backend.publish("t", b"1")
+    with anyio.fail_after(5):
+        await listener.wait_for(1)
+    # Event 2 reaches the stream but its pub/sub message is lost, as on a flaky link.
+    meta, log, _ = redis_backend._keys("t")
+    admin = aioredis.Redis.from_url(SHARED)
+    offset = await admin.hincrby(meta, "o", 1)
+    await admin.xadd(log, {"t": int(time.time() * 1000), "p": b"2"}, id=f"{offset}-1")
+    await admin.aclose()
+    await redis_backend.publish("t", b"3")
+    with anyio.fail_after(5):
+        await listener.wait_for(3)
+    assert [payload for _, _, payload in listener.delivered] == [b"1", b"2", b"3"]
+    assert listener.resyncs == []
+
+
+async def test_a_publish_to_a_silent_redis_times_out(own_redis: RedisServer) -> None:
+    async with RedisBackend(own_redis.url, key_prefix=prefix(), operation_timeout=0.5) as backend:
+        assert own_redis.process is not None
+        own_redis.process.send_signal(19)  # SIGSTOP
+        try:
+            with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.5 s"):
+                await backend.publish("t", b"x")
+        finally:
+            own_redis.process.send_signal(18)  # SIGCONT

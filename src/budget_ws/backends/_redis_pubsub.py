@@ -79,6 +79,7 @@ class Shard:
         sharded: bool,
         on_message: Callable[[str, bytes], None],
         on_confirmed: Callable[[str], None],
+        still_wanted: Callable[[str], bool],
         health_check_interval: float,
         operation_timeout: float,
         connection_options: Mapping[str, Any],
@@ -87,6 +88,7 @@ class Shard:
         self._sharded = sharded
         self._on_message = on_message
         self._on_confirmed = on_confirmed
+        self._still_wanted = still_wanted
         self._health_check_interval = health_check_interval
         self._operation_timeout = operation_timeout
         self._connection_options = connection_options
@@ -128,6 +130,12 @@ class Shard:
                 self._on_message(_text(message["channel"]), message["data"])
             elif kind in ("subscribe", "ssubscribe"):
                 self._on_confirmed(_text(message["channel"]))
+            elif kind in ("unsubscribe", "sunsubscribe"):
+                channel = _text(message["channel"])
+                if self._still_wanted(channel):
+                    # Redis dropped a subscription we did not give up: on a cluster, the
+                    # channel's slot moved to another node. Reconnect to the new owner.
+                    raise DeadConnection(f"Redis unsubscribed {channel!r} (slot moved?)")
             elif kind == "pong":
                 self._pong.set()
 

@@ -12,10 +12,12 @@ Requires redis-py (``pip install 'budget-ws[redis]'``) and runs on asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 import random
 import secrets
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -29,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from typing_extensions import Self
 
-from ..errors import BackendError, BackendUnavailable
+from ..errors import BackendError, BackendUnavailable, UnknownBackend
 from ._redis_pubsub import HISTORY_SCRIPT, PUBLISH_SCRIPT, DeadConnection, Shard, with_host
 from .base import Listener, Position, Recovery
 
@@ -46,6 +48,12 @@ class HistoryPolicy:
     """Events kept per topic (the stream's exact MAXLEN); 0 keeps none."""
     ttl: float = 300.0
     """Seconds an event stays recoverable."""
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError("HistoryPolicy.size must be zero or more")
+        if self.ttl <= 0:
+            raise ValueError("HistoryPolicy.ttl must be positive")
 
 
 @dataclass(eq=False)
@@ -98,6 +106,8 @@ class RedisBackend:
         self.key_prefix = key_prefix
         self.history_policy = history or HistoryPolicy()
         self.history_overrides = dict(history_overrides or {})
+        if topic_ttl <= 0 or operation_timeout <= 0 or health_check_interval <= 0:
+            raise ValueError("topic_ttl, operation_timeout and health_check_interval must be > 0")
         self.topic_ttl = topic_ttl
         self.cluster = cluster
         self.operation_timeout = operation_timeout
@@ -106,6 +116,7 @@ class RedisBackend:
         self._connection_options = dict(connection_options or {})
         self._client: Any = None
         self._shards: dict[str, Shard] = {}
+        self._unsubscribing: Counter[str] = Counter()
         self._shard_group: anyio.abc.TaskGroup | None = None
         self._publish_script: Any = None
         self._history_script: Any = None
@@ -114,6 +125,7 @@ class RedisBackend:
         self._connected = False
         self._reconnects = 0
         self._up = anyio.Event()
+        self._last_error: BaseException | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -122,6 +134,13 @@ class RedisBackend:
         ``redis://host:6379/0?key_prefix=app&history_size=500&history_ttl=60&cluster=1``;
         other query parameters are left to redis-py.
         """
+        try:
+            return cls._from_url(url)
+        except ValueError as exc:
+            raise UnknownBackend(f"bad option in {url!r}: {exc}") from None
+
+    @classmethod
+    def _from_url(cls, url: str) -> RedisBackend:
         parts = urlsplit(url)
         ours: dict[str, Any] = {}
         history: dict[str, Any] = {}
@@ -159,6 +178,13 @@ class RedisBackend:
         """Connect; fails with :class:`~budget_ws.BackendUnavailable` if Redis is unreachable."""
         if self._client is not None:
             raise RuntimeError("this RedisBackend is already open")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise BackendError(
+                "the Redis backend runs on asyncio (redis-py's client); "
+                "use the memory backend on trio"
+            ) from None
         options = {**self._connection_options, "decode_responses": False}
         if self.cluster:
             self._client = RedisCluster.from_url(self.url, **options)
@@ -183,6 +209,7 @@ class RedisBackend:
             await self.aclose()
             raise BackendUnavailable(
                 f"could not connect to Redis at {self!r} within {self.operation_timeout:g} s"
+                f" (last error: {self._last_error!r})"
             ) from None
         return self
 
@@ -337,7 +364,11 @@ class RedisBackend:
     async def _wait_confirmed(self, topic: str, subscription: _Subscription) -> None:
         try:
             with anyio.fail_after(self.operation_timeout):
-                await subscription.confirmed.wait()
+                while True:
+                    confirmed = subscription.confirmed
+                    await confirmed.wait()
+                    if confirmed is subscription.confirmed:
+                        return
         except TimeoutError:
             raise BackendUnavailable(
                 f"Redis did not confirm the subscription to {topic!r} within "
@@ -379,6 +410,7 @@ class RedisBackend:
         shard = self._shards.get(self._shard_key(channel))
         if shard is None:
             return
+        self._unsubscribing[channel] += 1
         try:
             with anyio.fail_after(self.operation_timeout):
                 await shard.unsubscribe(channel)
@@ -392,6 +424,10 @@ class RedisBackend:
         attempt = 0
         while True:
             try:
+                if self.cluster and attempt:
+                    # Slots may have moved: learn the cluster's current layout first.
+                    with anyio.fail_after(self.operation_timeout):
+                        await self._client.nodes_manager.initialize()
                 async with anyio.create_task_group() as task_group:
                     self._shard_group = task_group
                     channels = [self._keys(topic)[2] for topic in self._subscriptions]
@@ -409,13 +445,17 @@ class RedisBackend:
                     logger.warning("budget_ws: Redis pub/sub connection lost: %r", exc)
                 else:
                     logger.debug("budget_ws: Redis pub/sub reconnect failed: %r", exc)
+                self._last_error = exc
             finally:
                 self._shard_group = None
                 if self._connected:
                     self._connected = False
                     self._up = anyio.Event()
+                self._unsubscribing.clear()
                 for subscription in self._subscriptions.values():
-                    subscription.confirmed = anyio.Event()
+                    # Wake whoever waits on the old event, to wait on the new one.
+                    stale, subscription.confirmed = subscription.confirmed, anyio.Event()
+                    stale.set()
                     if subscription.held is None:
                         subscription.held = []
                 with anyio.CancelScope(shield=True):
@@ -449,6 +489,7 @@ class RedisBackend:
             sharded=self.cluster,
             on_message=self._on_message,
             on_confirmed=self._on_confirmed,
+            still_wanted=self._still_wanted,
             health_check_interval=self.health_check_interval,
             operation_timeout=self.operation_timeout,
             connection_options=self._connection_options,
@@ -464,6 +505,13 @@ class RedisBackend:
         shards, self._shards = list(self._shards.values()), {}
         for shard in shards:
             await shard.close()
+
+    def _still_wanted(self, channel: str) -> bool:
+        """Whether an unsubscribe notice from Redis concerns a channel we did not give up."""
+        if self._unsubscribing[channel] > 0:
+            self._unsubscribing[channel] -= 1
+            return False
+        return self._topic_of(channel) in self._subscriptions
 
     def _on_confirmed(self, channel: str) -> None:
         subscription = self._subscriptions.get(self._topic_of(channel))

@@ -92,6 +92,9 @@ export interface ConnectionEvents {
   "budget-ws:closed": { code: number; reason: string; reconnect: boolean; delay?: number };
   /** Every event missed since `position` was sent is replayed next. */
   "budget-ws:recovered": { topic: string; position: Position };
+  /** Every `subscribed` frame: answers to `subscribe()`, resubscribes after a reconnect,
+   * and subscriptions made by the server. `position` is the topic's latest position. */
+  "budget-ws:subscribed": { topic: string; position: Position; recovered: boolean };
   /** The topic's state is stale: reload it; the client continues from `position`. */
   "budget-ws:resync-needed": { topic: string; position: Position };
   /** The server unsubscribed the connection (or confirmed `unsubscribe()`). */
@@ -139,6 +142,13 @@ export interface BudgetWSOptions extends TimerFunctions {
 
 export type Unsubscribe = () => void;
 
+export interface SubscribeOptions {
+  /** Resume after this position, e.g. rendered into the page with
+   * `await manager.position(topic)`: the server replays what was published since. A
+   * position the client already knows for the topic wins if it is newer in the same epoch. */
+  position?: Position | null;
+}
+
 export declare class BudgetWS<Events extends Record<string, unknown> = Record<string, any>> {
   constructor(url: string, options?: BudgetWSOptions);
   readonly url: string;
@@ -153,7 +163,8 @@ export declare class BudgetWS<Events extends Record<string, unknown> = Record<st
   /** Close for good: no reconnect until `connect()`. */
   close(code?: number, reason?: string): void;
   /** Subscribe; remembered and resumed on every reconnect. */
-  subscribe(topic: string): Promise<SubscribedFrame>;
+  subscribe(topic: string, options?: SubscribeOptions): Promise<SubscribedFrame>;
+  /** Leave the topic; its events still on the way are dropped. */
   unsubscribe(topic: string): void;
   /** Send a client event; `false` when not open (events are not queued). */
   send<K extends string>(
@@ -186,7 +197,8 @@ export declare class BudgetWS<Events extends Record<string, unknown> = Record<st
   off(event: string, handler: (...args: any[]) => void): void;
 }
 
-/** Create a client and connect it. */
+/** Create a client and connect it in a microtask: handlers added right after the call see
+ * the first `budget-ws:connecting`. Until then `state` is `"closed"`. */
 export declare function connect<Events extends Record<string, unknown> = Record<string, any>>(
   url: string,
   options?: BudgetWSOptions,
@@ -209,5 +221,12 @@ export interface HtmxTriggerOptions {
 export declare function htmxTrigger<Events extends Record<string, unknown>>(
   client: BudgetWS<Events>,
   mapping: Partial<Record<(keyof Events & string) | (string & {}), string | Element>>,
+  options?: HtmxTriggerOptions,
+): Unsubscribe;
+/** For each of `events`, call `htmx.trigger(target, eventName, data)` on each event. */
+export declare function htmxTrigger<Events extends Record<string, unknown>>(
+  client: BudgetWS<Events>,
+  events: ReadonlyArray<(keyof Events & string) | (string & {})>,
+  target: string | Element,
   options?: HtmxTriggerOptions,
 ): Unsubscribe;

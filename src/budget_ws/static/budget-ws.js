@@ -323,7 +323,9 @@ export class BudgetWS {
 
   /** Ignore the answers to the topic's requests sent so far. */
   _drop(topic) {
-    for (const [id, request] of this._requests) request.topic == topic && this._requests.delete(id);
+    for (const [id, request] of this._requests) {
+      if (request.topic == topic) this._requests.delete(id);
+    }
   }
 
   /** Forget a topic: no resubscribe, no position, and its events are dropped from now on. */
@@ -451,7 +453,8 @@ export class BudgetWS {
 
   _event(frame) {
     const { topic, offset, epoch } = frame;
-    if (topic != null && !this._held.has(topic)) return; // unsubscribed: still on the way
+    // Not held (e.g. unsubscribed, with events of the topic still on the way): dropped.
+    if (topic != null && !this._held.has(topic)) return;
     if (topic != null && offset != null) {
       const last = this.positions.get(topic);
       const sameEpoch = last && last.epoch === epoch;
@@ -488,15 +491,17 @@ export const connect = (url, options) => {
  * mapped target, so fragments can re-fetch: `hx-trigger="budget-ws:resync from:body"`
  * or filtered, `budget-ws:resync[detail.topic=='budget:42']`.
  * @param {BudgetWS} client
- * @param {Record<string, string | Element> | string[]} mapping
- * @param {...any} rest `[options]` after a mapping, `target, [options]` after an array:
- *   `options` is `{htmx?: object, resyncEvent?: string | null}`.
+ * @param {Record<string, string | Element> | string[]} mapping `{eventName: target}`, or
+ *   event names followed by their one `target`.
+ * @param {string | Element | object} [target] After an array, the target of its events;
+ *   after a mapping, the options.
+ * @param {{htmx?: object, resyncEvent?: string | null}} [options]
  * @returns {() => void} Stops triggering.
  */
-export function htmxTrigger(client, mapping, ...rest) {
-  if (Array.isArray(mapping)) mapping = Object.fromEntries(mapping.map((name) => [name, rest[0]]));
-  else rest.unshift(0);
-  const { htmx, resyncEvent = PREFIX + "resync" } = rest[1] || {};
+export function htmxTrigger(client, mapping, target, options) {
+  if (Array.isArray(mapping)) mapping = Object.fromEntries(mapping.map((name) => [name, target]));
+  else options = target;
+  const { htmx, resyncEvent = PREFIX + "resync" } = options || {};
   const trigger = (target, name, detail) => (htmx || globalThis.htmx).trigger(target, name, detail);
   const offs = Object.entries(mapping).map(([name, target]) =>
     client.on(name, (data) => trigger(target, name, data)),

@@ -4,7 +4,9 @@ Every write follows the same path: check the form, write to SQLite, then
 ``await manager.publish(event, topic=budget_topic(budget_id))``. Each open tab of that
 budget receives the event through the bundled browser client, which turns it into an htmx
 event; the fragments listening for it (facts table and totals, article lists) re-fetch
-themselves. Run it with ``python -m family_budget`` from ``examples/`` or with
+themselves. The page carries the topic's position it was rendered at and subscribes from
+it, so an event published while the page was on its way is replayed, not lost. Run it with
+``python -m family_budget`` from ``examples/`` or with
 ``uvicorn --factory --app-dir examples family_budget.app:app_factory``.
 """
 
@@ -25,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
-from budget_ws import Action, ConnectionManager, Handshake, HandshakeRejected
+from budget_ws import Action, BackendError, ConnectionManager, Handshake, HandshakeRejected
 from budget_ws.adapters import client_url
 from budget_ws.adapters.fastapi import Manager, create_router, lifespan
 
@@ -249,6 +251,7 @@ async def budget_context(db: Database, user: User, **context: Any) -> dict[str, 
         "form": FactForm(),
         "editing": None,
         "renaming": None,
+        "position": None,
         **context,
     }
 
@@ -259,9 +262,36 @@ async def ledger_context(db: Database, budget_id: int) -> dict[str, Any]:
     return {"budget_id": budget_id, "facts": facts, "totals": Totals.of(facts)}
 
 
+async def render_page(
+    request: Request,
+    db: Database,
+    manager: ConnectionManager,
+    user: User,
+    *,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    """The whole budget page, with the position of the budget's topic it shows.
+
+    The position is read *before* the data: the page's script subscribes from it
+    (``ws.subscribe(topic, {position})``), so the server replays every event published
+    since, including one published while the page was on its way. An event that the page
+    shows already costs one needless re-fetch; none is missed.
+    """
+    try:
+        position = await manager.position(budget_topic(user.budget_id))
+        rendered = {"offset": position.offset, "epoch": position.epoch}
+    except BackendError:  # e.g. Redis is down: the page subscribes fresh and re-fetches
+        rendered = None
+    context = await budget_context(db, user, position=rendered, **context)
+    return render(request, "budget.html", context, status=status)
+
+
 @router.get("/budgets/{budget_id}")
-async def budget_page(request: Request, budget_id: BudgetId, user: CurrentUser, db: Db) -> Response:
-    return render(request, "budget.html", await budget_context(db, user))
+async def budget_page(
+    request: Request, budget_id: BudgetId, user: CurrentUser, db: Db, manager: Manager
+) -> Response:
+    return await render_page(request, db, manager, user)
 
 
 # Fragments the page re-fetches when an event arrives --------------------------------------
@@ -308,7 +338,7 @@ async def create_fact(
         fact = await db.create_fact(budget_id, form.parse(), author=user.name)
     except InvalidInput as invalid:
         form.errors = invalid.errors
-        return await fact_form_error(request, db, user, form=form)
+        return await fact_form_error(request, db, manager, user, form=form)
     await manager.publish(FactCreated.of(fact, author=user.name), topic=budget_topic(budget_id))
     if not is_htmx(request):
         return back_to_budget(budget_id)
@@ -320,14 +350,21 @@ async def create_fact(
 
 @router.get("/budgets/{budget_id}/facts/{fact_id}/edit")
 async def edit_fact(
-    request: Request, budget_id: BudgetId, fact_id: int, user: CurrentUser, db: Db
+    request: Request,
+    budget_id: BudgetId,
+    fact_id: int,
+    user: CurrentUser,
+    db: Db,
+    manager: Manager,
 ) -> HTMLResponse:
     fact = await db.fact(budget_id, fact_id)
     if fact is None:
         raise HTTPException(404, "That fact does not exist (any more).")
     form = FactForm(str(fact.amount), str(fact.article_id), str(fact.financial_center_id))
+    if not is_htmx(request):
+        return await render_page(request, db, manager, user, editing=fact, edit_form=form)
     context = await budget_context(db, user, editing=fact, edit_form=form)
-    return render(request, "_edit_fact.html" if is_htmx(request) else "budget.html", context)
+    return render(request, "_edit_fact.html", context)
 
 
 @router.post("/budgets/{budget_id}/facts/{fact_id}", response_model=None)
@@ -350,7 +387,7 @@ async def update_fact(
         editing = await db.fact(budget_id, fact_id)
         if editing is None:
             raise HTTPException(404, "That fact does not exist (any more).") from None
-        return await fact_form_error(request, db, user, editing=editing, edit_form=form)
+        return await fact_form_error(request, db, manager, user, editing=editing, edit_form=form)
     if fact is None:
         raise HTTPException(404, "That fact does not exist (any more).")
     await manager.publish(FactUpdated.of(fact, author=user.name), topic=budget_topic(budget_id))
@@ -388,8 +425,7 @@ async def rename_article(
         form.error = invalid.errors["name"]
         renaming = {"id": article_id, "form": form}
         if not is_htmx(request):
-            context = await budget_context(db, user, renaming=renaming)
-            return render(request, "budget.html", context, status=400)
+            return await render_page(request, db, manager, user, status=400, renaming=renaming)
         context = {"budget_id": budget_id, "articles": await db.articles(budget_id)}
         return render(request, "_articles.html", {**context, "renaming": renaming}, status=400)
     if article is None:
@@ -402,10 +438,12 @@ async def rename_article(
     return render(request, "_articles.html", context, headers={"HX-Trigger": "articles-changed"})
 
 
-async def fact_form_error(request: Request, db: Database, user: User, **form: Any) -> HTMLResponse:
+async def fact_form_error(
+    request: Request, db: Database, manager: ConnectionManager, user: User, **form: Any
+) -> HTMLResponse:
     """Show a fact form again with what is wrong, as typed (status 400)."""
-    context = await budget_context(db, user, **form)
     if not is_htmx(request):
-        return render(request, "budget.html", context, status=400)
+        return await render_page(request, db, manager, user, status=400, **form)
+    context = await budget_context(db, user, **form)
     template = "_edit_fact.html" if "editing" in form else "_new_fact.html"
     return render(request, template, context, status=400)

@@ -448,8 +448,11 @@ class Socket:
             pass
         return frame
 
-    def subscribe(self, topic: str) -> dict[str, Any]:
-        self.connection.send(json.dumps({"op": "subscribe", "topic": topic, "id": topic}))
+    def subscribe(self, topic: str, position: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = {"op": "subscribe", "topic": topic, "id": topic}
+        if position is not None:
+            request["position"] = position
+        self.connection.send(json.dumps(request))
         return self.frame()
 
 
@@ -525,6 +528,55 @@ def test_a_user_receives_only_their_own_budget(
         assert event["topic"] == "budget:2"
         assert event["data"]["amount"] == "6.66"
         assert event["data"]["author"] == "bob"
+
+
+def rendered_position(html: str) -> dict[str, Any]:
+    """The topic's position a budget page was rendered at (its ``data-position``)."""
+    found = re.search(r"data-position='([^']*)'", html)
+    assert found is not None, "the page carries no position"
+    position: dict[str, Any] = json.loads(found.group(1))
+    return position
+
+
+def test_the_page_carries_its_position_and_a_subscriber_resumes_from_it(
+    base_url: str, alice: httpx.Client
+) -> None:
+    position = rendered_position(alice.get("/budgets/1").text)
+    assert sorted(position) == ["epoch", "offset"]
+    fact_id = add_fact(alice, "4.44")  # published after the page was rendered
+    later = rendered_position(alice.get("/budgets/1").text)
+    assert later == {**position, "offset": position["offset"] + 1}
+    with open_socket(base_url, "alice") as socket:
+        subscribed = socket.subscribe("budget:1", position)
+        assert subscribed["recovered"] is True
+        assert subscribed["position"] == later
+        replayed = socket.event()
+        assert replayed["event"] == "budget_fact_created"
+        assert replayed["data"]["id"] == fact_id
+        assert replayed["offset"] == later["offset"]
+
+
+def test_every_whole_budget_page_carries_its_position(alice: httpx.Client) -> None:
+    fact_id = add_fact(alice, "5.55")
+    current = rendered_position(alice.get("/budgets/1").text)
+    bad_fact = {"amount": "x", "article_id": "1", "financial_center_id": "1"}
+    pages = [
+        alice.get(f"/budgets/1/facts/{fact_id}/edit"),
+        alice.post("/budgets/1/facts", data=bad_fact),
+        alice.post(f"/budgets/1/facts/{fact_id}", data=bad_fact),
+        alice.post("/budgets/1/articles/4", data={"name": ""}),
+    ]
+    for page in pages:
+        assert '<form id="new-fact"' in page.text
+        assert rendered_position(page.text) == current
+    # Fragments do not: they are not subscribed from.
+    fragments = [
+        alice.get(f"/budgets/1/facts/{fact_id}/edit", headers=HTMX),
+        alice.post("/budgets/1/facts", data=bad_fact, headers=HTMX),
+        alice.get("/budgets/1/ledger"),
+    ]
+    for fragment in fragments:
+        assert "data-position" not in fragment.text
 
 
 @pytest.mark.parametrize("cookie", [None, "demo_user=", "demo_user=mallory"])

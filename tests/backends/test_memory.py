@@ -118,3 +118,8 @@ def test_missing_extras_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> 
     )
     with pytest.raises(BackendNotInstalled, match=r"pip install 'budget-ws\[fancy\]'"):
         create_backend("fancy://host")
+
+
+def test_out_of_range_url_options_are_refused() -> None:
+    with pytest.raises(UnknownBackend, match="history_size"):
+        create_backend("memory://?history_size=-1")

@@ -160,10 +160,16 @@ test("handlers receive (data, frame); '*' receives every event", () => {
   const frame = { event: "budget_fact_created", data: { id: 7 }, topic: "t", offset: 1, epoch: "e" };
   let got;
   t.client.on("budget_fact_created", (data, f) => (got = [data, f]));
+  ws.receive({ op: "subscribed", topic: "t", position: at(0, "e"), recovered: false }); // by the server
   ws.receive(frame);
   assert.deepEqual(got, [{ id: 7 }, frame]);
   assert.deepEqual(t.events.at(-1), ["budget_fact_created", { id: 7 }]);
-  assert.deepEqual(t.events.map(([name]) => name), ["budget-ws:connecting", "budget-ws:open", "budget_fact_created"]);
+  assert.deepEqual(t.events.map(([name]) => name), [
+    "budget-ws:connecting",
+    "budget-ws:open",
+    "budget-ws:subscribed",
+    "budget_fact_created",
+  ]);
 });
 
 test("a throwing handler is reported and does not stop the others", () => {

@@ -99,22 +99,48 @@ test("connect() is idempotent while connected", () => {
   assert.equal(t.WS.instances.length, 1);
 });
 
-test("connect(url, options) returns a started client; relative URLs follow the page's scheme", async () => {
+test("connect(url, options) returns a client that connects in a microtask", async () => {
   const { connect } = await import("../../src/budget_ws/static/budget-ws.js");
   const { fakeWebSocketClass } = await import("./helpers.mjs");
   const WS = fakeWebSocketClass();
   const client = connect("wss://example.test/ws", { WebSocket: WS, window: null });
-  assert.equal(client.state, "connecting");
+  assert.equal(client.state, "closed", "not yet");
+  assert.equal(WS.instances.length, 0);
+  const seen = [];
+  client.on("budget-ws:connecting", (data) => seen.push([data, client.state]));
+  await null;
+  assert.deepEqual(seen, [[{ attempt: 0 }, "connecting"]], "a handler added after connect() sees it");
+  assert.equal(WS.instances.length, 1);
   assert.equal(WS.last.url, "wss://example.test/ws");
   assert.deepEqual(WS.last.protocols, ["budget-ws.v1"]);
   client.close();
+});
 
+test("connect(url): close() before the microtask cancels the connection; connect() takes over", async () => {
+  const { connect } = await import("../../src/budget_ws/static/budget-ws.js");
+  const { fakeWebSocketClass } = await import("./helpers.mjs");
+  const WS = fakeWebSocketClass();
+  const closed = connect("ws://x/ws", { WebSocket: WS, window: null });
+  closed.close();
+  const started = connect("ws://x/ws", { WebSocket: WS, window: null }).connect();
+  assert.equal(started.state, "connecting", "connect() itself is synchronous");
+  assert.equal(WS.instances.length, 1);
+  await flush();
+  assert.equal(closed.state, "closed");
+  assert.equal(WS.instances.length, 1, "neither the closed client nor a second socket");
+  started.close();
+});
+
+test("connect(url): relative URLs follow the page's scheme", async () => {
+  const { connect } = await import("../../src/budget_ws/static/budget-ws.js");
+  const { fakeWebSocketClass } = await import("./helpers.mjs");
+  const WS = fakeWebSocketClass();
   globalThis.location = { href: "https://app.test/budgets/42" };
   try {
-    connect("/ws?x=1", { WebSocket: WS, window: null }).close();
+    connect("/ws?x=1", { WebSocket: WS, window: null }).connect().close();
     assert.equal(WS.last.url, "wss://app.test/ws?x=1");
     globalThis.location = { href: "http://localhost:8000/" };
-    connect("ws", { WebSocket: WS, window: null }).close();
+    connect("ws", { WebSocket: WS, window: null }).connect().close();
     assert.equal(WS.last.url, "ws://localhost:8000/ws");
   } finally {
     delete globalThis.location;

@@ -155,6 +155,7 @@ test("unsubscribe forgets the topic and its position", () => {
   t.ws.receive(event(4)); // still on the way
   t.ws.receive({ op: "unsubscribed", topic: TOPIC, id: 2 });
   assert.equal(t.client.positions.has(TOPIC), false);
+  assert.deepEqual(t.handled, []);
   t.ws.serverClose(1012);
   t.clock.advance(250);
   assert.deepEqual(t.open().sentOps("subscribe"), []);
@@ -209,4 +210,220 @@ test("storage that throws or holds garbage is survived", () => {
 
 test("without storage, nothing is persisted", () => {
   assert.equal(new BudgetWS("ws://x").positions.size, 0);
+});
+
+// Events of topics the client does not hold -------------------------------------------------
+
+test("events still queued after unsubscribe are dropped: no handler, no position, no storage", () => {
+  const saved = new Map();
+  const storage = { getItem: (k) => saved.get(k) ?? null, setItem: (k, v) => saved.set(k, v) };
+  const t = subscribedClient(at(3), { storage });
+  t.ws.receive(event(4));
+  t.client.unsubscribe(TOPIC);
+  // The server's answer overtakes the events that were queued before it.
+  t.ws.receive({ op: "unsubscribed", topic: TOPIC, id: 2 }, event(5), event(6));
+  t.ws.receive(event(7, "e2")); // not even a gap: nothing is held
+  assert.deepEqual(t.handled, [4]);
+  assert.equal(t.client.positions.has(TOPIC), false);
+  assert.deepEqual(JSON.parse(saved.get("budget-ws:ws://test/ws")), {});
+  assert.deepEqual(t.resyncs, []);
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), []);
+});
+
+test("events of a topic never subscribed are dropped; events without a topic are not", () => {
+  const t = setup();
+  const ws = t.open();
+  const got = [];
+  t.client.on("budget_fact_created", (data) => got.push(data.offset));
+  t.client.on("hello", (data) => got.push(data));
+  ws.receive(event(1, "e1", "budget:7"), { event: "hello", data: "direct" });
+  assert.deepEqual(got, ["direct"]);
+  assert.equal(t.client.positions.size, 0);
+});
+
+test("a topic subscribed by the server is held until the server unsubscribes it", () => {
+  const t = setup();
+  const ws = t.open();
+  const got = [];
+  t.client.on("budget_fact_created", (data, frame) => got.push([frame.topic, data.offset]));
+  ws.receive({ op: "subscribed", topic: "user:1", position: at(5), recovered: false });
+  ws.receive(event(6, "e1", "user:1"));
+  ws.receive({ op: "unsubscribed", topic: "user:1" }, event(7, "e1", "user:1"));
+  assert.deepEqual(got, [["user:1", 6]]);
+  assert.equal(t.client.positions.has("user:1"), false);
+});
+
+test("unsubscribe also drops the events of a topic the server subscribed", () => {
+  const t = setup();
+  const ws = t.open();
+  const got = [];
+  t.client.on("budget_fact_created", (data) => got.push(data.offset));
+  ws.receive({ op: "subscribed", topic: TOPIC, position: at(5), recovered: false });
+  t.client.unsubscribe(TOPIC);
+  ws.receive(event(6));
+  assert.deepEqual(got, []);
+});
+
+test("after a reconnect a topic is held again from its subscribed answer on", () => {
+  const t = subscribedClient(at(3));
+  t.ws.serverClose(1012);
+  t.clock.advance(250);
+  const ws = t.open();
+  ws.receive(event(4)); // out of protocol: before the answer
+  ws.receive(subscribed(2, at(4), true), event(4));
+  assert.deepEqual(t.handled, [4]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(4));
+});
+
+test("unsubscribe then subscribe again: the old subscription's answers and events are ignored", async () => {
+  const t = setup({ onResync: () => {} });
+  const handled = [];
+  t.client.on("budget_fact_created", (data) => handled.push(data.offset));
+  const ws = t.open();
+  const first = t.client.subscribe(TOPIC); // id 1
+  t.client.unsubscribe(TOPIC); // id 2
+  const second = t.client.subscribe(TOPIC); // id 3
+  await assert.rejects(first, { code: "unsubscribed" });
+  assert.deepEqual(ws.sentOps("subscribe").at(-1), { op: "subscribe", topic: TOPIC, id: 3 });
+  ws.receive(subscribed(1, at(3), false), event(4)); // the first subscription, cancelled
+  ws.receive({ op: "unsubscribed", topic: TOPIC, id: 2 }, event(5));
+  assert.deepEqual(handled, []);
+  assert.equal(t.client.positions.has(TOPIC), false);
+  ws.receive(subscribed(3, at(6), false), event(5), event(6), event(7));
+  assert.deepEqual(handled, [7], "older events of the first subscription are duplicates");
+  assert.deepEqual((await second).id, 3);
+  assert.deepEqual(t.seen("budget-ws:subscribed"), [{ topic: TOPIC, position: at(6), recovered: false }]);
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), []);
+});
+
+// subscribe(topic, {position}) ---------------------------------------------------------------
+
+test("subscribe with a position sends it in the first subscribe frame; the replay is handled", async () => {
+  const t = setup({ onResync: () => assert.fail("no resync") });
+  const handled = [];
+  t.client.on("budget_fact_created", (data) => handled.push(data.offset));
+  const pending = t.client.subscribe(TOPIC, { position: at(16) }); // rendered into the page
+  assert.deepEqual(t.client.positions.get(TOPIC), at(16));
+  const ws = t.open();
+  assert.deepEqual(ws.sentOps("subscribe"), [{ op: "subscribe", topic: TOPIC, id: 1, position: at(16) }]);
+  ws.receive(subscribed(1, at(18), true), event(17), event(18));
+  ws.receive(event(19));
+  assert.equal((await pending).recovered, true);
+  assert.deepEqual(handled, [17, 18, 19]);
+  assert.deepEqual(t.seen("budget-ws:recovered"), [{ topic: TOPIC, position: at(18) }]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(19));
+});
+
+test("subscribe with a position that cannot be recovered: onResync and resync-needed", () => {
+  const resyncs = [];
+  const t = setup({ onResync: (topic, p) => resyncs.push([topic, p]) });
+  const ws = t.open();
+  t.client.subscribe(TOPIC, { position: at(16) });
+  assert.deepEqual(ws.sentOps("subscribe")[0].position, at(16));
+  ws.receive(subscribed(1, at(40, "e2"), false));
+  assert.deepEqual(resyncs, [[TOPIC, at(40, "e2")]]);
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), [{ topic: TOPIC, position: at(40, "e2") }]);
+  assert.deepEqual(t.client.positions.get(TOPIC), at(40, "e2"));
+});
+
+test("a known position takes precedence only if it is newer in the same epoch", () => {
+  const cases = [
+    // known, given, sent
+    [at(20), at(16), at(20)], // newer, same epoch: the known one
+    [at(16), at(16), at(16)],
+    [at(10), at(16), at(16)], // older: the given one
+    [at(90, "e0"), at(16), at(16)], // another epoch: the given one
+    [undefined, at(0), at(0)],
+    [at(20), null, at(20)], // no position given
+  ];
+  for (const [known, position, sent] of cases) {
+    const t = setup();
+    if (known) t.client.positions.set(TOPIC, known);
+    const ws = t.open();
+    t.client.subscribe(TOPIC, { position });
+    assert.deepEqual(ws.sentOps("subscribe")[0].position, sent, JSON.stringify([known, position]));
+  }
+});
+
+test("a stored position newer than the rendered one wins; the given one is stored", () => {
+  const saved = new Map([["budget-ws:ws://test/ws", JSON.stringify({ [TOPIC]: at(17), other: at(2) })]]);
+  const storage = { getItem: (k) => saved.get(k) ?? null, setItem: (k, v) => saved.set(k, v) };
+  const t = setup({ storage });
+  const ws = t.open();
+  t.client.subscribe(TOPIC, { position: at(16) });
+  t.client.subscribe("other", { position: at(5) });
+  assert.deepEqual(ws.sentOps("subscribe").map((f) => f.position), [at(17), at(5)]);
+  assert.deepEqual(JSON.parse(saved.get("budget-ws:ws://test/ws")), { [TOPIC]: at(17), other: at(5) });
+});
+
+test("a position given while a subscribe is pending sends a new request; the old answer is ignored", async () => {
+  const t = setup({ onResync: () => assert.fail("no resync") });
+  const handled = [];
+  t.client.on("budget_fact_created", (data) => handled.push(data.offset));
+  const ws = t.open();
+  const plain = t.client.subscribe(TOPIC);
+  const same = t.client.subscribe(TOPIC);
+  const from16 = t.client.subscribe(TOPIC, { position: at(16) });
+  assert.deepEqual(ws.sentOps("subscribe"), [
+    { op: "subscribe", topic: TOPIC, id: 1 },
+    { op: "subscribe", topic: TOPIC, id: 2, position: at(16) },
+  ]);
+  ws.receive(subscribed(1, at(18), false)); // superseded: must not move the position to 18
+  ws.receive(subscribed(2, at(18), true), event(17), event(18));
+  assert.deepEqual(handled, [17, 18]);
+  for (const pending of [plain, same, from16]) assert.equal((await pending).id, 2);
+  assert.equal(t.seen("budget-ws:subscribed").length, 1);
+});
+
+test("a position given for a held topic is sent only if it is adopted", () => {
+  const t = subscribedClient(at(16));
+  t.client.subscribe(TOPIC, { position: at(10) }); // known is newer: resumes from it
+  t.client.subscribe(TOPIC, { position: at(3, "e2") }); // another epoch: adopted
+  assert.deepEqual(t.ws.sentOps("subscribe").slice(1), [
+    { op: "subscribe", topic: TOPIC, id: 2, position: at(16) },
+    { op: "subscribe", topic: TOPIC, id: 3, position: at(3, "e2") },
+  ]);
+});
+
+// budget-ws:subscribed ---------------------------------------------------------------------
+
+test("budget-ws:subscribed is emitted for every subscribed frame, after the position is set", () => {
+  const t = setup({ onResync: () => {} });
+  const order = [];
+  t.client.on("budget-ws:recovered", () => order.push("recovered"));
+  t.client.on("budget-ws:subscribed", ({ topic }) => order.push([topic, t.client.positions.get(topic)]));
+  const ws = t.open();
+  t.client.subscribe(TOPIC);
+  ws.receive(subscribed(1, at(16), false)); // fresh
+  ws.receive({ op: "subscribed", topic: "user:1", position: at(3), recovered: false }); // by the server
+  ws.receive(event(17));
+  ws.serverClose(1012);
+  t.clock.advance(250);
+  const again = t.open();
+  again.receive(subscribed(2, at(20), true)); // resumed after the reconnect
+  again.receive({ op: "subscribed", topic: "user:1", position: at(3), recovered: false });
+  assert.deepEqual(t.seen("budget-ws:subscribed"), [
+    { topic: TOPIC, position: at(16), recovered: false },
+    { topic: "user:1", position: at(3), recovered: false },
+    { topic: TOPIC, position: at(20), recovered: true },
+    { topic: "user:1", position: at(3), recovered: false },
+  ]);
+  assert.deepEqual(order, [
+    [TOPIC, at(16)],
+    ["user:1", at(3)],
+    "recovered",
+    [TOPIC, at(17)], // the replay that follows moves it
+    ["user:1", at(3)],
+  ]);
+});
+
+test("budget-ws:subscribed follows the resync of a subscription that could not resume", () => {
+  const t = setup({ onResync: () => {} });
+  const ws = t.open();
+  const order = [];
+  t.client.on("budget-ws:resync-needed", () => order.push("resync-needed"));
+  t.client.on("budget-ws:subscribed", (data) => order.push(data));
+  t.client.subscribe(TOPIC, { position: at(1) });
+  ws.receive(subscribed(1, at(9, "e2"), false));
+  assert.deepEqual(order, ["resync-needed", { topic: TOPIC, position: at(9, "e2"), recovered: false }]);
 });

@@ -32,6 +32,12 @@ off();
 const state: "connecting" | "open" | "closed" = ws.state;
 const last: Position | undefined = ws.positions.get("budget:42");
 ws.subscribe("budget:42").then((frame) => frame.recovered && frame.position.offset);
+ws.subscribe("budget:42", { position: { offset: 16, epoch: "9f2c4a1b" } });
+ws.subscribe("budget:42", { position: null });
+ws.subscribe("budget:42", {});
+// @ts-expect-error: a position has an epoch
+ws.subscribe("budget:42", { position: { offset: 16 } });
+ws.on("budget-ws:subscribed", ({ topic, position, recovered }) => [topic.length, position.offset, recovered]);
 ws.send("budget_total_changed", { total: "1" });
 ws.send("chat_message", { text: "hi" }, { topic: "room:1" });
 // @ts-expect-error: wrong data for a known event
@@ -41,3 +47,7 @@ ws.close(4000, "bye");
 const untyped = new BudgetWS("ws://x");
 untyped.on("anything", (data) => data.whatever);
 htmxTrigger(ws, { budget_fact_created: "#facts", custom: document.body }, { resyncEvent: null })();
+htmxTrigger(ws, ["budget_fact_created", "budget_total_changed"], document.body)();
+htmxTrigger(ws, ["budget_fact_created", "custom"], "#ledger", { resyncEvent: "reload" })();
+// @ts-expect-error: an array of event names needs its target
+htmxTrigger(ws, ["budget_fact_created"], { resyncEvent: null });

@@ -56,7 +56,10 @@ def create_backend(url: str) -> Backend:
                 options[name] = convert(value)
             except ValueError:
                 raise UnknownBackend(f"memory:// option {name}={value!r} is not a number") from None
-        return MemoryBackend(**options)
+        try:
+            return MemoryBackend(**options)
+        except ValueError as exc:
+            raise UnknownBackend(f"bad option in {url!r}: {exc}") from None
     lazy = _LAZY_BACKENDS.get(scheme)
     if lazy is None:
         known = ", ".join(f"{name}://" for name in ["memory", *sorted(_LAZY_BACKENDS)])

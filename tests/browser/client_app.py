@@ -6,6 +6,7 @@ test-only endpoints that publish, drop every connection, or push frames verbatim
 
 Environment:
     BUDGET_WS_HISTORY: events the memory backend keeps per topic (default 1000).
+    BUDGET_WS_BACKEND: a backend URL instead of the memory backend (e.g. redis://...).
     BUDGET_WS_HEARTBEAT: heartbeat interval and timeout in seconds (default 20).
     BUDGET_WS_TOKEN: when set, a WebSocket must carry ``?token=<it>`` or is refused.
 
@@ -37,6 +38,7 @@ from budget_ws import (
     Heartbeat,
     MemoryBackend,
     Position,
+    create_backend,
 )
 from budget_ws.adapters import client_url
 from budget_ws.adapters.starlette import client_route, lifespan, websocket_route
@@ -118,8 +120,9 @@ def app_factory() -> Starlette:
     history = int(os.environ.get("BUDGET_WS_HISTORY", "1000"))
     beat = float(os.environ.get("BUDGET_WS_HEARTBEAT", "20"))
     token = os.environ.get("BUDGET_WS_TOKEN")
+    backend_url = os.environ.get("BUDGET_WS_BACKEND")
     manager = ConnectionManager(
-        MemoryBackend(history_size=history),
+        create_backend(backend_url) if backend_url else MemoryBackend(history_size=history),
         heartbeat=Heartbeat(interval=beat, timeout=beat),
         shutdown_timeout=2,
     )

@@ -7,14 +7,18 @@ client is created with ``minDelay: 100, maxDelay: 1000`` so reconnects are quick
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 import httpx
 
 from budget_ws import __version__
+from budget_ws.backends.redis import RedisBackend
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 10_000  # ms, for every wait on the page
@@ -250,6 +254,47 @@ def test_real_server_restart_reconnects_with_backoff_and_resyncs_on_the_new_epoc
     wait(page, "window.received.length >= 4")
     assert received(page)[3] == {"n": 1, "topic": "t", "offset": 1, "epoch": new_epoch}
     assert len(received(page)) == 4
+
+
+def test_real_server_restart_on_redis_recovers_what_was_published_while_it_was_down(
+    page: Any, live_server: Any
+) -> None:
+    # With Redis, history outlives the server process: events another worker published
+    # while this one was down are replayed to the returning client, recovered: true.
+    key_prefix = f"browser-{uuid.uuid4().hex[:12]}"
+    url = f"redis://127.0.0.1:6379/0?key_prefix={key_prefix}"
+    server = serve(live_server, backend=url)
+    subscribed(page, server)
+    post(server, "/publish", topic="t", count=2)
+    wait(page, "window.received.length === 2")
+    epoch = received(page)[0]["epoch"]
+
+    server.stop()
+    wait(page, "window.states.filter((s) => s.event === 'closed').length >= 2")
+
+    async def publish_elsewhere() -> None:
+        async with RedisBackend.from_url(url) as other_worker:
+            for n in (101, 102, 103):
+                payload = b'{"event":"browser_test_tick","data":{"n":%d}}' % n
+                await other_worker.publish("t", payload)
+
+    # Playwright's sync API keeps an event loop in this thread: publish from another one.
+    publisher = threading.Thread(target=anyio.run, args=(publish_elsewhere,))
+    publisher.start()
+    publisher.join(timeout=30)
+    assert not publisher.is_alive()
+    server.start()
+
+    wait(page, "window.received.length === 5")
+    answer = controls(page, "subscribed")[-1]
+    assert answer["recovered"] is True
+    assert offsets(page) == [1, 2, 3, 4, 5]
+    assert [event["n"] for event in received(page)[2:]] == [101, 102, 103]
+    assert {event["epoch"] for event in received(page)} == {epoch}
+    assert page.evaluate("window.resyncs") == []
+    post(server, "/publish", topic="t", count=1)
+    wait(page, "window.received.length === 6")
+    assert offsets(page)[-1] == 6
 
 
 def test_events_replayed_by_a_server_side_resubscribe_are_dropped_as_duplicates(

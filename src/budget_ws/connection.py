@@ -56,12 +56,14 @@ class Transport(Protocol):
 class _Counters:
     """Totals shared by the connections of one manager, for ``stats()``."""
 
-    __slots__ = ("delivered", "dropped", "slow_consumers")
+    __slots__ = ("backlog", "delivered", "dropped", "slow_consumers")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.dropped = 0
         self.slow_consumers = 0
+        self.backlog = False
+        """Set when an outbox passes half its size; the publisher then lets writers run."""
 
 
 FrameHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
@@ -98,6 +100,7 @@ class Connection:
         self._limits = limits
         self._heartbeat = heartbeat
         self._outbox = Outbox(outbox_limits)
+        self._half_full = outbox_limits.max_messages // 2
         self._counters = counters or _Counters()
         self._cancel_scope: anyio.CancelScope | None = None
         self._close_code: int | None = None
@@ -125,6 +128,11 @@ class Connection:
         return len(self._outbox)
 
     @property
+    def dropped_frames(self) -> int:
+        """Frames the drop-oldest policy discarded on this connection."""
+        return self._outbox.dropped
+
+    @property
     def queued_bytes(self) -> int:
         """Size of the frames waiting in the outbox."""
         return self._outbox.size
@@ -135,19 +143,18 @@ class Connection:
         When the outbox is full, the slow-consumer policy applies: by default the
         connection is closed with 4000 so the client reconnects and recovers.
         """
-        if self._close_code is not None:
-            return
-        outbox = self._outbox
-        dropped = outbox.dropped
-        if not outbox.put(frame):
-            self._counters.slow_consumers += 1
-            self.close(
-                CloseCode.SLOW_CONSUMER,
-                "slow consumer: outbox full; reconnect and resume",
-                drain=False,
-            )
-        elif outbox.dropped != dropped:
-            self._counters.dropped += outbox.dropped - dropped
+        if self._close_code is None:
+            outbox = self._outbox
+            if not outbox.put(frame):
+                self._overflowed()
+            elif len(outbox) > self._half_full:
+                self._counters.backlog = True
+
+    def _overflowed(self) -> None:
+        self._counters.slow_consumers += 1
+        self.close(
+            CloseCode.SLOW_CONSUMER, "slow consumer: outbox full; reconnect and resume", drain=False
+        )
 
     def push_control(self, *frames: str) -> None:
         """Queue control frames (or a replay) ahead of events, never to be dropped.
@@ -214,6 +221,7 @@ class Connection:
             finally:
                 if self._close_code is None:
                     self._close_code = CloseCode.GOING_AWAY
+                self._counters.dropped += self._outbox.dropped
                 self._outbox.clear()
                 self._closed.set()
 

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .backends import Backend, Position, create_backend
 from .connection import Connection, Transport, _Counters
@@ -485,6 +486,11 @@ class ConnectionManager:
         payload = self._encode(event, extra=len(topic) + _POSITION_FIELDS)
         position = await self.backend.publish(topic, payload)
         self._published += 1
+        if self._counters.backlog:
+            # Frames pile up in some outbox: let the writers run before the next event,
+            # so a burst larger than an outbox is not mistaken for slow consumers.
+            self._counters.backlog = False
+            await anyio.lowlevel.checkpoint()
         return position
 
     async def position(self, topic: str) -> Position:
@@ -548,7 +554,7 @@ class ConnectionManager:
             queued_bytes=sum(connection.queued_bytes for connection in connections),
             published=self._published,
             delivered=counters.delivered,
-            dropped=counters.dropped,
+            dropped=counters.dropped + sum(c.dropped_frames for c in connections),
             slow_consumer_disconnects=counters.slow_consumers,
             backend=repr(self.backend),
             backend_status=_backend_status(self.backend),

@@ -31,6 +31,8 @@ class Outbox:
         "_finished",
         "_frames",
         "_limits",
+        "_max_bytes",
+        "_max_messages",
         "_size",
         "_urgent",
         "_urgent_limit",
@@ -44,6 +46,8 @@ class Outbox:
         self._urgent: deque[str] = deque()
         # Replays are bounded by max_replay; the rest leaves room for control frames.
         self._urgent_limit = limits.max_replay + limits.max_messages
+        self._max_messages = limits.max_messages
+        self._max_bytes = limits.max_bytes
         self._size = 0
         self._wakeup: anyio.Event | None = None
         self._finished = False
@@ -78,18 +82,14 @@ class Outbox:
             then closes the connection. With the drop-oldest policy, older frames make room
             and this returns True.
         """
-        size = len(frame)
+        # The hot path of every delivery: plain attributes, no helper calls.
         frames = self._frames
-        limits = self._limits
-        if len(frames) >= limits.max_messages or self._size + size > limits.max_bytes:
-            if limits.policy is SlowConsumerPolicy.DISCONNECT:
+        size = len(frame)
+        if len(frames) >= self._max_messages or self._size + size > self._max_bytes:
+            if self._limits.policy is SlowConsumerPolicy.DISCONNECT:
                 return False
-            while frames and (
-                len(frames) >= limits.max_messages or self._size + size > limits.max_bytes
-            ):
-                self._size -= len(frames.popleft())
-                self.dropped += 1
-            if size > limits.max_bytes:
+            self._drop_oldest(size)
+            if size > self._max_bytes:
                 self.dropped += 1
                 return True
         frames.append(frame)
@@ -97,6 +97,12 @@ class Outbox:
         if self._wakeup is not None:
             self._wakeup.set()
         return True
+
+    def _drop_oldest(self, room: int) -> None:
+        frames = self._frames
+        while frames and (len(frames) >= self._max_messages or self._size + room > self._max_bytes):
+            self._size -= len(frames.popleft())
+            self.dropped += 1
 
     def finish(self) -> None:
         """No more frames will be put; :meth:`get_message` returns ``None`` once empty."""

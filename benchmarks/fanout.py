@@ -71,6 +71,7 @@ DELIVERY_TIMEOUT = 600.0
 """Seconds a timed run may take before it is reported as failed (never hang)."""
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTBOX = OutboxLimits()
 
 
 class BudgetFactCreated(Event, name="budget_fact_created", register=False):
@@ -176,7 +177,7 @@ class CountingTransport:
         tally = self.tally
         tally.messages += 1
         tally.frames += frames
-        if tally.frames == tally.expected:
+        if tally.frames >= tally.expected:
             tally.done.set()
 
     async def receive(self) -> str | bytes:
@@ -277,10 +278,11 @@ async def _serve_budget_ws(
 
     manager = ConnectionManager(
         MemoryBackend(),
-        # Room for every event of a burst: this measures throughput, not the overflow policy.
+        # The default outbox, raised if needed so that a whole burst fits: this measures
+        # throughput, not the overflow policy.
         outbox=OutboxLimits(
-            max_messages=workload.events + 16,
-            max_bytes=max(1 << 20, (workload.events + 16) * frame_bytes),
+            max_messages=max(DEFAULT_OUTBOX.max_messages, workload.events + 16),
+            max_bytes=max(DEFAULT_OUTBOX.max_bytes, (workload.events + 16) * frame_bytes),
         ),
         heartbeat=Heartbeat(interval=3600.0, timeout=3600.0),
         on_connect=subscribe,
@@ -290,12 +292,16 @@ async def _serve_budget_ws(
     def publish(index: int) -> Coroutine[Any, Any, object]:
         return manager.publish(events[index], topic=TOPIC)
 
-    tally.arm(2 * len(transports))  # each client gets a welcome and a subscribed frame
     async with manager, anyio.create_task_group() as task_group:
         for transport in transports:
             task_group.start_soon(manager.serve, transport)
         with anyio.fail_after(DELIVERY_TIMEOUT):
-            await tally.done.wait()
+            # A connection reads only after on_connect has subscribed it.
+            await tally.all_reading.wait()
+            # Setup only, not timed: no event says that every welcome and subscribed
+            # frame has left its outbox, so look.
+            while manager.stats().queued_frames:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
         try:
             yield publish
         finally:
@@ -486,8 +492,11 @@ async def measure_memory(
     tally = Tally(connections)
     transports = [CountingTransport(tally) for _ in range(connections)]
     gc.collect()
+    was_tracing = tracemalloc.is_tracing()
     if probe == "traced":
-        tracemalloc.start()
+        if not was_tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
         baseline = tracemalloc.get_traced_memory()[0]
     else:
         _reset_rss_peak()
@@ -501,7 +510,8 @@ async def measure_memory(
         run = await _timed_fanout(contender, "burst", publish, transports, tally, workload.events)
         if probe == "traced":
             peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
+            if not was_tracing:
+                tracemalloc.stop()
         else:
             peak = _proc_status_kib("VmHWM") * 1024
     return MemoryProbe(
@@ -564,8 +574,31 @@ class Spread:
         return cls(statistics.median(values), min(values), max(values))
 
 
+def _source_revision() -> str | None:
+    """The git commit the benchmarked source comes from, marked when ``src/`` has edits."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        edits = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}{' + uncommitted changes in src/' if edits else ''}"
+
+
 def _environment(backend: str) -> dict[str, Any]:
     return {
+        "source": _source_revision(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "anyio_backend": backend,
@@ -679,7 +712,8 @@ def _print_report(report: dict[str, Any]) -> None:
     rows: list[dict[str, Any]] = report["rows"]
     print(
         f"Python {env['python']} ({env['implementation']}), anyio {env['anyio']} on "
-        f"{env['anyio_backend']}, pydantic {env['pydantic']}, budget_ws {env['budget_ws']}"
+        f"{env['anyio_backend']}, pydantic {env['pydantic']}, budget_ws {env['budget_ws']} "
+        f"(source {env['source'] or 'unknown'})"
     )
     print(
         f"CPUs: {env['cpu_count']} ({env['cpus_usable']} usable); load average "
@@ -743,23 +777,23 @@ def _print_report(report: dict[str, Any]) -> None:
             for row in rows
         ],
     )
-    memory_keys = [
-        f"{probe}_{state}_kib_per_connection" for probe in PROBES for state in ("idle", "peak")
+    labels = {"rss": "RSS", "traced": "traced"}
+    memory_columns = [
+        (f"{labels[probe]} {state}", f"{probe}_{state}_kib_per_connection")
+        for probe in PROBES
+        for state in ("idle", "peak")
+        if any(f"{probe}_{state}_kib_per_connection" in row for row in rows)
     ]
-    memory_rows = {
-        (row["contender"], row["connections"]): row
-        for row in rows
-        if any(key in row for key in memory_keys)
-    }
-    if memory_rows:
+    if memory_columns:
+        memory_rows = {(row["contender"], row["connections"]): row for row in rows}
         print()
-        print("memory per connection, KiB, each in a fresh process: RSS (/proc) and traced")
-        print("(tracemalloc); idle = connected and subscribed, peak = during a burst of M events")
+        print("memory per connection, KiB, each in a fresh process (RSS from /proc, traced from")
+        print("tracemalloc): idle = connected and subscribed, peak = during a burst of M events")
         _print_table(
-            ["contender", "N", "", "RSS idle", "RSS peak", "traced idle", "traced peak"],
+            ["contender", "N", "", *(title for title, _ in memory_columns)],
             [
                 [contender, f"{connections:,}", ""]
-                + [_format_spread(row.get(key), 2) for key in memory_keys]
+                + [_format_spread(row.get(key), 2) for _, key in memory_columns]
                 for (contender, connections), row in memory_rows.items()
             ],
         )
@@ -819,13 +853,20 @@ def _parser() -> argparse.ArgumentParser:
         "--memory",
         nargs="*",
         choices=PROBES,
-        default=list(PROBES),
-        help="memory probes to run in child processes (default: rss traced; none: no value)",
+        default=["rss"],
+        metavar="PROBE",
+        help=(
+            "memory probes, each run in a child process: rss (resident set size) and/or "
+            "traced (tracemalloc, slower); default: rss; give no value to skip memory"
+        ),
     )
     parser.add_argument(
         "--anyio-backend", choices=("asyncio", "trio"), default="asyncio", help="event loop"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--json-file", type=Path, metavar="PATH", help="also write the JSON results to PATH"
+    )
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--probe", choices=PROBES, default="rss", help=argparse.SUPPRESS)
     return parser
@@ -916,6 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         "memory": [asdict(item) for item in memory],
     }
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:

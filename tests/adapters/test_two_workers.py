@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import anyio
 import httpx
 import pytest
 import redis
+from tests.support.servers import free_port, stop, wait_listening
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
@@ -38,12 +37,6 @@ SUBPROTOCOL = "budget-ws.v1"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # uvicorn, the websockets client and redis-py run on asyncio only
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Worker:
@@ -76,26 +69,12 @@ class Worker:
     def wait_listening(self, timeout: float = 15.0) -> None:
         # uvicorn listens only once the lifespan has started the manager (and its backend).
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"worker {self.name} did not listen on {self.port} in {timeout} s")
+        wait_listening(self.port, self.process, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        self.process.terminate()  # SIGTERM, as a deployment would
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, timeout)
         self.process = None
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.servers import wait_listening
 
 from budget_ws import Backend, create_backend
 from budget_ws.testing import RecordingListener
@@ -21,12 +22,6 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 # backend -> the event loops it runs on (redis-py's client is asyncio-only)
 BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",), "redis-cluster": ("asyncio",)}
 CASES = [(name, loop) for name, loops in BACKENDS.items() for loop in loops]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def free_cluster_port() -> int:
@@ -41,17 +36,6 @@ def free_cluster_port() -> int:
             continue
         return port
     raise RuntimeError("no free port pair for a cluster node")
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +62,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )  # fmt: skip
     try:
         for port in ports:
-            wait_for_port(port)
+            wait_listening(port)
         subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
              "--cluster-replicas", "0", "--cluster-yes"],

@@ -17,6 +17,7 @@ from decimal import Decimal
 import anyio
 import pytest
 from redis import asyncio as aioredis
+from tests.support.servers import free_port
 
 from budget_ws import (
     BackendError,
@@ -47,12 +48,6 @@ class FactCreated(Event, name="test_redis_fact_created", register=False):
 
 def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:

@@ -7,15 +7,14 @@ the page stays open. In CI a missing browser fails the run instead of skipping.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.servers import free_port, stop, wait_listening
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,12 +79,6 @@ def new_page(browser: Any) -> Iterator[Any]:
         context.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class LiveServer:
     """``uvicorn APP`` in a subprocess on 127.0.0.1; stop and start it again at will.
 
@@ -124,28 +117,18 @@ class LiveServer:
         if self.factory:
             command.append("--factory")
         self.process = subprocess.Popen(command, env={**os.environ, **self.env})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.app} exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.app} did not listen on port {self.port} in {timeout} s")
+        try:
+            wait_listening(self.port, self.process, timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM, as a deployment would); WebSockets get 1012."""
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, timeout)
         self.process = None
 
 

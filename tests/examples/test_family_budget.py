@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.servers import free_port
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
@@ -29,12 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 HTMX = {"HX-Request": "true"}
 PROTOCOLS = [Subprotocol("budget-ws.v1")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(process: subprocess.Popen[Any], port: int, timeout: float = 15) -> None:

@@ -163,3 +163,10 @@ def test_violations_name_their_code(raw: str, code: ErrorCode, request_id: Any) 
 def test_decoding_arbitrary_input_never_raises_anything_else(raw: bytes | str) -> None:
     with contextlib.suppress(ProtocolViolation):
         decode_client_frame(raw)
+
+
+def test_final_close_codes_are_the_ones_clients_must_not_retry() -> None:
+    from budget_ws.protocol import FINAL_CLOSE_CODES, CloseCode
+
+    assert {1000, 1002, 1008, 4003} == FINAL_CLOSE_CODES
+    assert CloseCode.SERVICE_RESTART not in FINAL_CLOSE_CODES

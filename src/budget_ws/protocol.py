@@ -21,6 +21,7 @@ from .backends.base import Position
 from .events import Event
 
 __all__ = [
+    "FINAL_CLOSE_CODES",
     "FRAME_SEPARATOR",
     "SUBPROTOCOL",
     "ClientEvent",

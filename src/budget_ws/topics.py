@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -58,10 +57,6 @@ class TopicRouter:
         """The local connections subscribed to ``topic``."""
         state = self._topics.get(topic)
         return tuple(state.connections) if state is not None else ()
-
-    def topics(self) -> Iterator[str]:
-        """Topics with local subscribers (or subscriptions under way)."""
-        return iter(list(self._topics))
 
     async def attach(
         self,

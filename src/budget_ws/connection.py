@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
@@ -24,7 +24,7 @@ from .protocol import (
     encode_pong,
 )
 
-__all__ = ["Connection", "Transport"]
+__all__ = ["Connection", "Transport", "fan_out"]
 
 logger = logging.getLogger("budget_ws")
 
@@ -239,7 +239,9 @@ class Connection:
                 if item is None:
                     break
                 message, count = item
+                del item  # an idle writer must not pin its last batch
                 await transport.send_text(message)
+                del message
                 counters.delivered += count
         except ConnectionClosed:
             self._peer_closed = True
@@ -324,3 +326,29 @@ def _size(raw: str | bytes, limit: int) -> int:
     if isinstance(raw, str) and len(raw) * 4 > limit:
         return len(raw.encode())
     return len(raw)
+
+
+def fan_out(connections: Iterable[Connection], frame: str) -> None:
+    """Queue one frame for many connections without waiting: the hot path of a publish.
+
+    Does what :meth:`Connection.push` does for each connection, inlined, because it runs
+    once per subscriber per event; anything unusual (a full outbox) takes the slow path.
+    """
+    size = len(frame)
+    for connection in connections:
+        if connection._close_code is not None:
+            continue
+        outbox = connection._outbox
+        frames = outbox._frames
+        queued = len(frames)
+        if queued >= outbox._max_messages or outbox._size + size > outbox._max_bytes:
+            connection.push(frame)
+            continue
+        frames.append(frame)
+        outbox._size += size
+        if queued >= connection._half_full:
+            connection._counters.backlog = True
+        wakeup = outbox._wakeup
+        if wakeup is not None:
+            outbox._wakeup = None
+            wakeup.set()

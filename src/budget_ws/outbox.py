@@ -70,8 +70,7 @@ class Outbox:
             keeps asking): the caller closes the connection.
         """
         self._urgent.extend(frames)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wake()
         return len(self._urgent) <= self._urgent_limit
 
     def put(self, frame: str) -> bool:
@@ -94,9 +93,15 @@ class Outbox:
                 return True
         frames.append(frame)
         self._size += size
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        # Wake the writer once per batch, not once per frame.
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
     def _drop_oldest(self, room: int) -> None:
         frames = self._frames
@@ -107,8 +112,7 @@ class Outbox:
     def finish(self) -> None:
         """No more frames will be put; :meth:`get_message` returns ``None`` once empty."""
         self._finished = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wake()
 
     def clear(self) -> None:
         """Discard every queued frame."""
@@ -130,13 +134,20 @@ class Outbox:
         while not self._frames and not self._urgent:
             if self._finished:
                 return None
-            self._wakeup = anyio.Event()
+            wakeup = self._wakeup = anyio.Event()
             try:
-                await self._wakeup.wait()
+                await wakeup.wait()
             finally:
                 self._wakeup = None
         urgent = bool(self._urgent)
         frames = self._urgent if urgent else self._frames
+        if not urgent and self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
+            # Everything queued fits in one message: one join, no per-frame loop.
+            count = len(frames)
+            message = frames[0] if count == 1 else FRAME_SEPARATOR.join(frames)
+            frames.clear()
+            self._size = 0
+            return message, count
         first = frames.popleft()
         size = len(first)
         batch = [first]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .backends import Backend, Position
-from .connection import Connection
+from .connection import Connection, fan_out
 from .errors import BackendError
 from .protocol import encode_resync, encode_subscribed, position_frame
 
@@ -145,8 +145,7 @@ class TopicRouter:
         frame = position_frame(payload, topic, position)
         for buffer in state.recovering.values():
             buffer.append((position, frame))
-        for connection in state.connections:
-            connection.push(frame)
+        fan_out(state.connections, frame)
 
     def resync(self, topic: str, position: Position) -> None:
         """Tell every local subscriber of ``topic`` that events were lost."""

@@ -7,11 +7,13 @@ server of their own on another loopback port and stop it by pid.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import anyio
@@ -83,6 +85,16 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: its sockets stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -196,14 +208,20 @@ async def test_two_workers_share_topics_through_redis() -> None:
             assert [frame["data"]["id"] for frame in received] == [6, 7, 8]
 
 
+async def listening_after_one_event(backend: RedisBackend) -> RecordingListener:
+    """A listener on topic "t" that has received event 1."""
+    listener = RecordingListener()
+    await backend.subscribe("t", listener)
+    await backend.publish("t", b"1")
+    with anyio.fail_after(5):
+        await listener.wait_for(1)
+    return listener
+
+
 async def test_a_broken_pubsub_connection_is_restored_and_its_gap_filled(
     redis_backend: RedisBackend,
 ) -> None:
-    listener = RecordingListener()
-    await redis_backend.subscribe("t", listener)
-    await redis_backend.publish("t", b"1")
-    with anyio.fail_after(5):
-        await listener.wait_for(1)
+    listener = await listening_after_one_event(redis_backend)
     admin = aioredis.Redis.from_url(SHARED)
     await admin.client_kill_filter(_type="pubsub", skipme=True)
     for number in (2, 3, 4):
@@ -311,14 +329,9 @@ async def test_a_silent_pubsub_connection_is_detected(own_redis: RedisServer) ->
         reconnect_delay=(0.05, 0.1),
     ) as backend:
         await backend.subscribe("t", listener)
-        assert own_redis.process is not None
-        own_redis.process.send_signal(19)  # SIGSTOP: the socket stays open, nothing answers
-        try:
-            with anyio.fail_after(5):
-                while backend.status()["connected"]:  # noqa: ASYNC110 - polls a state
-                    await anyio.sleep(0.02)
-        finally:
-            own_redis.process.send_signal(18)  # SIGCONT
+        with own_redis.paused(), anyio.fail_after(5):
+            while backend.status()["connected"]:  # noqa: ASYNC110 - polls a state
+                await anyio.sleep(0.02)
         with anyio.fail_after(10):
             await backend.wait_connected()
         await backend.publish("t", b"after the pause")
@@ -417,11 +430,7 @@ async def test_a_misspelt_option_is_named_when_startup_fails() -> None:
 async def test_an_offset_jump_in_live_pubsub_is_filled_from_the_stream(
     redis_backend: RedisBackend,
 ) -> None:
-    listener = RecordingListener()
-    await redis_backend.subscribe("t", listener)
-    await redis_backend.publish("t", b"1")
-    with anyio.fail_after(5):
-        await listener.wait_for(1)
+    listener = await listening_after_one_event(redis_backend)
     # Event 2 reaches the stream but its pub/sub message is lost, as on a flaky link.
     meta, log, _ = redis_backend._keys("t")
     admin = aioredis.Redis.from_url(SHARED)
@@ -437,10 +446,8 @@ async def test_an_offset_jump_in_live_pubsub_is_filled_from_the_stream(
 
 async def test_a_publish_to_a_silent_redis_times_out(own_redis: RedisServer) -> None:
     async with RedisBackend(own_redis.url, key_prefix=prefix(), operation_timeout=0.5) as backend:
-        assert own_redis.process is not None
-        own_redis.process.send_signal(19)  # SIGSTOP
-        try:
-            with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.5 s"):
-                await backend.publish("t", b"x")
-        finally:
-            own_redis.process.send_signal(18)  # SIGCONT
+        with (
+            own_redis.paused(),
+            pytest.raises(BackendUnavailable, match=r"did not answer within 0\.5 s"),
+        ):
+            await backend.publish("t", b"x")

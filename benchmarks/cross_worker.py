@@ -5,7 +5,7 @@ Run it with ``python -m benchmarks.cross_worker`` (``--help`` lists the options;
 encode/broadcaster's Redis backend on the same app shape) and scenario, this process:
 
 1. starts two uvicorn workers (A and B) running ``benchmarks/cross_worker_app.py``;
-2. starts client processes (``--client``, hidden) whose ``websockets`` clients connect,
+2. starts client processes (``benchmarks/loadgen.py``) whose clients connect,
    split evenly across A and B, and subscribe to one topic;
 3. publishes events itself, straight to Redis through the contender's own publisher
    (``ConnectionManager.publish`` / ``Broadcast.publish``), at a steady rate for
@@ -43,6 +43,8 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
+
+from benchmarks.loadgen import read_dump
 
 __all__ = ["SCENARIOS", "Run", "Scenario", "main"]
 
@@ -187,7 +189,7 @@ class Worker:
         command = [
             sys.executable, "-m", "uvicorn", "benchmarks.cross_worker_app:app_factory",
             "--factory", "--app-dir", str(ROOT), "--host", "127.0.0.1",
-            "--port", str(self.port), "--ws", "websockets-sansio",
+            "--port", str(self.port), "--ws", "websockets-sansio", "--loop", "asyncio",
             "--ws-per-message-deflate", "false", "--log-level", "warning",
             "--timeout-graceful-shutdown", "3",
         ]  # fmt: skip
@@ -236,7 +238,7 @@ class Worker:
 
 
 class ClientProcess:
-    """A ``--client`` child holding some of the WebSocket clients."""
+    """A ``benchmarks.loadgen`` child holding some of the WebSocket clients."""
 
     def __init__(self, process: anyio.abc.Process) -> None:
         self.process = process
@@ -247,9 +249,10 @@ class ClientProcess:
     async def start(
         cls, contender: str, urls: Sequence[str], first: int, count: int, drain: float
     ) -> ClientProcess:
+        protocol = "budget-ws" if contender == "budget_ws" else "plain"
         command = [
-            sys.executable, "-m", "benchmarks.cross_worker", "--client",
-            "--contender", contender, "--urls", *urls, "--first", str(first),
+            sys.executable, "-m", "benchmarks.loadgen", "--protocol", protocol,
+            "--topic", TOPIC, "--urls", *urls, "--first", str(first),
             "--count", str(count), "--drain", str(drain),
         ]  # fmt: skip
         process = await anyio.open_process(command, cwd=ROOT, stderr=None)
@@ -344,6 +347,7 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
         for worker in workers:
             await worker.wait_listening()
         urls = [worker.url for worker in workers]
+        names = {worker.url: worker.name for worker in workers}
         processes = max(1, min(args.client_processes, scenario.clients))
         per_process = -(-scenario.clients // processes)
         for first in range(0, scenario.clients, per_process):
@@ -434,7 +438,7 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
         # or once --drain seconds have passed.
         run.expected = total * scenario.clients
         for client in clients:
-            await client.send(f"stop {total}")
+            await client.send(f"expect {total}")
         latencies = array("q")
         last_receipt = 0
         with anyio.fail_after(args.drain + 30):
@@ -442,11 +446,12 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
                 report = await client.line()
                 run.delivered += report["received"]
                 run.complete_clients += report["complete_clients"]
-                run.client_errors += report["errors"]
-                for name, received in report["by_worker"].items():
+                run.client_errors += report["closed_clients"]
+                for url, received in report["by_url"].items():
+                    name = names[url]
                     run.delivered_by_worker[name] = run.delivered_by_worker.get(name, 0) + received
                 last_receipt = max(last_receipt, report["last_receipt"])
-                latencies.extend(_read_latencies(Path(report["latency_file"])))
+                latencies.extend(read_dump(report["latency_file"]))
         span = (last_receipt - first_sent) / 1e9 if last_receipt > first_sent else 0.0
         run.deliveries_per_second = round(run.delivered / span, 1) if span > 0 else 0.0
         run.latency_ms = percentiles(latencies)
@@ -463,13 +468,6 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
     return run
 
 
-def _read_latencies(path: Path) -> array[int]:
-    chunk = array("q")
-    chunk.frombytes(path.read_bytes())
-    path.unlink()
-    return chunk
-
-
 def _delete_keys(url: str, tag: str) -> None:
     import redis
 
@@ -481,111 +479,6 @@ def _delete_keys(url: str, tag: str) -> None:
 
 # --------------------------------------------------------------------------------------
 # Client processes
-
-
-async def client_main(args: argparse.Namespace) -> None:
-    """Connect ``--count`` clients, report ready, receive until told to stop, report."""
-    from websockets.asyncio.client import ClientConnection, connect
-    from websockets.typing import Subprotocol
-
-    budget = args.contender == "budget_ws"
-    urls: list[str] = args.urls
-    names = "AB"
-    count = args.count
-    received = [0] * count
-    latencies = array("q")
-    last_receipt = 0
-    errors = 0
-    connected = 0
-    all_connected = anyio.Event()
-    expected: int | None = None
-    done = anyio.Event()
-    complete = 0
-    limiter = anyio.CapacityLimiter(50)
-    connections: list[ClientConnection] = []
-
-    def frames(message: str | bytes) -> list[dict[str, Any]]:
-        text = message.decode() if isinstance(message, bytes) else message
-        return [json.loads(line) for line in text.split("\n") if line]
-
-    async def client(index: int) -> None:
-        nonlocal connected, last_receipt, errors, complete
-        url = urls[(args.first + index) % len(urls)]
-        async with limiter:
-            connection = await connect(
-                url,
-                subprotocols=[Subprotocol(SUBPROTOCOL)] if budget else None,
-                compression=None,
-                proxy=None,
-                ping_interval=None,
-                open_timeout=60,
-                max_queue=None,
-            )
-            connections.append(connection)
-            if budget:
-                await connection.send(json.dumps({"op": "subscribe", "topic": TOPIC, "id": 1}))
-            subscribed = False
-            while not subscribed:
-                for frame in frames(await connection.recv()):
-                    subscribed = subscribed or frame.get("op") == "subscribed"
-        connected += 1
-        if connected == count:
-            all_connected.set()
-        mine = 0
-        try:
-            async for message in connection:
-                now = time.time_ns()
-                for frame in frames(message):
-                    if "event" not in frame or frame["data"]["seq"] < 0:
-                        continue  # control frames and warm-up events
-                    data = frame["data"]
-                    latencies.append(now - data["sent_at"])
-                    mine += 1
-                received[index] = mine
-                last_receipt = max(last_receipt, now)
-                if expected is not None and mine >= expected:
-                    complete += 1
-                    if complete == count:
-                        done.set()
-                    break
-        except Exception:
-            errors += 1
-
-    async def wait_for_stop() -> None:
-        nonlocal expected, complete
-        line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-        expected = int(line.split()[1])
-        complete = sum(1 for value in received if value >= expected)
-        if complete == count:
-            done.set()
-        with anyio.move_on_after(args.drain):
-            await done.wait()
-
-    async with anyio.create_task_group() as task_group:
-        for index in range(count):
-            task_group.start_soon(client, index)
-        await all_connected.wait()
-        print(json.dumps({"ready": count}), flush=True)
-        await wait_for_stop()
-        task_group.cancel_scope.cancel()
-    for connection in connections:
-        connection.transport.abort()
-    by_worker: dict[str, int] = {}
-    for index, value in enumerate(received):
-        name = names[(args.first + index) % len(urls)]
-        by_worker[name] = by_worker.get(name, 0) + value
-    handle, path = tempfile.mkstemp(prefix="cross-worker-", suffix=".lat")
-    with os.fdopen(handle, "wb") as file:
-        latencies.tofile(file)
-    report = {
-        "received": sum(received),
-        "by_worker": by_worker,
-        "complete_clients": sum(1 for value in received if expected and value >= expected),
-        "errors": errors,
-        "last_receipt": last_receipt,
-        "latency_file": path,
-    }
-    print(json.dumps(report), flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -754,12 +647,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json-file", type=Path, metavar="PATH", help="also write the JSON results to PATH"
     )
-    client = parser.add_argument_group("client process (internal)")
-    client.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    client.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
-    client.add_argument("--urls", nargs="+", help=argparse.SUPPRESS)
-    client.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
-    client.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -769,9 +656,6 @@ def _progress(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.client:
-        anyio.run(client_main, args, backend="asyncio")
-        return 0
     if any(name.startswith("broadcaster") for name in args.contenders):
         try:
             import broadcaster  # noqa: F401

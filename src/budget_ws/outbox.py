@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Iterable
 
 import anyio
 
+try:
+    from sniffio import current_async_library
+except ImportError:  # anyio runs only on asyncio without sniffio (trio requires it)
+
+    def current_async_library() -> str:
+        return "asyncio"
+
+
 from .limits import OutboxLimits, SlowConsumerPolicy
 from .protocol import FRAME_SEPARATOR
 
 __all__ = ["Outbox"]
+
+
+class _Future(asyncio.Future[None]):
+    """An asyncio future with the ``set()`` and ``wait()`` of an event."""
+
+    __slots__ = ()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+
+    def set(self) -> None:
+        if not self.done():
+            self.set_result(None)
+
+    async def wait(self) -> None:
+        await self
+
+
+_Waiter = anyio.Event | _Future
 
 
 class Outbox:
@@ -31,6 +59,7 @@ class Outbox:
         "_finished",
         "_frames",
         "_limits",
+        "_loop",
         "_max_bytes",
         "_max_messages",
         "_size",
@@ -49,7 +78,8 @@ class Outbox:
         self._max_messages = limits.max_messages
         self._max_bytes = limits.max_bytes
         self._size = 0
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: _Waiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._finished = False
         self.dropped = 0
         """Frames discarded by the drop-oldest policy."""
@@ -120,6 +150,18 @@ class Outbox:
         self._urgent.clear()
         self._size = 0
 
+    def _waiter(self) -> _Waiter:
+        # The writer waits once per batch, so this is on every delivery's path: on asyncio a
+        # bare future of the running loop costs a fraction of an anyio.Event (whose
+        # constructor looks up the async library every time). Cancellation still works:
+        # anyio cancels asyncio tasks with Task.cancel(), which cancels the future.
+        loop = self._loop
+        if loop is None:
+            if current_async_library() != "asyncio":
+                return anyio.Event()
+            loop = self._loop = asyncio.get_running_loop()
+        return _Future(loop)
+
     async def get_message(self) -> tuple[str, int] | None:
         """Wait for frames and take as many as fit in one message.
 
@@ -134,7 +176,7 @@ class Outbox:
         while not self._frames and not self._urgent:
             if self._finished:
                 return None
-            wakeup = self._wakeup = anyio.Event()
+            wakeup = self._wakeup = self._waiter()
             try:
                 await wakeup.wait()
             finally:

@@ -1,0 +1,233 @@
+"""The benchmarks' client processes: many WebSocket clients that count and time events.
+
+Run by the drivers (``benchmarks/cross_worker.py``, ``benchmarks/peers.py``) as
+``python -m benchmarks.loadgen --urls ... --count N``; a person never needs to. Each
+process holds ``--count`` clients of ``benchmarks/wsclient.py`` spread over ``--urls``
+(client i of the run connects to ``urls[i % len(urls)]``), and talks to its driver in
+JSON lines:
+
+- once every client is connected and subscribed, it prints ``{"ready": N, ...}``;
+- ``expect K`` on stdin: wait until every client has counted K events in all (or
+  ``--drain`` seconds), then print what was received since the previous report and the
+  latencies (in a file, as ``array("q")`` of nanoseconds: too many for a JSON line);
+- end of stdin: close every connection and exit.
+
+Subscribing: with ``--protocol budget-ws`` each client offers the ``budget-ws.v1``
+subprotocol and sends ``{"op": "subscribe", "topic": ...}``; with ``plain`` it sends
+nothing. Either way a client counts as subscribed when a frame with ``"op":"subscribed"``
+arrives (every contender app sends one). An event is any frame with an ``"event"`` key;
+its ``data`` carries ``seq`` (negative: warm-up, not counted) and ``sent_at``
+(``time.time_ns()`` when the event was published, or when it was due, see the drivers).
+A message may hold several frames separated by ``"\\n"`` (budget_ws joins queued frames).
+
+``--stalled`` clients stop reading once subscribed, with a small ``SO_RCVBUF``: the
+slow consumers of the stalled-client scenario. They are never counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from benchmarks.wsclient import Receiver, connect
+
+__all__ = ["main"]
+
+SUBPROTOCOL = "budget-ws.v1"
+
+
+class Clients:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.count: int = args.count
+        self.received = [0] * self.count
+        self.latencies = array("q")
+        self.first_receipt = 0
+        self.last_receipt = 0
+        self.errors = 0
+        self.expected: int | None = None
+        self.complete = 0
+        self.done = asyncio.Event()
+        self.connections: list[Receiver] = []
+        self.subscribed: list[asyncio.Future[None]] = []
+
+    def handler(self, index: int) -> object:
+        loads = json.loads
+        latencies = self.latencies
+        received = self.received
+        subscribed = self.subscribed[index]
+
+        def on_message(payload: bytes, now: int) -> None:
+            counted = 0
+            for line in payload.split(b"\n"):
+                if b'"event"' not in line:
+                    if line and loads(line).get("op") == "subscribed" and not subscribed.done():
+                        subscribed.set_result(None)
+                    continue
+                # Events are the hot path: two integers read without decoding the JSON.
+                seq = _integer_after(line, b'"seq":')
+                if seq < 0:
+                    continue
+                latencies.append(now - _integer_after(line, b'"sent_at":'))
+                counted += 1
+            if counted:
+                if not self.first_receipt:
+                    self.first_receipt = now
+                self.last_receipt = now
+                total = received[index] + counted
+                received[index] = total
+                expected = self.expected
+                if expected is not None and total >= expected > total - counted:
+                    self.complete += 1
+                    if self.complete == self.count:
+                        self.done.set()
+
+        return on_message
+
+    async def open(self, index: int, limiter: asyncio.Semaphore) -> None:
+        args = self.args
+        url = urlsplit(args.urls[(args.first + index) % len(args.urls)])
+        async with limiter:
+            connection = await connect(
+                url.hostname or "127.0.0.1",
+                url.port or 80,
+                url.path or "/",
+                self.handler(index),  # type: ignore[arg-type]
+                subprotocol=SUBPROTOCOL if args.protocol == "budget-ws" else None,
+                receive_buffer=args.receive_buffer,
+                timeout=args.connect_timeout,
+            )
+            self.connections.append(connection)
+            if args.protocol == "budget-ws":
+                connection.send_text(json.dumps({"op": "subscribe", "topic": args.topic}))
+            await asyncio.wait_for(self.subscribed[index], args.connect_timeout)
+            if args.stalled:
+                assert connection.transport is not None
+                connection.transport.pause_reading()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.subscribed = [loop.create_future() for _ in range(self.count)]
+        limiter = asyncio.Semaphore(self.args.connect_concurrency)
+        started = time.perf_counter()
+        connect_ns = array("q")
+
+        async def timed(index: int) -> None:
+            began = time.perf_counter_ns()
+            await self.open(index, limiter)
+            connect_ns.append(time.perf_counter_ns() - began)
+
+        await asyncio.gather(*(timed(index) for index in range(self.count)))
+        ready = {
+            "ready": self.count,
+            "connect_seconds": round(time.perf_counter() - started, 3),
+            "connect_file": _dump(connect_ns),
+        }
+        self.report(ready)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := (await reader.readline()).decode().strip():
+            command, _, value = line.partition(" ")
+            if command == "expect":
+                await self.expect(int(value))
+        for connection in self.connections:
+            connection.abort()
+
+    async def expect(self, expected: int) -> None:
+        self.expected = expected
+        self.complete = sum(1 for value in self.received if value >= expected)
+        if self.complete == self.count or self.args.stalled:
+            self.done.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.done.wait(), self.args.drain)
+        closed = sum(1 for connection in self.connections if connection.closed.done())
+        urls = self.args.urls
+        by_url = dict.fromkeys(urls, 0)
+        for index, value in enumerate(self.received):
+            by_url[urls[(self.args.first + index) % len(urls)]] += value
+        self.report({
+            "received": sum(self.received),
+            "by_url": by_url,
+            "per_client": self.received if self.count <= 64 else None,
+            "complete_clients": sum(1 for value in self.received if value >= expected),
+            "closed_clients": closed,
+            "first_receipt": self.first_receipt,
+            "last_receipt": self.last_receipt,
+            "latency_file": _dump(self.latencies),
+        })  # fmt: skip
+        del self.latencies[:]  # in place: the handlers hold this array
+        self.first_receipt = self.last_receipt = 0
+        self.done = asyncio.Event()
+
+    @staticmethod
+    def report(message: dict[str, object]) -> None:
+        print(json.dumps(message), flush=True)
+
+
+def _integer_after(line: bytes, key: bytes) -> int:
+    start = line.index(key) + len(key)
+    end = start + 1
+    while line[end] in _DIGITS:
+        end += 1
+    return int(line[start:end])
+
+
+_DIGITS = frozenset(b"0123456789")
+
+
+def _dump(values: array[int]) -> str:
+    handle, path = tempfile.mkstemp(prefix="budget-ws-bench-", suffix=".q")
+    with os.fdopen(handle, "wb") as file:
+        values.tofile(file)
+    return path
+
+
+def read_dump(path: str) -> array[int]:
+    """Read (and delete) a file of ``array("q")`` values written by a client process."""
+    values = array("q")
+    with open(path, "rb") as file:
+        values.frombytes(file.read())
+    os.unlink(path)
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen")
+    parser.add_argument("--urls", nargs="+", required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--protocol", choices=("budget-ws", "plain"), default="plain")
+    parser.add_argument("--topic", default="bench")
+    parser.add_argument("--drain", type=float, default=10.0)
+    parser.add_argument("--stalled", action="store_true")
+    parser.add_argument("--receive-buffer", type=int)
+    parser.add_argument("--connect-timeout", type=float, default=60.0)
+    parser.add_argument("--connect-concurrency", type=int, default=64)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop  # the bench extra: a cheaper loop for the clients, never the servers
+    except ImportError:
+        asyncio.run(Clients(args).run())
+    else:
+        uvloop.run(Clients(args).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -176,6 +176,8 @@ class Clients:
 
 def _integer_after(line: bytes, key: bytes) -> int:
     start = line.index(key) + len(key)
+    while line[start] == 32:  # json.dumps' default separators put a space after ":"
+        start += 1
     end = start + 1
     while line[end] in _DIGITS:
         end += 1

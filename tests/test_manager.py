@@ -794,3 +794,18 @@ async def test_the_close_code_of_a_client_is_kept(manager: ConnectionManager) ->
         [connection] = manager.connections.values()
     await connection.wait_closed()
     assert connection.close_code == 1000  # MemoryClient.close() says 1000
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_heartbeat_task_ends_with_the_manager(anyio_backend: str) -> None:
+    import asyncio
+
+    before = set(asyncio.all_tasks())
+    manager = ConnectionManager()
+    await manager.start()
+    started = set(asyncio.all_tasks()) - before
+    assert [task.get_name() for task in started] == ["budget_ws heartbeats"]
+    async with connect(manager), connect(manager):
+        pass
+    await manager.aclose()
+    assert all(task.done() for task in started)

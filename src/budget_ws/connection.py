@@ -1,16 +1,17 @@
-"""One client's WebSocket: its transport, outbox, writer task and heartbeat."""
+"""One client's WebSocket: its transport, outbox and writer task."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
 from .errors import ConnectionClosed
-from .limits import Heartbeat, Limits, OutboxLimits, RateLimiter
+from .limits import Limits, OutboxLimits, RateLimiter
 from .outbox import Outbox
 from .protocol import (
     ClientFrame,
@@ -20,7 +21,6 @@ from .protocol import (
     ProtocolViolation,
     decode_client_frame,
     encode_error,
-    encode_ping,
     encode_pong,
 )
 
@@ -77,6 +77,26 @@ class Connection:
     ``subscribe`` and ``unsubscribe``.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_cancel_scope",
+        "_close_code",
+        "_close_reason",
+        "_counters",
+        "_finished",
+        "_finished_event",
+        "_half_full",
+        "_last_inbound",
+        "_limits",
+        "_outbox",
+        "_peer_closed",
+        "id",
+        "principal",
+        "state",
+        "topics",
+        "transport",
+    )
+
     def __init__(
         self,
         transport: Transport,
@@ -85,7 +105,6 @@ class Connection:
         connection_id: str | None = None,
         limits: Limits,
         outbox_limits: OutboxLimits,
-        heartbeat: Heartbeat,
         counters: _Counters | None = None,
     ) -> None:
         self.id: str = connection_id or uuid.uuid4().hex
@@ -98,7 +117,6 @@ class Connection:
         self.topics: set[str] = set()
         """Topics this connection is subscribed to (read-only for applications)."""
         self._limits = limits
-        self._heartbeat = heartbeat
         self._outbox = Outbox(outbox_limits)
         self._half_full = outbox_limits.max_messages // 2
         self._counters = counters or _Counters()
@@ -107,7 +125,8 @@ class Connection:
         self._close_reason = ""
         self._peer_closed = False
         self._last_inbound = 0.0
-        self._closed = anyio.Event()
+        self._finished = False
+        self._finished_event: anyio.Event | None = None  # only for wait_closed()
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} principal={self.principal!r} topics={len(self.topics)}>"
@@ -115,12 +134,17 @@ class Connection:
     @property
     def closed(self) -> bool:
         """Whether the connection has finished or is closing."""
-        return self._close_code is not None or self._closed.is_set()
+        return self._close_code is not None or self._finished
 
     @property
     def close_code(self) -> int | None:
         """The code the connection was (or is being) closed with; None while open."""
         return self._close_code
+
+    @property
+    def last_inbound(self) -> float:
+        """``anyio.current_time()`` of the client's latest frame (0 before any)."""
+        return self._last_inbound
 
     @property
     def queued_frames(self) -> int:
@@ -192,13 +216,17 @@ class Connection:
 
     async def wait_closed(self) -> None:
         """Wait until the connection has completely finished."""
-        await self._closed.wait()
+        if self._finished:
+            return
+        if self._finished_event is None:
+            self._finished_event = anyio.Event()
+        await self._finished_event.wait()
 
     async def run(self, handle_frame: FrameHandler) -> None:
         """Serve the connection until the client leaves or it is closed.
 
         Reads and checks client frames (size, rate, syntax), passes valid ones to
-        ``handle_frame``, and runs the writer and the heartbeat beside it. Never raises
+        ``handle_frame``, and runs the writer beside it. Never raises
         because of what the client did.
         """
         try:
@@ -207,7 +235,6 @@ class Connection:
                 if self._close_code is not None and not len(self._outbox):
                     task_group.cancel_scope.cancel()
                 task_group.start_soon(self._write_loop)
-                task_group.start_soon(self._heartbeat_loop)
                 await self._read_loop(handle_frame)
                 task_group.cancel_scope.cancel()
         finally:
@@ -223,7 +250,9 @@ class Connection:
                     self._close_code = CloseCode.GOING_AWAY
                 self._counters.dropped += self._outbox.dropped
                 self._outbox.clear()
-                self._closed.set()
+                self._finished = True
+                if self._finished_event is not None:
+                    self._finished_event.set()
 
     def _cancel(self) -> None:
         if self._cancel_scope is not None:
@@ -249,26 +278,6 @@ class Connection:
             logger.warning("sending to connection %s failed", self.id, exc_info=True)
             self._peer_closed = True
         self._cancel()
-
-    async def _heartbeat_loop(self) -> None:
-        # A ping every `interval` seconds; a client silent for `timeout` seconds after a
-        # ping is closed. With timeout >= interval the next ping waits for the check.
-        interval = self._heartbeat.interval
-        timeout = self._heartbeat.timeout
-        next_ping = anyio.current_time() + interval
-        while True:
-            await anyio.sleep_until(next_ping)
-            sent = anyio.current_time()
-            self.push_control(encode_ping())
-            await anyio.sleep_until(sent + timeout)
-            if self._last_inbound < sent:
-                self.close(
-                    CloseCode.HEARTBEAT_TIMEOUT,
-                    f"no pong within {timeout:g} s",
-                    drain=False,
-                )
-                return
-            next_ping = sent + interval
 
     async def _read_loop(self, handle_frame: FrameHandler) -> None:
         limits = self._limits
@@ -340,6 +349,8 @@ def fan_out(connections: Iterable[Connection], frame: str) -> None:
             continue
         outbox = connection._outbox
         frames = outbox._frames
+        if frames is None:
+            frames = outbox._frames = deque()
         queued = len(frames)
         if queued >= outbox._max_messages or outbox._size + size > outbox._max_bytes:
             connection.push(frame)

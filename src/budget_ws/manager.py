@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._runtime import BackgroundTask
 from .backends import Backend, Position, create_backend
 from .connection import Connection, Transport, _Counters
 from .errors import (
@@ -24,6 +25,7 @@ from .errors import (
 )
 from .events import Event, EventRegistry, default_registry
 from .limits import Heartbeat, Limits, OutboxLimits, validate_topic
+from .pacemaker import Pacemaker
 from .protocol import (
     ClientEvent,
     ClientFrame,
@@ -147,6 +149,8 @@ class ConnectionManager:
         self._connections: dict[str, Connection] = {}
         self._router = TopicRouter(self.backend, max_replay=self.outbox_limits.max_replay)
         self._counters = _Counters()
+        self._pacemaker = Pacemaker(self.heartbeat)
+        self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
         self._published = 0
         self._state: Literal["new", "running", "closing", "closed"] = "new"
         self._idle = anyio.Event()
@@ -177,6 +181,7 @@ class ConnectionManager:
         if self._state != "new":
             raise ManagerClosed(f"a ConnectionManager can be started once; it is {self._state}")
         await self.backend.__aenter__()
+        self._heartbeats.start()
         self._state = "running"
 
     async def aclose(self) -> None:
@@ -202,6 +207,9 @@ class ConnectionManager:
                 await self._idle.wait()
         finally:
             self._state = "closed"
+            if was_running:
+                with anyio.CancelScope(shield=True):
+                    await self._heartbeats.stop()
             # Outside any scope opened here: a backend may close a task group that
             # `start()` opened, which must be the innermost scope when it exits.
             if was_running:
@@ -274,7 +282,6 @@ class ConnectionManager:
             connection_id=connection_id,
             limits=self.limits,
             outbox_limits=self.outbox_limits,
-            heartbeat=self.heartbeat,
             counters=self._counters,
         )
         if self._state != "running":
@@ -291,6 +298,7 @@ class ConnectionManager:
             return
         self._connections[connection.id] = connection
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._pacemaker.add(connection)
         try:
             heartbeat = self.heartbeat
             connection.push_control(
@@ -306,6 +314,7 @@ class ConnectionManager:
                     connection.close(CloseCode.INTERNAL_ERROR, "on_connect failed")
             await connection.run(self._handle_frame)
         finally:
+            self._pacemaker.remove(connection)
             with anyio.CancelScope(shield=True):
                 for topic in list(connection.topics):
                     await self._router.detach(connection, topic)

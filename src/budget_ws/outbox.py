@@ -8,14 +8,7 @@ from collections.abc import Iterable
 
 import anyio
 
-try:
-    from sniffio import current_async_library
-except ImportError:  # anyio runs only on asyncio without sniffio (trio requires it)
-
-    def current_async_library() -> str:
-        return "asyncio"
-
-
+from ._runtime import current_async_library
 from .limits import OutboxLimits, SlowConsumerPolicy
 from .protocol import FRAME_SEPARATOR
 
@@ -34,8 +27,9 @@ class _Future(asyncio.Future[None]):
         if not self.done():
             self.set_result(None)
 
-    async def wait(self) -> None:
-        await self
+    def wait(self) -> _Future:
+        # The future itself, not a coroutine around it: one frame less per idle writer.
+        return self
 
 
 _Waiter = anyio.Event | _Future
@@ -71,8 +65,10 @@ class Outbox:
 
     def __init__(self, limits: OutboxLimits) -> None:
         self._limits = limits
-        self._frames: deque[str] = deque()
-        self._urgent: deque[str] = deque()
+        # Both deques exist only while they hold frames: an empty deque still costs
+        # ~760 bytes, and most connections are idle most of the time.
+        self._frames: deque[str] | None = None
+        self._urgent: deque[str] | None = None
         # Replays are bounded by max_replay; the rest leaves room for control frames.
         self._urgent_limit = limits.max_replay + limits.max_messages
         self._max_messages = limits.max_messages
@@ -85,12 +81,13 @@ class Outbox:
         """Frames discarded by the drop-oldest policy."""
 
     def __len__(self) -> int:
-        return len(self._frames) + len(self._urgent)
+        frames, urgent = self._frames, self._urgent
+        return (len(frames) if frames else 0) + (len(urgent) if urgent else 0)
 
     @property
     def size(self) -> int:
         """Characters of JSON currently queued (urgent frames included)."""
-        return self._size + sum(map(len, self._urgent))
+        return self._size + (sum(map(len, self._urgent)) if self._urgent else 0)
 
     def put_urgent(self, frames: Iterable[str]) -> bool:
         """Queue frames ahead of the event frames; they are never dropped.
@@ -99,9 +96,12 @@ class Outbox:
             False when the urgent queue is over its bound (the client answers nothing and
             keeps asking): the caller closes the connection.
         """
-        self._urgent.extend(frames)
+        urgent = self._urgent
+        if urgent is None:
+            urgent = self._urgent = deque()
+        urgent.extend(frames)
         self._wake()
-        return len(self._urgent) <= self._urgent_limit
+        return len(urgent) <= self._urgent_limit
 
     def put(self, frame: str) -> bool:
         """Queue one frame without waiting.
@@ -113,6 +113,8 @@ class Outbox:
         """
         # The hot path of every delivery: plain attributes, no helper calls.
         frames = self._frames
+        if frames is None:
+            frames = self._frames = deque()
         size = len(frame)
         if len(frames) >= self._max_messages or self._size + size > self._max_bytes:
             if self._limits.policy is SlowConsumerPolicy.DISCONNECT:
@@ -146,8 +148,8 @@ class Outbox:
 
     def clear(self) -> None:
         """Discard every queued frame."""
-        self._frames.clear()
-        self._urgent.clear()
+        self._frames = None
+        self._urgent = None
         self._size = 0
 
     def _waiter(self) -> _Waiter:
@@ -181,15 +183,29 @@ class Outbox:
                 await wakeup.wait()
             finally:
                 self._wakeup = None
-        urgent = bool(self._urgent)
-        frames = self._urgent if urgent else self._frames
-        if not urgent and self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
+        if self._urgent:
+            return self._take_urgent(self._urgent)
+        frames = self._frames
+        assert frames is not None
+        if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
             # Everything queued fits in one message: one join, no per-frame loop.
             count = len(frames)
             message = frames[0] if count == 1 else FRAME_SEPARATOR.join(frames)
-            frames.clear()
+            self._frames = None
             self._size = 0
             return message, count
+        message, count, size = self._take_batch(frames)
+        self._size -= size
+        return message, count
+
+    def _take_urgent(self, urgent: deque[str]) -> tuple[str, int]:
+        message, count, _ = self._take_batch(urgent)
+        if not urgent:
+            self._urgent = None
+        return message, count
+
+    def _take_batch(self, frames: deque[str]) -> tuple[str, int, int]:
+        """Take frames from the left while they fit in ``max_batch_bytes``."""
         first = frames.popleft()
         size = len(first)
         batch = [first]
@@ -199,8 +215,6 @@ class Outbox:
             budget -= len(frame) + 1
             size += len(frame)
             batch.append(frame)
-        if not urgent:
-            self._size -= size
         if len(batch) == 1:
-            return first, 1
-        return FRAME_SEPARATOR.join(batch), len(batch)
+            return first, 1, size
+        return FRAME_SEPARATOR.join(batch), len(batch), size

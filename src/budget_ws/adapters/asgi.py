@@ -29,6 +29,8 @@ Send = Callable[[Message], Awaitable[None]]
 class ASGITransport:
     """An accepted ASGI WebSocket as a :class:`~budget_ws.Transport`."""
 
+    __slots__ = ("_receive", "_send")
+
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
@@ -86,7 +88,20 @@ class WebSocketApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            await self._websocket(scope, receive, send)
+            # The handshake is checked in a call of its own so that none of it (every
+            # header, decoded) stays referenced while the connection is served.
+            accepted, principal = await self._accept(scope, receive, send)
+            if not accepted:
+                return
+            transport = ASGITransport(receive, send)
+            try:
+                await self.manager.serve(transport, principal=principal)
+            except ManagerClosed:
+                logger.error(
+                    "budget_ws: the ConnectionManager is not running; start it in the app's "
+                    "lifespan (see budget_ws.adapters.starlette.lifespan)"
+                )
+                await transport.close(CloseCode.INTERNAL_ERROR, "server not ready")
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -104,27 +119,20 @@ class WebSocketApp:
             )
             await send({"type": "http.response.body", "body": body})
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> tuple[bool, Any]:
+        """Check the handshake; accept and return the principal, or refuse."""
         message = await receive()
         if message["type"] != "websocket.connect":
-            return
+            return False, None
         handshake = Handshake.from_asgi(scope)
         offered = SUBPROTOCOL in handshake.subprotocols
         try:
             principal = await self._check(handshake, offered)
         except HandshakeRejected as rejection:
             await self._refuse(scope, send, rejection, offered, handshake.origin is not None)
-            return
+            return False, None
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
-        transport = ASGITransport(receive, send)
-        try:
-            await self.manager.serve(transport, principal=principal)
-        except ManagerClosed:
-            logger.error(
-                "budget_ws: the ConnectionManager is not running; start it in the app's "
-                "lifespan (see budget_ws.adapters.starlette.lifespan)"
-            )
-            await transport.close(CloseCode.INTERNAL_ERROR, "server not ready")
+        return True, principal
 
     async def _check(self, handshake: Handshake, offered: bool) -> Any:
         if self.require_subprotocol and not offered:

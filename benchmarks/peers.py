@@ -1,0 +1,486 @@
+"""budget_ws against its peers, over real sockets, side by side in one run.
+
+Run it with ``python -m benchmarks.peers`` (``--help`` lists the options;
+``benchmarks/README.md`` and ``docs/performance.md`` explain every figure). For each
+scenario and contender this process starts the contender's server
+(``benchmarks/peers_server.py``, uvicorn on 127.0.0.1 or a plain ``websockets`` server)
+and client processes (``benchmarks/loadgen.py``), publishes from inside the server, waits
+until every client has every event (bounded by ``--drain``), and reads the server's CPU
+time and memory from ``/proc``.
+
+Scenarios:
+
+- ``fanout``: N connections (1,000 and 10,000) x 100 events x 200 B and 2 KB, a burst;
+- ``stalled``: 1,000 healthy connections, and the same with 5 more that stop reading
+  (small receive buffer), 2 KB events;
+- ``idle``: 10,000 connections held, nothing published: connect+subscribe latency and
+  memory per connection.
+
+The Redis scenarios (two workers) are ``benchmarks/cross_worker.py``; ``--redis`` runs it
+after these with the same contenders it knows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import read_dump
+from benchmarks.peers_server import CONTENDERS
+
+__all__ = ["Measurement", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS_PER_PROCESS = 2500
+STALLED_CLIENTS = 5
+STALLED_RECEIVE_BUFFER = 4096
+
+
+@dataclass
+class Measurement:
+    """One contender in one configuration."""
+
+    scenario: str
+    contender: str
+    connections: int
+    events: int
+    payload_bytes: int
+    stalled: int = 0
+    expected: int = 0
+    delivered: int = 0
+    cpu_seconds: float = 0.0
+    cpu_us_per_delivery: float = 0.0
+    wall_seconds: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    connect_ms: dict[str, float] = field(default_factory=dict)
+    rss_idle_kib_per_connection: float = 0.0
+    rss_growth_kib: float = 0.0
+    """Peak RSS during the burst minus RSS before it (kB): what the burst held."""
+    publish_seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.expected > 0 and self.delivered == self.expected
+
+
+# --------------------------------------------------------------------------------------
+# /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of a process, in nanosecond resolution.
+
+    ``/proc/PID/task/TID/schedstat`` starts with the time the thread ran, in ns; the
+    ``utime``/``stime`` of ``/proc/PID/stat`` count clock ticks (10 ms), too coarse for
+    a burst that lasts a fraction of a second.
+    """
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as file:
+                total += int(file.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    values = {}
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, amount, _ = line.split()
+                values[name[:-1]] = int(amount)
+    return values
+
+
+def reset_peak(pid: int) -> None:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        pass
+
+
+def percentiles(values: Sequence[int], scale: float = 1e-6) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    return {
+        name: round(ordered[min(last, int(fraction * len(ordered)))] * scale, 3)
+        for name, fraction in (("p50", 0.5), ("p99", 0.99))
+    } | {"max": round(ordered[last] * scale, 3)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------------------
+# Processes
+
+
+class Child:
+    """A child speaking JSON lines on stdout and taking commands on stdin."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def line(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        raw = self.process.stdout.readline()
+        if not raw:
+            raise RuntimeError(f"{self.process.args[2]} exited with {self.process.wait()}")
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+                self.process.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def server(contender: str, ws: str) -> Iterator[tuple[Child, str]]:
+    port = free_port()
+    child = Child([
+        sys.executable, "-m", "benchmarks.peers_server", "--contender", contender,
+        "--port", str(port), "--ws", ws,
+    ])  # fmt: skip
+    try:
+        ready = child.line()
+        assert ready.get("ready"), ready
+        yield child, f"ws://127.0.0.1:{port}/ws"
+    finally:
+        child.stop()
+
+
+def clients(url: str, contender: str, count: int, drain: float, *, stalled: bool = False,
+            first: int = 0) -> list[Child]:  # fmt: skip
+    protocol = "budget-ws" if contender == "budget_ws" else "plain"
+    children = []
+    per_process = CLIENTS_PER_PROCESS
+    for start in range(0, count, per_process):
+        command = [
+            sys.executable, "-m", "benchmarks.loadgen", "--urls", url, "--protocol", protocol,
+            "--count", str(min(per_process, count - start)), "--first", str(first + start),
+            "--drain", str(drain),
+        ]  # fmt: skip
+        if stalled:
+            command += ["--stalled", "--receive-buffer", str(STALLED_RECEIVE_BUFFER)]
+        children.append(Child(command))
+    return children
+
+
+# --------------------------------------------------------------------------------------
+# Runs
+
+
+def measure(scenario: str, contender: str, connections: int, events: int, size: int,
+            args: argparse.Namespace, *, stalled: int = 0) -> Measurement:  # fmt: skip
+    result = Measurement(scenario, contender, connections, events, size, stalled)
+    held: list[Child] = []
+    try:
+        with server(contender, args.ws) as (process, url):
+            pid = process.pid
+            before = memory_kib(pid)["VmRSS"]
+            held = clients(url, contender, connections, args.drain)
+            connect_ns = array("q")
+            for child in held:
+                ready = child.line()
+                connect_ns.extend(read_dump(ready["connect_file"]))
+            slow = clients(url, contender, stalled, args.drain, stalled=True) if stalled else []
+            for child in slow:
+                child.line()
+            held += slow
+            time.sleep(0.5)  # let the server settle (uvicorn's handshake tasks end)
+            result.connect_ms = percentiles(connect_ns)
+            idle = memory_kib(pid)["VmRSS"]
+            result.rss_idle_kib_per_connection = round((idle - before) / connections, 2)
+            if not events:
+                return result
+            process.send("warmup")
+            process.line()
+            time.sleep(1.0 + connections / 10_000)
+            reset_peak(pid)
+            rss_before = memory_kib(pid)["VmRSS"]
+            cpu_before = cpu_seconds(pid)
+            process.send(f"publish {events} {size}")
+            for child in held:
+                child.send(f"expect {events}")
+            answer = process.line()
+            result.publish_seconds = answer["seconds"]
+            started = answer["started_ns"]
+            latencies = array("q")
+            last = 0
+            for child in held[: len(held) - len(slow)]:
+                report = child.line()
+                result.delivered += report["received"]
+                latencies.extend(read_dump(report["latency_file"]))
+                last = max(last, report["last_receipt"])
+            for child in slow:
+                read_dump(child.line()["latency_file"])
+            result.cpu_seconds = round(cpu_seconds(pid) - cpu_before, 3)
+            peak = memory_kib(pid)
+            result.rss_growth_kib = max(peak["VmHWM"], peak["VmRSS"]) - rss_before
+            result.expected = connections * events
+            result.latency_ms = percentiles(latencies)
+            if last:
+                result.wall_seconds = round((last - started) / 1e9, 3)
+            if result.delivered:
+                result.cpu_us_per_delivery = round(1e6 * result.cpu_seconds / result.delivered, 3)
+    except Exception as exc:  # reported, never hidden: the row shows the failure
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for child in held:
+            child.stop()
+    return result
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    """The run with the median CPU per delivery (every figure from that one run)."""
+    ordered = sorted(runs, key=lambda run: (run.error is not None, run.cpu_us_per_delivery))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def run_all(args: argparse.Namespace) -> list[Measurement]:
+    results: list[Measurement] = []
+    plans: list[tuple[str, int, int, int, int]] = []
+    if "fanout" in args.scenarios:
+        for connections in args.connections:
+            for size in args.payload_bytes:
+                plans.append(("fanout", connections, args.events, size, 0))
+    if "stalled" in args.scenarios:
+        plans.append(("stalled", args.stalled_connections, args.events, 2048, 0))
+        plans.append(("stalled", args.stalled_connections, args.events, 2048, STALLED_CLIENTS))
+    if "idle" in args.scenarios:
+        plans.append(("idle", args.idle_connections, 0, 0, 0))
+    for scenario, connections, events, size, stalled in plans:
+        for contender in args.contenders:
+            runs = []
+            for repeat in range(args.repeat):
+                _progress(
+                    f"{scenario}: {contender}, {connections} connections"
+                    + (f" (+{stalled} stalled)" if stalled else "")
+                    + (f", {events} x {size} B" if events else "")
+                    + (f", run {repeat + 1}/{args.repeat}" if args.repeat > 1 else "")
+                )
+                runs.append(measure(scenario, contender, connections, events, size, args,
+                                    stalled=stalled))  # fmt: skip
+            results.append(median_of(runs))
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "log", "-1", "--format=%h", "--", "src"], cwd=ROOT, capture_output=True,
+        text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "budget_ws": f"{_version('budget-ws')} ({commit or '?'})",
+        "versions": {name: _version(name) for name in
+                     ("uvicorn", "websockets", "broadcaster", "starlette", "anyio", "uvloop")},
+        "ws": args.ws,
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_before": [round(value, 2) for value in os.getloadavg()],
+    }  # fmt: skip
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _key(result: Measurement) -> tuple[str, int, int, int]:
+    return result.scenario, result.connections, result.payload_bytes, result.stalled
+
+
+def table(results: Sequence[Measurement]) -> str:
+    header = ("scenario", "contender", "conns", "events", "delivered", "CPU µs/deliv",
+              "xnaive", "xbroadc", "xfloor", "xwebsock", "p50 ms", "p99 ms", "wall s",
+              "KiB/conn", "burst KiB", "connect p99 ms")  # fmt: skip
+    groups: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
+    for result in results:
+        groups.setdefault(_key(result), {})[result.contender] = result
+    rows = []
+    for result in results:
+        peers = groups[_key(result)]
+
+        def ratio(peer: str, result: Measurement = result, peers: dict[str, Measurement]
+                  = peers) -> str:  # fmt: skip
+            other = peers.get(peer)
+            if other is None or not other.cpu_us_per_delivery or not result.cpu_us_per_delivery:
+                return "-"
+            return f"{result.cpu_us_per_delivery / other.cpu_us_per_delivery:.2f}"
+
+        events = f"{result.events} x {result.payload_bytes} B" if result.events else "-"
+        conns = f"{result.connections}" + (f"+{result.stalled}s" if result.stalled else "")
+        mark = "" if result.complete or not result.events else " !"
+        rows.append((
+            result.scenario, result.contender, conns, events,
+            f"{result.delivered}/{result.expected}{mark}" if result.events else "-",
+            f"{result.cpu_us_per_delivery:.2f}" if result.events else "-",
+            ratio("naive"), ratio("broadcaster"), ratio("floor"), ratio("websockets"),
+            f"{result.latency_ms.get('p50', float('nan')):.1f}" if result.events else "-",
+            f"{result.latency_ms.get('p99', float('nan')):.1f}" if result.events else "-",
+            f"{result.wall_seconds:.2f}" if result.events else "-",
+            f"{result.rss_idle_kib_per_connection:.1f}",
+            f"{result.rss_growth_kib:,}" if result.events else "-",
+            f"{result.connect_ms.get('p99', float('nan')):.1f}",
+        ))  # fmt: skip
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    for result in results:
+        if result.error:
+            lines.append(f"{result.scenario}/{result.contender}: {result.error}")
+    return "\n".join(lines)
+
+
+def verdicts(results: Sequence[Measurement]) -> list[str]:
+    """The issue's targets, each checked against figures of this run."""
+    lines = []
+    by_key: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
+    for result in results:
+        by_key.setdefault(_key(result), {})[result.contender] = result
+    for key, peers in by_key.items():
+        ours = peers.get("budget_ws")
+        if ours is None or not ours.events:
+            continue
+        label = f"{key[0]} {key[1]}" + (f"+{key[3]} stalled" if key[3] else "") + f" x {key[2]} B"
+        for peer, bound in (("broadcaster", 0.75), ("floor", 0.9)):
+            other = peers.get(peer)
+            if key[0] == "fanout" and other and other.cpu_us_per_delivery:
+                value = ours.cpu_us_per_delivery / other.cpu_us_per_delivery
+                lines.append(f"target {label}: CPU/delivery {value:.2f} x {peer} <= {bound}: "
+                             f"{'yes' if value <= bound else 'NO'}")  # fmt: skip
+    stalled = {
+        r.stalled: r for r in results if r.scenario == "stalled" and r.contender == "budget_ws"
+    }
+    if 0 in stalled and STALLED_CLIENTS in stalled and stalled[0].wall_seconds:
+        change = stalled[STALLED_CLIENTS].wall_seconds / stalled[0].wall_seconds - 1
+        lines.append(f"target stalled: healthy clients' time {100 * change:+.1f}% <= 10%: "
+                     f"{'yes' if change <= 0.10 else 'NO'}")  # fmt: skip
+    idle = {r.contender: r for r in results if r.scenario == "idle"}
+    if "budget_ws" in idle and "floor" in idle:
+        above = (
+            idle["budget_ws"].rss_idle_kib_per_connection
+            - idle["floor"].rss_idle_kib_per_connection
+        )
+        lines.append(f"target idle: {above:.1f} KiB/connection above the floor <= 2: "
+                     f"{'yes' if above <= 2 else 'NO'}")  # fmt: skip
+    return lines
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers",
+        description="budget_ws against naive, broadcaster, websockets and a plain-ASGI floor, "
+        "over real sockets.",
+    )
+    parser.add_argument("--scenarios", nargs="+", choices=("fanout", "stalled", "idle"),
+                        default=["fanout", "stalled", "idle"])  # fmt: skip
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--connections", nargs="+", type=int, default=[1000, 10_000])
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--payload-bytes", nargs="+", type=int, default=[200, 2048])
+    parser.add_argument("--stalled-connections", type=int, default=1000)
+    parser.add_argument("--idle-connections", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
+    parser.add_argument("--ws", default="websockets-sansio", help="uvicorn's --ws")
+    parser.add_argument("--drain", type=float, default=30.0,
+                        help="seconds the clients wait for every event (30)")  # fmt: skip
+    parser.add_argument("--redis", action="store_true",
+                        help="then run benchmarks.cross_worker (two workers on Redis)")  # fmt: skip
+    parser.add_argument("--json-file", type=Path, metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = environment(args)
+    results = run_all(args)
+    env["load_after"] = [round(value, 2) for value in os.getloadavg()]
+    versions = ", ".join(f"{name} {value}" for name, value in env["versions"].items())
+    print(f"budget_ws {env['budget_ws']} vs peers; Python {env['python']}, {versions}; "
+          f"uvicorn --ws {args.ws}; {env['cpus']} CPUs ({env['cpu_model']}), "
+          f"load {env['load_before']} -> {env['load_after']}")  # fmt: skip
+    print(table(results))
+    for line in verdicts(results):
+        print(line)
+    if args.json_file:
+        args.json_file.write_text(json.dumps(
+            {"environment": env, "results": [asdict(r) for r in results]}, indent=2))  # fmt: skip
+    must_deliver = ("budget_ws", "floor")
+    failed = [r for r in results if r.error or (r.events and not r.complete
+                                                and r.contender in must_deliver)]  # fmt: skip
+    status = 1 if failed else 0
+    if args.redis:
+        status |= subprocess.call([sys.executable, "-m", "benchmarks.cross_worker",
+                                   "--private-redis"], cwd=ROOT)  # fmt: skip
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

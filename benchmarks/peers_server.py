@@ -1,0 +1,323 @@
+"""The servers that ``benchmarks/peers.py`` compares, one contender per process.
+
+Run by the driver as ``python -m benchmarks.peers_server --contender NAME --port P``; a
+person never needs to. The process serves WebSockets at ``/ws`` on 127.0.0.1 and takes
+commands from its driver on stdin, answering each with one JSON line on stdout:
+
+- ``publish COUNT BYTES``: publish COUNT events back to back (a burst), each with a
+  ``data`` of about BYTES of JSON: ``{"seq": i, "sent_at": time.time_ns(), "pad": ...}``;
+  ``sent_at`` is taken as each event is published;
+- ``warmup``: publish 3 events with negative ``seq`` (clients do not count them);
+- end of stdin: stop.
+
+Every contender sends ``{"op":"subscribed"}`` (budget_ws: its own ``subscribed`` frame)
+once a client is registered, so the driver knows when everyone is listening. The
+contenders (``CONTENDERS``):
+
+- ``budget_ws``: ``budget_ws.adapters.asgi.WebSocketApp`` over a ``ConnectionManager`` on
+  the memory backend (default limits); clients subscribe with ``budget-ws.v1`` frames;
+  events are a pydantic ``Event`` published with ``manager.publish``.
+- ``naive``: the original app: Starlette's ``WebSocket``, a dict of sockets and
+  ``await websocket.send_json(...)`` for each client in turn.
+- ``broadcaster``: encode/broadcaster on ``memory://``, the pattern of its README: one
+  ``broadcast.subscribe()`` per WebSocket and ``await websocket.send_text()`` per event.
+  The process holds a subscription of its own from startup (the workaround for the
+  subscribe race described in ``benchmarks/cross_worker_app.py``).
+- ``websockets``: a plain ``websockets`` server (no ASGI, no uvicorn) calling
+  ``websockets.broadcast()`` with each event encoded once.
+- ``floor``: the least a library can do with one send per event on uvicorn: a
+  framework-free ASGI app that encodes each event once, ``put_nowait``s it into a bounded
+  queue per connection, and has one writer task per connection doing one ASGI send per
+  event.
+
+uvicorn contenders run on asyncio's own loop, ``--ws`` as given (default
+``websockets-sansio``), per-message deflate off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+__all__ = ["CONTENDERS", "main"]
+
+CONTENDERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor")
+TOPIC = "bench"
+SUBSCRIBED = '{"op":"subscribed"}'
+FLOOR_QUEUE = 1000
+"""The floor's per-connection queue bound (budget_ws's default outbox holds 1,000)."""
+
+Publish = Callable[[int, int, int], Awaitable[None]]
+"""publish(count, payload_bytes, first_seq)."""
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def payload(seq: int, size: int) -> dict[str, Any]:
+    """An event's data of about ``size`` bytes of JSON; ``seq`` and ``sent_at`` first."""
+    return {"seq": seq, "sent_at": time.time_ns(), "pad": "x" * max(0, size - 48)}
+
+
+# --------------------------------------------------------------------------------------
+# Contenders
+
+
+def budget_ws_app() -> tuple[ASGIApp, Publish]:
+    from budget_ws import ConnectionManager, Event
+    from budget_ws.adapters.asgi import WebSocketApp
+
+    class Tick(Event, name="tick", register=False):
+        seq: int
+        sent_at: int
+        pad: str
+
+    manager = ConnectionManager()
+    app = WebSocketApp(manager)
+
+    async def publish(count: int, size: int, first: int) -> None:
+        for seq in range(first, first + count):
+            await manager.publish(Tick(**payload(seq, size)), topic=TOPIC)
+
+    return app, publish
+
+
+def naive_app() -> tuple[ASGIApp, Publish]:
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    active: dict[int, WebSocket] = {}
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return await _lifespan(scope, receive, send)
+        websocket = WebSocket(scope, receive, send)
+        await websocket.accept()
+        await websocket.send_text(SUBSCRIBED)
+        active[id(websocket)] = websocket
+        try:
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            active.pop(id(websocket), None)
+
+    async def publish(count: int, size: int, first: int) -> None:
+        for seq in range(first, first + count):
+            data = payload(seq, size)
+            for websocket in list(active.values()):
+                await websocket.send_json({"event": "tick", "data": data})
+
+    return app, publish
+
+
+def broadcaster_app() -> tuple[ASGIApp, Publish]:
+    from broadcaster import Broadcast
+    from starlette.websockets import WebSocket
+
+    broadcast = Broadcast("memory://")
+    ready = asyncio.Event()
+
+    async def hold() -> None:
+        async with broadcast.subscribe(channel=TOPIC) as subscriber:
+            ready.set()
+            async for _ in subscriber:  # type: ignore[union-attr]
+                pass
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+
+        async def receiver() -> None:
+            async for _ in websocket.iter_text():
+                pass
+
+        async def sender() -> None:
+            async with broadcast.subscribe(channel=TOPIC) as subscriber:
+                await websocket.send_text(SUBSCRIBED)
+                async for event in subscriber:  # type: ignore[union-attr]
+                    await websocket.send_text(event.message)  # type: ignore[union-attr]
+
+        receiving = asyncio.ensure_future(receiver())
+        sending = asyncio.ensure_future(sender())
+        await asyncio.wait((receiving, sending), return_when=asyncio.FIRST_COMPLETED)
+        for task in (receiving, sending):
+            task.cancel()
+
+    @asynccontextmanager
+    async def lifespan() -> Any:
+        async with broadcast:
+            task = asyncio.ensure_future(hold())
+            await ready.wait()
+            yield
+            task.cancel()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return await endpoint(WebSocket(scope, receive, send))
+        return await _lifespan(scope, receive, send, lifespan)
+
+    async def publish(count: int, size: int, first: int) -> None:
+        for seq in range(first, first + count):
+            message = json.dumps({"event": "tick", "data": payload(seq, size)})
+            await broadcast.publish(channel=TOPIC, message=message)
+
+    return app, publish
+
+
+def floor_app() -> tuple[ASGIApp, Publish]:
+    queues: set[asyncio.Queue[str]] = set()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return await _lifespan(scope, receive, send)
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        queue: asyncio.Queue[str] = asyncio.Queue(FLOOR_QUEUE)
+
+        async def writer() -> None:
+            while True:
+                text = await queue.get()
+                await send({"type": "websocket.send", "text": text})
+
+        await send({"type": "websocket.send", "text": SUBSCRIBED})
+        queues.add(queue)
+        writing = asyncio.ensure_future(writer())
+        try:
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            queues.discard(queue)
+            writing.cancel()
+
+    async def publish(count: int, size: int, first: int) -> None:
+        for seq in range(first, first + count):
+            text = json.dumps({"event": "tick", "data": payload(seq, size)})
+            for queue in queues:
+                if queue.full():
+                    queue.get_nowait()  # drop the oldest, as budget_ws's default policy
+                queue.put_nowait(text)
+
+    return app, publish
+
+
+async def _lifespan(scope: Scope, receive: Any, send: Any, context: Any = None) -> None:
+    if scope["type"] != "lifespan":
+        return
+    await receive()  # lifespan.startup
+    if context is None:
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    async with context():
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+APPS = {"budget_ws": budget_ws_app, "naive": naive_app, "broadcaster": broadcaster_app,
+        "floor": floor_app}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Serving
+
+
+async def serve_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    app, publish = APPS[args.contender]()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        ws=args.ws,
+        ws_per_message_deflate=False,
+        loop="asyncio",
+        log_level="warning",
+        lifespan="on",
+        backlog=4096,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    await control(publish)
+    server.should_exit = True
+    await serving
+
+
+async def serve_websockets(args: argparse.Namespace) -> None:
+    import websockets
+    from websockets.asyncio.server import ServerConnection, serve
+
+    connections: set[ServerConnection] = set()
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.send(SUBSCRIBED)
+        connections.add(connection)
+        try:
+            async for _ in connection:
+                pass
+        finally:
+            connections.discard(connection)
+
+    async def publish(count: int, size: int, first: int) -> None:
+        for seq in range(first, first + count):
+            message = json.dumps({"event": "tick", "data": payload(seq, size)})
+            websockets.broadcast(connections, message)
+
+    async with serve(handler, "127.0.0.1", args.port, compression=None, backlog=4096,
+                     ping_interval=None):  # fmt: skip
+        await control(publish)
+
+
+async def control(publish: Publish) -> None:
+    """Answer the driver's commands until stdin closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    _answer({"ready": True})
+    while line := (await reader.readline()).decode().strip():
+        command, *values = line.split()
+        began = time.perf_counter()
+        started_ns = time.time_ns()
+        if command == "publish":
+            await publish(int(values[0]), int(values[1]), 0)
+        elif command == "warmup":
+            await publish(3, 64, -3)
+        seconds = round(time.perf_counter() - began, 6)
+        _answer({"done": command, "seconds": seconds, "started_ns": started_ns})
+
+
+def _answer(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers_server")
+    parser.add_argument("--contender", choices=CONTENDERS, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ws", default="websockets-sansio")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.contender == "websockets":
+        asyncio.run(serve_websockets(args))
+    else:
+        asyncio.run(serve_uvicorn(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -102,6 +102,8 @@ class Run:
     round_trips: dict[str, int] = field(default_factory=dict)
     round_trips_per_event: float = 0.0
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    worker_cpu_us_per_delivery: float = 0.0
+    """CPU time of both workers during the publishing window / deliveries due in it."""
     client_errors: int = 0
     ok: bool = False
     error: str | None = None
@@ -412,6 +414,9 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
             for key, value in pids.items():
                 used = sum(map(cpu_seconds, value)) - cpu_before[key]
                 run.cpu_percent[key] = round(100 * used / window, 1)
+                if key == "workers":
+                    deliveries = total * scenario.clients
+                    run.worker_cpu_us_per_delivery = round(1e6 * used / deliveries, 2)
             run.cpu_percent["driver"] = round(100 * (time.process_time() - own_before) / window, 1)
             run.cpu_percent["redis"] = round(100 * (redis_cpu_after - redis_cpu_before) / window, 1)
         run.published = total
@@ -515,6 +520,7 @@ def table(runs: Sequence[Run]) -> str:
     header = (
         "scenario", "contender", "clients", "ev/s", "delivered", "deliv/s", "p50 ms",
         "p99 ms", "max ms", "cmds/ev", "evalsha/ev", "publish/ev", "RTT/ev", "CPU% w/c/d/r",
+        "µs/deliv",
     )  # fmt: skip
     rows = [header]
     for run in runs:
@@ -530,6 +536,7 @@ def table(runs: Sequence[Run]) -> str:
             f"{run.publish_cmd_per_event:g}", f"{run.round_trips_per_event:g}",
             "/".join(f"{run.cpu_percent.get(key, 0):.0f}"
                      for key in ("workers", "clients", "driver", "redis")),
+            f"{run.worker_cpu_us_per_delivery:.1f}",
         ))  # fmt: skip
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = [
@@ -562,6 +569,8 @@ def ratios(runs: Sequence[Run]) -> list[dict[str, Any]]:
             entry[f"latency_{key}"] = round(a / b, 3) if a and b else None
         a, b = ours.deliveries_per_second, theirs.deliveries_per_second
         entry["deliveries_per_second"] = round(a / b, 3) if a and b else None
+        a, b = ours.worker_cpu_us_per_delivery, theirs.worker_cpu_us_per_delivery
+        entry["cpu_per_delivery"] = round(a / b, 3) if a and b else None
         result.append(entry)
     return result
 
@@ -745,8 +754,16 @@ def _report(args: argparse.Namespace, env: dict[str, Any], runs: list[Run]) -> i
             print(
                 f"budget_ws/{entry['against']} {entry['scenario']}: latency p50 "
                 f"x{entry['latency_p50']}, p99 x{entry['latency_p99']}, "
-                f"deliveries/s x{entry['deliveries_per_second']}"
+                f"deliveries/s x{entry['deliveries_per_second']}, "
+                f"worker CPU per delivery x{entry['cpu_per_delivery']}"
             )
+            if entry["cpu_per_delivery"] is not None:
+                ok = entry["cpu_per_delivery"] <= 0.5
+                print(
+                    f"target {entry['scenario']}: worker CPU per delivery "
+                    f"x{entry['cpu_per_delivery']} {entry['against']} <= 0.5: "
+                    + ("yes" if ok else "NO")
+                )
         for line in verdicts(runs):
             print(line)
     # broadcaster as its README has it is expected to lose events here: that is a finding.

@@ -105,6 +105,7 @@ class Clients:
                 self.handler(index),  # type: ignore[arg-type]
                 subprotocol=SUBPROTOCOL if args.protocol == "budget-ws" else None,
                 receive_buffer=args.receive_buffer,
+                deflate=args.deflate,
                 timeout=args.connect_timeout,
             )
             self.connections.append(connection)
@@ -213,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain", type=float, default=10.0)
     parser.add_argument("--stalled", action="store_true")
     parser.add_argument("--receive-buffer", type=int)
+    parser.add_argument("--deflate", action="store_true", help="offer per-message deflate")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--connect-concurrency", type=int, default=64)
     return parser

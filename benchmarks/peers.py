@@ -27,9 +27,11 @@ import datetime as dt
 import json
 import os
 import platform
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Iterator, Sequence
@@ -41,6 +43,7 @@ from typing import Any
 
 from benchmarks.loadgen import read_dump
 from benchmarks.peers_server import CONTENDERS
+from budget_ws import OutboxLimits
 
 __all__ = ["Measurement", "main"]
 
@@ -71,6 +74,8 @@ class Measurement:
     rss_growth_kib: float = 0.0
     """Peak RSS during the burst minus RSS before it (kB): what the burst held."""
     publish_seconds: float = 0.0
+    blocked: bool = False
+    """Publishing had not returned ``--drain`` seconds after the clients stopped waiting."""
     error: str | None = None
 
     @property
@@ -147,6 +152,17 @@ class Child:
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        # A thread reads the lines, so that waiting for one can time out (a server whose
+        # publish is stuck behind a stalled client never answers).
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put("")
 
     @property
     def pid(self) -> int:
@@ -157,9 +173,9 @@ class Child:
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
-    def line(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        raw = self.process.stdout.readline()
+    def line(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next JSON line; raises ``queue.Empty`` after ``timeout`` seconds."""
+        raw = self._lines.get(timeout=timeout)
         if not raw:
             raise RuntimeError(f"{self.process.args[2]} exited with {self.process.wait()}")
         result: dict[str, Any] = json.loads(raw)
@@ -174,14 +190,17 @@ class Child:
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()
+        self._reader.join(5)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
 @contextmanager
-def server(contender: str, ws: str) -> Iterator[tuple[Child, str]]:
+def server(contender: str, ws: str, deflate: bool) -> Iterator[tuple[Child, str]]:
     port = free_port()
     child = Child([
         sys.executable, "-m", "benchmarks.peers_server", "--contender", contender,
-        "--port", str(port), "--ws", ws,
+        "--port", str(port), "--ws", ws, *(["--deflate"] if deflate else []),
     ])  # fmt: skip
     try:
         ready = child.line()
@@ -192,15 +211,15 @@ def server(contender: str, ws: str) -> Iterator[tuple[Child, str]]:
 
 
 def clients(url: str, contender: str, count: int, drain: float, *, stalled: bool = False,
-            first: int = 0) -> list[Child]:  # fmt: skip
+            deflate: bool = False) -> list[Child]:  # fmt: skip
     protocol = "budget-ws" if contender == "budget_ws" else "plain"
     children = []
     per_process = CLIENTS_PER_PROCESS
     for start in range(0, count, per_process):
         command = [
             sys.executable, "-m", "benchmarks.loadgen", "--urls", url, "--protocol", protocol,
-            "--count", str(min(per_process, count - start)), "--first", str(first + start),
-            "--drain", str(drain),
+            "--count", str(min(per_process, count - start)), "--first", str(start),
+            "--drain", str(drain), *(["--deflate"] if deflate else []),
         ]  # fmt: skip
         if stalled:
             command += ["--stalled", "--receive-buffer", str(STALLED_RECEIVE_BUFFER)]
@@ -217,15 +236,18 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
     result = Measurement(scenario, contender, connections, events, size, stalled)
     held: list[Child] = []
     try:
-        with server(contender, args.ws) as (process, url):
+        with server(contender, args.ws, args.deflate) as (process, url):
             pid = process.pid
             before = memory_kib(pid)["VmRSS"]
-            held = clients(url, contender, connections, args.drain)
+            held = clients(url, contender, connections, args.drain, deflate=args.deflate)
             connect_ns = array("q")
             for child in held:
                 ready = child.line()
                 connect_ns.extend(read_dump(ready["connect_file"]))
-            slow = clients(url, contender, stalled, args.drain, stalled=True) if stalled else []
+            slow = []
+            if stalled:
+                slow = clients(url, contender, stalled, args.drain, stalled=True,
+                               deflate=args.deflate)  # fmt: skip
             for child in slow:
                 child.line()
             held += slow
@@ -244,9 +266,7 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
             process.send(f"publish {events} {size}")
             for child in held:
                 child.send(f"expect {events}")
-            answer = process.line()
-            result.publish_seconds = answer["seconds"]
-            started = answer["started_ns"]
+            started = time.time_ns()
             latencies = array("q")
             last = 0
             for child in held[: len(held) - len(slow)]:
@@ -256,6 +276,13 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
                 last = max(last, report["last_receipt"])
             for child in slow:
                 read_dump(child.line()["latency_file"])
+            try:
+                answer = process.line(timeout=args.drain)
+            except queue.Empty:
+                result.blocked = True  # its publish is stuck behind a stalled client
+            else:
+                result.publish_seconds = answer["seconds"]
+                started = answer["started_ns"]
             result.cpu_seconds = round(cpu_seconds(pid) - cpu_before, 3)
             peak = memory_kib(pid)
             result.rss_growth_kib = max(peak["VmHWM"], peak["VmRSS"]) - rss_before
@@ -287,8 +314,8 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
             for size in args.payload_bytes:
                 plans.append(("fanout", connections, args.events, size, 0))
     if "stalled" in args.scenarios:
-        plans.append(("stalled", args.stalled_connections, args.events, 2048, 0))
-        plans.append(("stalled", args.stalled_connections, args.events, 2048, STALLED_CLIENTS))
+        for stalled in (0, STALLED_CLIENTS):
+            plans.append(("stalled", args.stalled_connections, args.stalled_events, 2048, stalled))
     if "idle" in args.scenarios:
         plans.append(("idle", args.idle_connections, 0, 0, 0))
     for scenario, connections, events, size, stalled in plans:
@@ -372,6 +399,7 @@ def table(results: Sequence[Measurement]) -> str:
         events = f"{result.events} x {result.payload_bytes} B" if result.events else "-"
         conns = f"{result.connections}" + (f"+{result.stalled}s" if result.stalled else "")
         mark = "" if result.complete or not result.events else " !"
+        mark += " blocked" if result.blocked else ""
         rows.append((
             result.scenario, result.contender, conns, events,
             f"{result.delivered}/{result.expected}{mark}" if result.events else "-",
@@ -418,6 +446,12 @@ def verdicts(results: Sequence[Measurement]) -> list[str]:
         change = stalled[STALLED_CLIENTS].wall_seconds / stalled[0].wall_seconds - 1
         lines.append(f"target stalled: healthy clients' time {100 * change:+.1f}% <= 10%: "
                      f"{'yes' if change <= 0.10 else 'NO'}")  # fmt: skip
+        held = (
+            stalled[STALLED_CLIENTS].rss_growth_kib - stalled[0].rss_growth_kib
+        ) / STALLED_CLIENTS
+        bound = OutboxLimits().max_bytes / 1024
+        lines.append(f"target stalled: memory a stalled client holds {held:,.0f} KiB <= outbox "
+                     f"bound {bound:,.0f} KiB: {'yes' if held <= bound else 'NO'}")  # fmt: skip
     idle = {r.contender: r for r in results if r.scenario == "idle"}
     if "budget_ws" in idle and "floor" in idle:
         above = (
@@ -445,10 +479,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", nargs="+", type=int, default=[1000, 10_000])
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--payload-bytes", nargs="+", type=int, default=[200, 2048])
-    parser.add_argument("--stalled-connections", type=int, default=1000)
+    parser.add_argument("--stalled-connections", type=int, default=100,
+                        help="healthy connections beside the stalled ones (100)")  # fmt: skip
+    parser.add_argument("--stalled-events", type=int, default=2000,
+                        help="2 KB events in the stalled scenario: enough to fill the kernel's "
+                        "buffers of a stalled socket, ~3 MB here (2,000)")  # fmt: skip
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
     parser.add_argument("--ws", default="websockets-sansio", help="uvicorn's --ws")
+    parser.add_argument("--deflate", action="store_true",
+                        help="servers offer and clients accept per-message deflate")  # fmt: skip
     parser.add_argument("--drain", type=float, default=30.0,
                         help="seconds the clients wait for every event (30)")  # fmt: skip
     parser.add_argument("--redis", action="store_true",
@@ -464,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env["load_after"] = [round(value, 2) for value in os.getloadavg()]
     versions = ", ".join(f"{name} {value}" for name, value in env["versions"].items())
     print(f"budget_ws {env['budget_ws']} vs peers; Python {env['python']}, {versions}; "
-          f"uvicorn --ws {args.ws}; {env['cpus']} CPUs ({env['cpu_model']}), "
+          f"uvicorn --ws {args.ws}, deflate {'on' if args.deflate else 'off'}; "
+          f"{env['cpus']} CPUs ({env['cpu_model']}), "
           f"load {env['load_before']} -> {env['load_after']}")  # fmt: skip
     print(table(results))
     for line in verdicts(results):

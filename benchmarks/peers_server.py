@@ -31,7 +31,7 @@ contenders (``CONTENDERS``):
   event.
 
 uvicorn contenders run on asyncio's own loop, ``--ws`` as given (default
-``websockets-sansio``), per-message deflate off.
+``websockets-sansio``), per-message deflate off unless ``--deflate``.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ async def serve_uvicorn(args: argparse.Namespace) -> None:
         host="127.0.0.1",
         port=args.port,
         ws=args.ws,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=args.deflate,
         loop="asyncio",
         log_level="warning",
         lifespan="on",
@@ -277,7 +277,8 @@ async def serve_websockets(args: argparse.Namespace) -> None:
             message = json.dumps({"event": "tick", "data": payload(seq, size)})
             websockets.broadcast(connections, message)
 
-    async with serve(handler, "127.0.0.1", args.port, compression=None, backlog=4096,
+    compression = "deflate" if args.deflate else None
+    async with serve(handler, "127.0.0.1", args.port, compression=compression, backlog=4096,
                      ping_interval=None):  # fmt: skip
         await control(publish)
 
@@ -309,6 +310,7 @@ def main() -> int:
     parser.add_argument("--contender", choices=CONTENDERS, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ws", default="websockets-sansio")
+    parser.add_argument("--deflate", action="store_true", help="offer per-message deflate")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

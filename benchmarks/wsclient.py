@@ -10,9 +10,10 @@ task, future or object per message.
 
 It speaks just what the benchmarks need (RFC 6455): the opening handshake (with an
 optional subprotocol), unmasked server frames of any length including fragmented
-messages, masked client frames, answers to pings and to the closing handshake. No
-extensions (the benchmarks never negotiate per-message deflate), no TLS. It is a
-measuring tool, not part of budget_ws.
+messages, masked client frames, answers to pings and to the closing handshake, and, when
+asked, per-message deflate for what the server sends (RFC 7692; the client's own frames
+stay uncompressed, which the extension allows). No TLS. It is a measuring tool, not part
+of budget_ws.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import asyncio
 import base64
 import os
 import time
+import zlib
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["HandshakeFailed", "Receiver", "connect", "encode_frame"]
 
@@ -56,8 +59,10 @@ class Receiver(asyncio.Protocol):
     """One client connection: handshake, then a callback per received message."""
 
     def __init__(self, host: str, port: int, path: str, subprotocol: str | None,
-                 on_message: OnMessage) -> None:  # fmt: skip
-        self._request = _handshake_request(host, port, path, subprotocol)
+                 on_message: OnMessage, deflate: bool = False) -> None:  # fmt: skip
+        self._request = _handshake_request(host, port, path, subprotocol, deflate)
+        self._inflater: Any = None  # set when the server accepts per-message deflate
+        self._compressed = False
         self._on_message = on_message
         self._buffer = b""
         self._upgraded = False
@@ -87,6 +92,8 @@ class Receiver(asyncio.Protocol):
                 self._fail(HandshakeFailed(status.decode("latin-1")))
                 return
             self._upgraded = True
+            if b"permessage-deflate" in buffer[:end].lower():
+                self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             buffer = buffer[end + 4 :]
             if not self.opened.done():
                 self.opened.set_result(None)
@@ -114,14 +121,19 @@ class Receiver(asyncio.Protocol):
             payload = buffer[start:end]
             if opcode in (OP_TEXT, OP_BINARY):
                 if first & 0x80:
+                    if first & 0x40:  # RSV1: compressed
+                        payload = self._inflate(payload)
                     self._on_message(payload, now)
                 else:
                     self._fragments = [payload]
+                    self._compressed = bool(first & 0x40)
             elif opcode == OP_CONTINUATION:
                 self._fragments.append(payload)
                 if first & 0x80:
                     message = b"".join(self._fragments)
                     self._fragments = []
+                    if self._compressed:
+                        message = self._inflate(message)
                     self._on_message(message, now)
             elif opcode == OP_PING:
                 self.send_frame(OP_PONG, payload)
@@ -131,6 +143,10 @@ class Receiver(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
         self._buffer = buffer[position:] if position < size else b""
+
+    def _inflate(self, payload: bytes) -> bytes:
+        data: bytes = self._inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return data
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -161,7 +177,8 @@ class Receiver(asyncio.Protocol):
         self.transport.abort()
 
 
-def _handshake_request(host: str, port: int, path: str, subprotocol: str | None) -> bytes:
+def _handshake_request(host: str, port: int, path: str, subprotocol: str | None,
+                       deflate: bool) -> bytes:  # fmt: skip
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",
@@ -173,12 +190,14 @@ def _handshake_request(host: str, port: int, path: str, subprotocol: str | None)
     ]
     if subprotocol:
         lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
+    if deflate:
+        lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 async def connect(host: str, port: int, path: str, on_message: OnMessage, *,
                   subprotocol: str | None = None, receive_buffer: int | None = None,
-                  timeout: float = 60.0) -> Receiver:  # fmt: skip
+                  deflate: bool = False, timeout: float = 60.0) -> Receiver:  # fmt: skip
     """Open a connection and complete the opening handshake.
 
     ``receive_buffer`` sets ``SO_RCVBUF`` before connecting (a stalled client's small
@@ -194,12 +213,12 @@ async def connect(host: str, port: int, path: str, on_message: OnMessage, *,
         sock.setblocking(False)
         await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
         _, protocol = await loop.create_connection(
-            lambda: Receiver(host, port, path, subprotocol, on_message), sock=sock
+            lambda: Receiver(host, port, path, subprotocol, on_message, deflate), sock=sock
         )
     else:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: Receiver(host, port, path, subprotocol, on_message), host, port
+                lambda: Receiver(host, port, path, subprotocol, on_message, deflate), host, port
             ),
             timeout,
         )

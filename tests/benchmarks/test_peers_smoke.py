@@ -1,0 +1,56 @@
+"""The real-socket comparison (``benchmarks/peers.py``) runs end to end on a tiny load.
+
+Every contender's server really runs (uvicorn, or a plain ``websockets`` server) with
+real clients in other processes; each scenario must deliver every event to every
+healthy client and produce its figures. No timing or ratio is asserted: the real runs
+are not tests (``benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `benchmarks` lives beside `src`, not in the package
+    sys.path.insert(0, str(ROOT))
+
+peers = importlib.import_module("benchmarks.peers")
+
+pytestmark = pytest.mark.timeout(300)
+
+CONTENDERS = ["budget_ws", "naive", "websockets", "floor"]
+if importlib.util.find_spec("broadcaster") is not None:
+    CONTENDERS.append("broadcaster")
+
+
+def test_every_scenario_delivers_everything_for_every_contender(tmp_path: Path) -> None:
+    output = tmp_path / "peers.json"
+    options = [
+        "--contenders", *CONTENDERS, "--connections", "20", "--payload-bytes", "200", "2048",
+        "--events", "5", "--stalled-connections", "10", "--stalled-events", "30",
+        "--idle-connections", "20", "--drain", "20", "--json-file", str(output),
+    ]  # fmt: skip
+    assert peers.main(options) == 0
+    results = json.loads(output.read_text())["results"]
+    seen = {(r["scenario"], r["contender"], r["payload_bytes"], r["stalled"]) for r in results}
+    for contender in CONTENDERS:
+        for key in [("fanout", contender, 200, 0), ("fanout", contender, 2048, 0),
+                    ("stalled", contender, 2048, 0), ("stalled", contender, 2048, 5),
+                    ("idle", contender, 0, 0)]:  # fmt: skip
+            assert key in seen, key
+    for result in results:
+        assert result["error"] is None, result
+        assert result["rss_idle_kib_per_connection"] > 0, result
+        assert result["connect_ms"]["p99"] > 0, result
+        if result["scenario"] == "idle":
+            continue
+        assert result["delivered"] == result["expected"] > 0, result
+        assert result["cpu_seconds"] > 0, result
+        assert result["latency_ms"]["p99"] >= result["latency_ms"]["p50"] > 0, result
+        assert result["wall_seconds"] > 0, result

@@ -63,6 +63,8 @@ class Measurement:
     events: int
     payload_bytes: int
     stalled: int = 0
+    rate: float = 0.0
+    """Events per second the server publishes at; 0: a burst."""
     expected: int = 0
     delivered: int = 0
     cpu_seconds: float = 0.0
@@ -232,8 +234,9 @@ def clients(url: str, contender: str, count: int, drain: float, *, stalled: bool
 
 
 def measure(scenario: str, contender: str, connections: int, events: int, size: int,
-            args: argparse.Namespace, *, stalled: int = 0) -> Measurement:  # fmt: skip
-    result = Measurement(scenario, contender, connections, events, size, stalled)
+            args: argparse.Namespace, *, stalled: int = 0, rate: float = 0.0,
+            ) -> Measurement:  # fmt: skip
+    result = Measurement(scenario, contender, connections, events, size, stalled, rate)
     held: list[Child] = []
     try:
         with server(contender, args.ws, args.deflate) as (process, url):
@@ -263,7 +266,7 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
             reset_peak(pid)
             rss_before = memory_kib(pid)["VmRSS"]
             cpu_before = cpu_seconds(pid)
-            process.send(f"publish {events} {size}")
+            process.send(f"publish {events} {size} {rate}")
             for child in held:
                 child.send(f"expect {events}")
             started = time.time_ns()
@@ -308,17 +311,18 @@ def median_of(runs: list[Measurement]) -> Measurement:
 
 def run_all(args: argparse.Namespace) -> list[Measurement]:
     results: list[Measurement] = []
-    plans: list[tuple[str, int, int, int, int]] = []
+    plans: list[tuple[str, int, int, int, int, float]] = []
     if "fanout" in args.scenarios:
         for connections in args.connections:
             for size in args.payload_bytes:
-                plans.append(("fanout", connections, args.events, size, 0))
+                plans.append(("fanout", connections, args.events, size, 0, 0.0))
     if "stalled" in args.scenarios:
         for stalled in (0, STALLED_CLIENTS):
-            plans.append(("stalled", args.stalled_connections, args.stalled_events, 2048, stalled))
+            plans.append(("stalled", args.stalled_connections, args.stalled_events, 2048,
+                          stalled, args.stalled_rate))  # fmt: skip
     if "idle" in args.scenarios:
-        plans.append(("idle", args.idle_connections, 0, 0, 0))
-    for scenario, connections, events, size, stalled in plans:
+        plans.append(("idle", args.idle_connections, 0, 0, 0, 0.0))
+    for scenario, connections, events, size, stalled, rate in plans:
         for contender in args.contenders:
             runs = []
             for repeat in range(args.repeat):
@@ -329,7 +333,7 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
                     + (f", run {repeat + 1}/{args.repeat}" if args.repeat > 1 else "")
                 )
                 runs.append(measure(scenario, contender, connections, events, size, args,
-                                    stalled=stalled))  # fmt: skip
+                                    stalled=stalled, rate=rate))  # fmt: skip
             results.append(median_of(runs))
     return results
 
@@ -397,6 +401,7 @@ def table(results: Sequence[Measurement]) -> str:
             return f"{result.cpu_us_per_delivery / other.cpu_us_per_delivery:.2f}"
 
         events = f"{result.events} x {result.payload_bytes} B" if result.events else "-"
+        events += f" @{result.rate:g}/s" if result.rate else ""
         conns = f"{result.connections}" + (f"+{result.stalled}s" if result.stalled else "")
         mark = "" if result.complete or not result.events else " !"
         mark += " blocked" if result.blocked else ""
@@ -484,6 +489,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stalled-events", type=int, default=2000,
                         help="2 KB events in the stalled scenario: enough to fill the kernel's "
                         "buffers of a stalled socket, ~3 MB here (2,000)")  # fmt: skip
+    parser.add_argument("--stalled-rate", type=float, default=500,
+                        help="events/s in the stalled scenario (500): a steady stream that "
+                        "healthy clients keep up with")  # fmt: skip
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
     parser.add_argument("--ws", default="websockets-sansio", help="uvicorn's --ws")

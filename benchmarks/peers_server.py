@@ -4,9 +4,10 @@ Run by the driver as ``python -m benchmarks.peers_server --contender NAME --port
 person never needs to. The process serves WebSockets at ``/ws`` on 127.0.0.1 and takes
 commands from its driver on stdin, answering each with one JSON line on stdout:
 
-- ``publish COUNT BYTES``: publish COUNT events back to back (a burst), each with a
-  ``data`` of about BYTES of JSON: ``{"seq": i, "sent_at": time.time_ns(), "pad": ...}``;
-  ``sent_at`` is taken as each event is published;
+- ``publish COUNT BYTES [RATE]``: publish COUNT events back to back (a burst), or RATE
+  events per second, each with a ``data`` of about BYTES of JSON:
+  ``{"seq": i, "sent_at": time.time_ns(), "pad": ...}``; ``sent_at`` is taken as each
+  event is published;
 - ``warmup``: publish 3 events with negative ``seq`` (clients do not count them);
 - end of stdin: stop.
 
@@ -294,7 +295,17 @@ async def control(publish: Publish) -> None:
         began = time.perf_counter()
         started_ns = time.time_ns()
         if command == "publish":
-            await publish(int(values[0]), int(values[1]), 0)
+            count, size = int(values[0]), int(values[1])
+            rate = float(values[2]) if len(values) > 2 else 0.0
+            if rate <= 0:
+                await publish(count, size, 0)
+            else:  # paced: each event at its due time, however long the previous took
+                start = loop.time()
+                for seq in range(count):
+                    delay = start + seq / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await publish(1, size, seq)
         elif command == "warmup":
             await publish(3, 64, -3)
         seconds = round(time.perf_counter() - began, 6)

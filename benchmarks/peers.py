@@ -427,6 +427,54 @@ def table(results: Sequence[Measurement]) -> str:
     return "\n".join(lines)
 
 
+FIGURES = {
+    "cpu": lambda r: r.cpu_us_per_delivery,
+    "p50": lambda r: r.latency_ms.get("p50"),
+    "p99": lambda r: r.latency_ms.get("p99"),
+    "wall": lambda r: r.wall_seconds,
+    "rss": lambda r: r.rss_idle_kib_per_connection,
+    "connect_p99": lambda r: r.connect_ms.get("p99"),
+}
+"""The figures compared between contenders, by name."""
+
+
+def ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
+    """budget_ws's figures / each peer's, per configuration (None where one is missing)."""
+    groups: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
+    for result in results:
+        groups.setdefault(_key(result), {})[result.contender] = result
+    entries = []
+    for key, peers in groups.items():
+        ours = peers.get("budget_ws")
+        if ours is None:
+            continue
+        for name, theirs in peers.items():
+            if name == "budget_ws":
+                continue
+            entry: dict[str, Any] = {"scenario": key[0], "connections": key[1],
+                                     "payload_bytes": key[2], "stalled": key[3],
+                                     "against": name}  # fmt: skip
+            for figure, read in FIGURES.items():
+                a, b = read(ours), read(theirs)
+                entry[figure] = round(a / b, 3) if a and b else None
+            entries.append(entry)
+    return entries
+
+
+def ratio_lines(results: Sequence[Measurement]) -> list[str]:
+    lines = []
+    for entry in ratios(results):
+        label = f"{entry['scenario']} {entry['connections']}"
+        label += f"+{entry['stalled']}s" if entry["stalled"] else ""
+        label += f" x {entry['payload_bytes']} B" if entry["payload_bytes"] else ""
+        figures = ", ".join(
+            f"{figure} x{value:g}" for figure, value in entry.items()
+            if figure in FIGURES and value is not None
+        )  # fmt: skip
+        lines.append(f"budget_ws/{entry['against']} {label}: {figures}")
+    return lines
+
+
 def verdicts(results: Sequence[Measurement]) -> list[str]:
     """The issue's targets, each checked against figures of this run."""
     lines = []
@@ -516,11 +564,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{env['cpus']} CPUs ({env['cpu_model']}), "
           f"load {env['load_before']} -> {env['load_after']}")  # fmt: skip
     print(table(results))
+    for line in ratio_lines(results):
+        print(line)
     for line in verdicts(results):
         print(line)
     if args.json_file:
         args.json_file.write_text(json.dumps(
-            {"environment": env, "results": [asdict(r) for r in results]}, indent=2))  # fmt: skip
+            {"environment": env, "results": [asdict(r) for r in results],
+             "ratios_budget_ws_to": ratios(results)}, indent=2))  # fmt: skip
     must_deliver = ("budget_ws", "floor")
     failed = [r for r in results if r.error or (r.events and not r.complete
                                                 and r.contender in must_deliver)]  # fmt: skip

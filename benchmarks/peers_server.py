@@ -8,7 +8,8 @@ commands from its driver on stdin, answering each with one JSON line on stdout:
   events per second, each with a ``data`` of about BYTES of JSON:
   ``{"seq": i, "sent_at": time.time_ns(), "pad": ...}``; ``sent_at`` is taken as each
   event is published;
-- ``warmup``: publish 3 events with negative ``seq`` (clients do not count them);
+- ``warmup``: publish 3 events with negative ``seq`` (clients do not count them), then
+  run a full garbage collection;
 - end of stdin: stop.
 
 Every contender sends ``{"op":"subscribed"}`` (budget_ws: its own ``subscribed`` frame)
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import resource
 import sys
@@ -294,6 +296,7 @@ async def control(publish: Publish) -> None:
         command, *values = line.split()
         began = time.perf_counter()
         started_ns = time.time_ns()
+        collections = [generation["collections"] for generation in gc.get_stats()]
         if command == "publish":
             count, size = int(values[0]), int(values[1])
             rate = float(values[2]) if len(values) > 2 else 0.0
@@ -308,8 +311,13 @@ async def control(publish: Publish) -> None:
                     await publish(1, size, seq)
         elif command == "warmup":
             await publish(3, 64, -3)
+            # Start the measurement from a collected heap: otherwise a full collection
+            # left pending by connecting thousands of clients lands in whichever burst
+            # comes next (0.5 s at 10,000 connections), depending on heap sizes by chance.
+            gc.collect()
         seconds = round(time.perf_counter() - began, 6)
-        _answer({"done": command, "seconds": seconds, "started_ns": started_ns})
+        collected = [g["collections"] - c for g, c in zip(gc.get_stats(), collections, strict=True)]
+        _answer({"done": command, "seconds": seconds, "started_ns": started_ns, "gc": collected})
 
 
 def _answer(message: dict[str, Any]) -> None:

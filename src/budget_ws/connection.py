@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
@@ -371,8 +370,6 @@ def fan_out(connections: Iterable[Connection], frame: str) -> None:
             continue
         outbox = connection._outbox
         frames = outbox._frames
-        if frames is None:
-            frames = outbox._frames = deque()
         queued = len(frames)
         if queued >= outbox._max_messages or outbox._size + size > outbox._max_bytes:
             connection.push(frame)

@@ -37,7 +37,8 @@ def test_every_scenario_delivers_everything_for_every_contender(tmp_path: Path) 
         "--idle-connections", "20", "--drain", "20", "--json-file", str(output),
     ]  # fmt: skip
     assert peers.main(options) == 0
-    results = json.loads(output.read_text())["results"]
+    report = json.loads(output.read_text())
+    results = report["results"]
     seen = {(r["scenario"], r["contender"], r["payload_bytes"], r["stalled"]) for r in results}
     for contender in CONTENDERS:
         for key in [("fanout", contender, 200, 0), ("fanout", contender, 2048, 0),
@@ -54,3 +55,7 @@ def test_every_scenario_delivers_everything_for_every_contender(tmp_path: Path) 
         assert result["cpu_seconds"] > 0, result
         assert result["latency_ms"]["p99"] >= result["latency_ms"]["p50"] > 0, result
         assert result["wall_seconds"] > 0, result
+    fanout_ratios = [r for r in report["ratios_budget_ws_to"] if r["scenario"] == "fanout"]
+    assert {r["against"] for r in fanout_ratios} == set(CONTENDERS) - {"budget_ws"}
+    for entry in fanout_ratios:
+        assert all(entry[figure] is not None for figure in ("cpu", "p99", "wall", "rss")), entry

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,6 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -45,6 +43,7 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from benchmarks.loadgen import read_dump
+from benchmarks.measure import cpu_seconds, free_port, package_version, percentiles, src_commit
 
 __all__ = ["SCENARIOS", "Run", "Scenario", "main"]
 
@@ -120,27 +119,6 @@ class Run:
 # Measurements
 
 
-def percentiles(values: Sequence[int], scale: float = 1e-6) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    last = len(ordered) - 1
-
-    def at(fraction: float) -> float:
-        return round(ordered[round(fraction * last)] * scale, 3)
-
-    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": at(1.0)}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def redis_snapshot(url: str) -> tuple[dict[str, int], float]:
     """Calls per command (``INFO commandstats``) and the server's CPU seconds."""
     import redis
@@ -177,12 +155,6 @@ class CommandCounter:
 
 # --------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Worker:
@@ -496,27 +468,16 @@ def _delete_keys(url: str, tag: str) -> None:
 # Report
 
 
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
 def environment() -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "log", "-1", "--format=%h", "--", "src"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        "budget_ws": _version("budget-ws"),
-        "broadcaster": _version("broadcaster"),
-        "redis_py": _version("redis"),
-        "uvicorn": _version("uvicorn"),
-        "websockets": _version("websockets"),
-        "src_commit": commit or "-",
+        "budget_ws": package_version("budget-ws"),
+        "broadcaster": package_version("broadcaster"),
+        "redis_py": package_version("redis"),
+        "uvicorn": package_version("uvicorn"),
+        "websockets": package_version("websockets"),
+        "src_commit": src_commit(),
         "cpus": os.cpu_count(),
         "load_average": [round(value, 2) for value in os.getloadavg()],
     }

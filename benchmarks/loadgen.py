@@ -52,9 +52,7 @@ class Clients:
         self.count: int = args.count
         self.received = [0] * self.count
         self.latencies = array("q")
-        self.first_receipt = 0
         self.last_receipt = 0
-        self.errors = 0
         self.expected: int | None = None
         self.complete = 0
         self.done = asyncio.Event()
@@ -81,8 +79,6 @@ class Clients:
                 latencies.append(now - _integer_after(line, b'"sent_at":'))
                 counted += 1
             if counted:
-                if not self.first_receipt:
-                    self.first_receipt = now
                 self.last_receipt = now
                 total = received[index] + counted
                 received[index] = total
@@ -120,7 +116,6 @@ class Clients:
         loop = asyncio.get_running_loop()
         self.subscribed = [loop.create_future() for _ in range(self.count)]
         limiter = asyncio.Semaphore(self.args.connect_concurrency)
-        started = time.perf_counter()
         connect_ns = array("q")
 
         async def timed(index: int) -> None:
@@ -131,7 +126,6 @@ class Clients:
         await asyncio.gather(*(timed(index) for index in range(self.count)))
         ready = {
             "ready": self.count,
-            "connect_seconds": round(time.perf_counter() - started, 3),
             "connect_file": _dump(connect_ns),
         }
         self.report(ready)
@@ -159,15 +153,13 @@ class Clients:
         self.report({
             "received": sum(self.received),
             "by_url": by_url,
-            "per_client": self.received if self.count <= 64 else None,
             "complete_clients": sum(1 for value in self.received if value >= expected),
             "closed_clients": closed,
-            "first_receipt": self.first_receipt,
             "last_receipt": self.last_receipt,
             "latency_file": _dump(self.latencies),
         })  # fmt: skip
         del self.latencies[:]  # in place: the handlers hold this array
-        self.first_receipt = self.last_receipt = 0
+        self.last_receipt = 0
         self.done = asyncio.Event()
 
     @staticmethod

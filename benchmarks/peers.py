@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -37,11 +36,11 @@ from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import read_dump
+from benchmarks.measure import cpu_seconds, free_port, package_version, percentiles, src_commit
 from benchmarks.peers_server import CONTENDERS
 from budget_ws import OutboxLimits
 
@@ -89,23 +88,6 @@ class Measurement:
 # /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of a process, in nanosecond resolution.
-
-    ``/proc/PID/task/TID/schedstat`` starts with the time the thread ran, in ns; the
-    ``utime``/``stime`` of ``/proc/PID/stat`` count clock ticks (10 ms), too coarse for
-    a burst that lasts a fraction of a second.
-    """
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as file:
-                total += int(file.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that just ended
-    return total / 1e9
-
-
 def memory_kib(pid: int) -> dict[str, int]:
     values = {}
     with open(f"/proc/{pid}/status") as file:
@@ -123,24 +105,6 @@ def reset_peak(pid: int) -> None:
             file.write("5")
     except OSError:
         pass
-
-
-def percentiles(values: Sequence[int], scale: float = 1e-6) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    last = len(ordered) - 1
-    return {
-        name: round(ordered[min(last, int(fraction * len(ordered)))] * scale, 3)
-        for name, fraction in (("p50", 0.5), ("p99", 0.99))
-    } | {"max": round(ordered[last] * scale, 3)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------------------
@@ -342,23 +306,12 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
 # Report
 
 
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "log", "-1", "--format=%h", "--", "src"], cwd=ROOT, capture_output=True,
-        text=True, check=False,
-    ).stdout.strip()  # fmt: skip
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        "budget_ws": f"{_version('budget-ws')} ({commit or '?'})",
-        "versions": {name: _version(name) for name in
+        "budget_ws": f"{package_version('budget-ws')} ({src_commit()})",
+        "versions": {name: package_version(name) for name in
                      ("uvicorn", "websockets", "broadcaster", "starlette", "anyio", "uvloop")},
         "ws": args.ws,
         "cpus": os.cpu_count(),
@@ -382,13 +335,21 @@ def _key(result: Measurement) -> tuple[str, int, int, int]:
     return result.scenario, result.connections, result.payload_bytes, result.stalled
 
 
+def _by_configuration(
+    results: Sequence[Measurement],
+) -> dict[tuple[str, int, int, int], dict[str, Measurement]]:
+    """The results of each configuration, by contender."""
+    groups: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
+    for result in results:
+        groups.setdefault(_key(result), {})[result.contender] = result
+    return groups
+
+
 def table(results: Sequence[Measurement]) -> str:
     header = ("scenario", "contender", "conns", "events", "delivered", "CPU µs/deliv",
               "xnaive", "xbroadc", "xfloor", "xwebsock", "p50 ms", "p99 ms", "wall s",
               "KiB/conn", "burst KiB", "connect p99 ms")  # fmt: skip
-    groups: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
-    for result in results:
-        groups.setdefault(_key(result), {})[result.contender] = result
+    groups = _by_configuration(results)
     rows = []
     for result in results:
         peers = groups[_key(result)]
@@ -440,9 +401,7 @@ FIGURES = {
 
 def ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
     """budget_ws's figures / each peer's, per configuration (None where one is missing)."""
-    groups: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
-    for result in results:
-        groups.setdefault(_key(result), {})[result.contender] = result
+    groups = _by_configuration(results)
     entries = []
     for key, peers in groups.items():
         ours = peers.get("budget_ws")
@@ -478,9 +437,7 @@ def ratio_lines(results: Sequence[Measurement]) -> list[str]:
 def verdicts(results: Sequence[Measurement]) -> list[str]:
     """The issue's targets, each checked against figures of this run."""
     lines = []
-    by_key: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
-    for result in results:
-        by_key.setdefault(_key(result), {})[result.contender] = result
+    by_key = _by_configuration(results)
     for key, peers in by_key.items():
         ours = peers.get("budget_ws")
         if ours is None or not ours.events:

@@ -16,6 +16,7 @@ __all__ = [
     "EventRegistrationError",
     "EventTooLarge",
     "EventValidationError",
+    "InvalidBackendOption",
     "InvalidTopic",
     "ManagerClosed",
     "UnknownBackend",
@@ -78,7 +79,26 @@ class ManagerClosed(BudgetWSError, RuntimeError):
 
 
 class UnknownBackend(BudgetWSError, ValueError):
-    """A backend URL names a scheme that no backend handles."""
+    """A backend URL cannot be used: no backend handles its scheme, or an option is wrong."""
+
+
+class InvalidBackendOption(UnknownBackend):
+    """A backend option is unknown, repeated, malformed or out of range.
+
+    Raised at once, when the URL is parsed or the backend is created, never later as a
+    connection failure.
+
+    Attributes:
+        option: The option's name, as written in the URL or passed as an argument.
+        accepted: What the option accepts (or, for an unknown name, the known options).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, option: str, accepted: str) -> None:
+        super().__init__(message)
+        self.option = option
+        self.accepted = accepted
 
 
 class BackendError(BudgetWSError):

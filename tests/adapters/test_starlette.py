@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -79,7 +80,11 @@ async def test_the_client_module_is_served_with_caching(serve: Any) -> None:
             versioned = await client.get(client_url("/budget-ws"))
             assert versioned.status_code == 200
             assert "immutable" in versioned.headers["cache-control"]
-            assert client_url() == f"/budget-ws/budget-ws.js?v={__version__}"
+            # The URL names the content, so a changed file gets a new URL, release or not.
+            digest = hashlib.sha256(module.content).hexdigest()[:16]
+            assert client_url() == f"/budget-ws/budget-ws.js?v={digest}"
+            stale = await client.get(f"/budget-ws/budget-ws.js?v={__version__}")
+            assert stale.headers["cache-control"] == "no-cache"
 
             types = await client.get("/budget-ws/budget-ws.d.ts")
             assert types.status_code == 200

@@ -104,7 +104,7 @@ def test_create_backend_from_urls() -> None:
     assert isinstance(create_backend("memory://"), MemoryBackend)
     with pytest.raises(UnknownBackend, match="no option 'size'"):
         create_backend("memory://?size=5")
-    with pytest.raises(UnknownBackend, match="not a number"):
+    with pytest.raises(UnknownBackend, match="history_size accepts a whole number"):
         create_backend("memory://?history_size=many")
     with pytest.raises(UnknownBackend, match="known schemes: memory://"):
         create_backend("kafka://localhost")

@@ -46,7 +46,7 @@ def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed: pip install -e '.[dev]'")
+        _unavailable("playwright is not installed: pip install -e . --group test")
     if not os.path.exists(CHROMIUM):
         _unavailable(f"{CHROMIUM} is missing: apt-get install chromium")
     with sync_playwright() as playwright:

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import anyio
 import httpx
 
-from budget_ws import __version__
+from budget_ws.adapters import client_url
 from budget_ws.backends.redis import RedisBackend
 
 HERE = Path(__file__).resolve().parent
@@ -110,9 +110,7 @@ def test_module_loads_from_the_asset_route_subscribes_and_receives(
 
     errors = subscribed(page, server)
 
-    assert [response.url for response in modules] == [
-        f"{server.url}/budget-ws/budget-ws.js?v={__version__}"
-    ]
+    assert [response.url for response in modules] == [f"{server.url}{client_url()}"]
     assert modules[0].status == 200
     assert modules[0].headers["content-type"] == "text/javascript; charset=utf-8"
     assert page.evaluate("window.ws instanceof window.BudgetWS && window.ws.state") == "open"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from importlib import resources
 from urllib.parse import parse_qs
 
-from ..__about__ import __version__
 from .asgi import Receive, Scope, Send
 
 __all__ = ["CLIENT_FILES", "ClientAssets", "client_url"]
@@ -20,29 +20,39 @@ CLIENT_FILES: Mapping[str, bytes] = {
 
 
 def client_url(prefix: str = "/budget-ws") -> str:
-    """The versioned URL of the ES module, for ``<script type="module">`` or ``import``.
+    """The URL of the ES module, for ``<script type="module">`` or ``import``.
 
-    The version in the query string lets browsers cache the file for a year and still
-    fetch the new one after an upgrade.
+    Its query string holds a hash of the file's content, so browsers may cache it for a
+    year and still fetch the new file as soon as it changes, in a release or between two
+    development commits alike.
     """
-    return f"{prefix.rstrip('/')}/budget-ws.js?v={__version__}"
+    return f"{prefix.rstrip('/')}/budget-ws.js?v={_bundled()['budget-ws.js'][1]}"
+
+
+@functools.cache
+def _bundled() -> dict[str, tuple[bytes, str]]:
+    """Each client file's content and the hash that names that content (read once)."""
+    package = resources.files("budget_ws") / "static"
+    files = {}
+    for name in CLIENT_FILES:
+        body = (package / name).read_bytes()
+        files[name] = (body, hashlib.sha256(body).hexdigest()[:16])
+    return files
 
 
 class ClientAssets:
     """An ASGI app serving ``budget-ws.js`` and ``budget-ws.d.ts``; mount it under a prefix.
 
-    Responses carry an ``ETag``. A request with a ``v`` query parameter (see
-    :func:`client_url`) may be cached for a year; others are revalidated each time and
-    answered ``304 Not Modified`` while unchanged.
+    Responses carry an ``ETag``. A request whose ``v`` query parameter is the hash of the
+    file's current content (see :func:`client_url`) may be cached for a year; others are
+    revalidated each time and answered ``304 Not Modified`` while unchanged.
     """
 
     def __init__(self) -> None:
-        package = resources.files("budget_ws") / "static"
-        self._files: dict[str, tuple[bytes, bytes, bytes]] = {}
-        for name, content_type in CLIENT_FILES.items():
-            body = (package / name).read_bytes()
-            etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
-            self._files[name] = (body, content_type, etag)
+        self._files: dict[str, tuple[bytes, bytes, bytes, str]] = {}
+        for name, (body, digest) in _bundled().items():
+            etag = b'"' + digest.encode() + b'"'
+            self._files[name] = (body, CLIENT_FILES[name], etag, digest)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,10 +67,12 @@ class ClientAssets:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
-        body, content_type, etag = found
+        body, content_type, etag, digest = found
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        versioned = "v" in query
-        cache = b"public, max-age=31536000, immutable" if versioned else b"no-cache"
+        # Only the URL naming this very content may be cached for good: an old hash must
+        # not pin today's file under yesterday's name, nor the other way round.
+        current = query.get("v") == [digest]
+        cache = b"public, max-age=31536000, immutable" if current else b"no-cache"
         headers = [(b"etag", etag), (b"cache-control", cache)]
         if_none_match = dict(scope.get("headers", ())).get(b"if-none-match")
         if if_none_match is not None and etag in if_none_match:

@@ -18,6 +18,7 @@ from typing import Annotated
 
 try:
     from fastapi import APIRouter, Depends, Request
+    from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "budget_ws.adapters.fastapi needs FastAPI: pip install 'budget-ws[fastapi]'"
@@ -25,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ..handshake import Authenticate
 from ..manager import ConnectionManager
-from .starlette import STATE_KEY, client_route, lifespan, websocket_route
+from .assets import ClientAssets
+from .starlette import STATE_KEY, lifespan, websocket_route
 
 __all__ = ["Manager", "create_router", "current_manager", "lifespan"]
 
@@ -52,7 +54,10 @@ def create_router(
         )
     )
     if client_path is not None:
-        router.routes.append(client_route(client_path))
+        # A route with a path parameter, not a Mount: include_router() of older FastAPI
+        # releases (0.110 among them) copies no mounts, and the client would be missing.
+        client = f"{client_path.rstrip('/')}/{{file}}"
+        router.routes.append(Route(client, ClientAssets(), name="budget_ws_client"))
     return router
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from ..errors import BackendNotInstalled, UnknownBackend
+from ._options import parse_query, refuse, seconds, whole
 from .base import Backend, Listener, Position, Recovery
 from .memory import MemoryBackend
 
@@ -27,7 +27,7 @@ _LAZY_BACKENDS: dict[str, tuple[str, str, str, str]] = {
     "unix": _REDIS,
 }
 
-_MEMORY_OPTIONS = {"history_size": int, "history_ttl": float}
+_MEMORY_OPTIONS = {"history_size": whole(0), "history_ttl": seconds()}
 
 
 def create_backend(url: str) -> Backend:
@@ -38,28 +38,18 @@ def create_backend(url: str) -> Backend:
     their scheme is used.
 
     Raises:
-        UnknownBackend: No backend handles the URL's scheme, or an option is unknown.
+        UnknownBackend: No backend handles the URL's scheme.
+        InvalidBackendOption: An option is unknown, given twice, malformed or out of
+            range (a subclass of :class:`UnknownBackend`).
         BackendNotInstalled: The backend's extra is not installed; the message says
             which ``pip install`` fixes it.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "memory":
-        options: dict[str, Any] = {}
-        for name, value in parse_qsl(parts.query, strict_parsing=False):
-            convert = _MEMORY_OPTIONS.get(name)
-            if convert is None:
-                raise UnknownBackend(
-                    f"memory:// has no option {name!r}; it takes {', '.join(_MEMORY_OPTIONS)}"
-                )
-            try:
-                options[name] = convert(value)
-            except ValueError:
-                raise UnknownBackend(f"memory:// option {name}={value!r} is not a number") from None
-        try:
-            return MemoryBackend(**options)
-        except ValueError as exc:
-            raise UnknownBackend(f"bad option in {url!r}: {exc}") from None
+        if parts.netloc or parts.path.strip("/"):
+            raise refuse("memory:// URL", "path", parts.netloc + parts.path, "nothing")
+        return MemoryBackend(**parse_query(scheme, parts.query, _MEMORY_OPTIONS))
     lazy = _LAZY_BACKENDS.get(scheme)
     if lazy is None:
         known = ", ".join(f"{name}://" for name in ["memory", *sorted(_LAZY_BACKENDS)])

@@ -13,6 +13,7 @@ from types import TracebackType
 import anyio.lowlevel
 from typing_extensions import Self
 
+from ._options import is_seconds, refuse
 from .base import Listener, Position, Recovery
 
 __all__ = ["MemoryBackend"]
@@ -52,10 +53,10 @@ class MemoryBackend:
         history_ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if history_size < 0:
-            raise ValueError("history_size must be zero or more")
-        if history_ttl <= 0:
-            raise ValueError("history_ttl must be positive")
+        if not isinstance(history_size, int) or history_size < 0:
+            raise refuse("MemoryBackend", "history_size", history_size, "a whole number >= 0")
+        if not is_seconds(history_ttl):
+            raise refuse("MemoryBackend", "history_ttl", history_ttl, "a number of seconds > 0")
         self.history_size = history_size
         self.history_ttl = history_ttl
         self._clock = clock

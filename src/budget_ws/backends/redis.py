@@ -22,22 +22,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
+from redis import __version__ as redis_version
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from typing_extensions import Self
 
-from ..errors import BackendError, BackendUnavailable, UnknownBackend
-from ._redis_pubsub import HISTORY_SCRIPT, PUBLISH_SCRIPT, DeadConnection, Shard, with_host
+from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
+from ._options import is_seconds, refuse
+from ._redis_pubsub import DeadConnection, Shard, with_host
+from ._redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT
+from ._redis_url import KEY_PREFIX, parse_redis_url
 from .base import Listener, Position, Recovery
 
-__all__ = ["HistoryPolicy", "RedisBackend"]
+__all__ = ["SHARDED_PUBSUB", "HistoryPolicy", "RedisBackend"]
 
 logger = logging.getLogger("budget_ws")
+
+SHARDED_PUBSUB = hasattr(aioredis.client.PubSub, "ssubscribe")
+"""Whether the installed redis-py has sharded pub/sub on asyncio (8.0 and later), which a
+Redis Cluster needs; a single server works with redis-py 5.0.1 and later."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,10 @@ class HistoryPolicy:
     """Seconds an event stays recoverable."""
 
     def __post_init__(self) -> None:
-        if self.size < 0:
-            raise ValueError("HistoryPolicy.size must be zero or more")
-        if self.ttl <= 0:
-            raise ValueError("HistoryPolicy.ttl must be positive")
+        if not isinstance(self.size, int) or self.size < 0:
+            raise refuse("HistoryPolicy", "size", self.size, "a whole number >= 0")
+        if not is_seconds(self.ttl):
+            raise refuse("HistoryPolicy", "ttl", self.ttl, "a number of seconds > 0")
 
 
 @dataclass(eq=False)
@@ -85,7 +93,13 @@ class RedisBackend:
             within ``operation_timeout`` counts as a dead connection.
         reconnect_delay: Smallest and largest delay between reconnection attempts; each
             delay is drawn at random up to an exponentially growing cap (full jitter).
+        max_connections: Commands (publishes, history reads) in flight at once, and the
+            size of redis-py's connection pool; more wait for a free connection, within
+            ``operation_timeout``.
         connection_options: Extra keyword arguments for redis-py's client.
+
+    Raises:
+        InvalidBackendOption: An argument is out of range.
     """
 
     def __init__(
@@ -100,20 +114,31 @@ class RedisBackend:
         operation_timeout: float = 5.0,
         health_check_interval: float = 5.0,
         reconnect_delay: tuple[float, float] = (0.05, 5.0),
+        max_connections: int = 50,
         connection_options: Mapping[str, Any] | None = None,
     ) -> None:
+        _check_arguments(
+            key_prefix=key_prefix,
+            topic_ttl=topic_ttl,
+            operation_timeout=operation_timeout,
+            health_check_interval=health_check_interval,
+            reconnect_delay=reconnect_delay,
+            max_connections=max_connections,
+        )
         self.url = url
         self.key_prefix = key_prefix
         self.history_policy = history or HistoryPolicy()
         self.history_overrides = dict(history_overrides or {})
-        if topic_ttl <= 0 or operation_timeout <= 0 or health_check_interval <= 0:
-            raise ValueError("topic_ttl, operation_timeout and health_check_interval must be > 0")
         self.topic_ttl = topic_ttl
         self.cluster = cluster
         self.operation_timeout = operation_timeout
         self.health_check_interval = health_check_interval
         self.reconnect_delay = reconnect_delay
+        self.max_connections = max_connections
         self._connection_options = dict(connection_options or {})
+        # redis-py's pools raise when full (redis-py 8: at 100); waiting here instead keeps
+        # a burst of publishes from failing while Redis is healthy.
+        self._free_connections = anyio.Semaphore(max_connections)
         self._client: Any = None
         self._shards: dict[str, Shard] = {}
         self._unsubscribing: Counter[str] = Counter()
@@ -129,41 +154,28 @@ class RedisBackend:
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
-        """Create a backend from a URL; budget_ws options go in the query string.
+        """Create a backend from a URL; its options go in the query string.
 
-        ``redis://host:6379/0?key_prefix=app&history_size=500&history_ttl=60&cluster=1``;
-        other query parameters are left to redis-py.
+        ``redis://host:6379/0?key_prefix=app&history_size=500&history_ttl=60&cluster=1``.
+        budget_ws's options are the constructor's (``history_size`` and ``history_ttl``
+        make the default :class:`HistoryPolicy`; ``reconnect_delay=LOW,HIGH``); redis-py's
+        ``db``, ``socket_timeout``, ``socket_connect_timeout``, ``socket_keepalive``,
+        ``client_name`` and, for ``rediss://``, ``ssl_cert_reqs``, ``ssl_check_hostname``
+        and ``ssl_ca_certs`` are passed to its client.
+
+        Raises:
+            InvalidBackendOption: An option is unknown, given twice, malformed or out of
+                range; the message names it and what it accepts.
         """
-        try:
-            return cls._from_url(url)
-        except ValueError as exc:
-            raise UnknownBackend(f"bad option in {url!r}: {exc}") from None
-
-    @classmethod
-    def _from_url(cls, url: str) -> RedisBackend:
-        parts = urlsplit(url)
-        ours: dict[str, Any] = {}
-        history: dict[str, Any] = {}
-        theirs: list[tuple[str, str]] = []
-        for name, value in parse_qsl(parts.query):
-            if name == "key_prefix":
-                ours["key_prefix"] = value
-            elif name == "history_size":
-                history["size"] = int(value)
-            elif name == "history_ttl":
-                history["ttl"] = float(value)
-            elif name == "topic_ttl":
-                ours["topic_ttl"] = float(value)
-            elif name == "cluster":
-                ours["cluster"] = value.lower() in ("1", "true", "yes")
-            elif name == "operation_timeout":
-                ours["operation_timeout"] = float(value)
-            else:
-                theirs.append((name, value))
+        address, options = parse_redis_url(url)
+        history = {
+            field: options.pop(name)
+            for field, name in (("size", "history_size"), ("ttl", "history_ttl"))
+            if name in options
+        }
         if history:
-            ours["history"] = HistoryPolicy(**history)
-        plain = urlunsplit(parts._replace(query=urlencode(theirs)))
-        return cls(plain, **ours)
+            options["history"] = HistoryPolicy(**history)
+        return cls(address, **options)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -185,7 +197,16 @@ class RedisBackend:
                 "the Redis backend runs on asyncio (redis-py's client); "
                 "use the memory backend on trio"
             ) from None
-        options = {**self._connection_options, "decode_responses": False}
+        if self.cluster and not SHARDED_PUBSUB:
+            raise BackendNotInstalled(
+                "a Redis Cluster needs sharded pub/sub on asyncio, which redis-py has from "
+                f"8.0 on (this is {redis_version}): pip install -U 'redis>=8'"
+            )
+        options = {
+            **self._connection_options,
+            "decode_responses": False,
+            "max_connections": self.max_connections,
+        }
         if self.cluster:
             self._client = RedisCluster.from_url(self.url, **options)
             try:
@@ -321,11 +342,12 @@ class RedisBackend:
             raise BackendError("the Redis backend is not open: use `async with backend:`")
         try:
             with anyio.fail_after(self.operation_timeout):
-                try:
-                    return await script(keys=keys, args=arguments)
-                except RedisConnectionError:
-                    # A pooled connection may predate a Redis restart: one fresh try.
-                    return await script(keys=keys, args=arguments)
+                async with self._free_connections:
+                    try:
+                        return await script(keys=keys, args=arguments)
+                    except RedisConnectionError:
+                        # A pooled connection may predate a Redis restart: one fresh try.
+                        return await script(keys=keys, args=arguments)
         except TimeoutError:
             raise BackendUnavailable(
                 f"Redis did not answer within {self.operation_timeout:g} s (topic {topic!r})"
@@ -604,6 +626,34 @@ class RedisBackend:
                 listener.resync(topic, position)
             except Exception:
                 logger.exception("listener %r failed on topic %r", listener, topic)
+
+
+def _check_arguments(
+    *,
+    key_prefix: str,
+    topic_ttl: float,
+    operation_timeout: float,
+    health_check_interval: float,
+    reconnect_delay: tuple[float, float],
+    max_connections: int,
+) -> None:
+    try:
+        KEY_PREFIX.parse(key_prefix)
+    except ValueError:
+        raise refuse("RedisBackend", "key_prefix", key_prefix, KEY_PREFIX.accepted) from None
+    for name, value in (
+        ("topic_ttl", topic_ttl),
+        ("operation_timeout", operation_timeout),
+        ("health_check_interval", health_check_interval),
+    ):
+        if not is_seconds(value):
+            raise refuse("RedisBackend", name, value, "a number of seconds > 0")
+    low, high = reconnect_delay
+    if not (is_seconds(low) and is_seconds(high) and low <= high):
+        accepted = "(LOW, HIGH) seconds with 0 < LOW <= HIGH"
+        raise refuse("RedisBackend", "reconnect_delay", reconnect_delay, accepted)
+    if not isinstance(max_connections, int) or max_connections < 1:
+        raise refuse("RedisBackend", "max_connections", max_connections, "a whole number >= 1")
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,11 @@
-"""Shared fixtures: every async test runs on asyncio and on trio."""
+"""Shared fixtures.
+
+Every async test runs on asyncio and on trio, except the tests of what runs on asyncio
+only: the Redis backend (redis-py's client is asyncio-only; ``tests/backends``) and the
+adapters served by uvicorn in the test's process (``tests/adapters``, whose in-process
+ASGI tests still run on both). Timing tests run on virtual time on both loops
+(``tests/support/clock.py``).
+"""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ def handshake(origin: str | None, host: str = "app.example:8000", **scope: Any) 
         ("null", "app.example", False),
         ("http://[::1]:8000", "[::1]:8000", True),
         ("http://app.example:notaport", "app.example", False),
+        ("http://app.example", "app.example:notaport", False),  # a Host header gone wrong
     ],
 )
 def test_same_origin_by_default(origin: str | None, host: str, allowed: bool) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from trio.testing import MockClock
+from tests.support.clock import virtual_time_backends
+from tests.support.tasks import running_tasks
 
 from budget_ws import (
     BackendError,
@@ -30,7 +31,7 @@ from budget_ws import (
     SlowConsumerPolicy,
 )
 from budget_ws.connection import Connection
-from budget_ws.testing import MemoryClient, connect
+from budget_ws.testing import MemoryClient, MemoryTransport, connect
 
 pytestmark = pytest.mark.anyio
 
@@ -618,14 +619,11 @@ async def test_connection_close_from_the_app(manager: ConnectionManager) -> None
         assert "Connection" in repr(connection)
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_bad_clients_leak_no_task(anyio_backend: str) -> None:
-    import asyncio
-
+async def test_bad_clients_leak_no_task() -> None:
     limits = Limits(max_frame_bytes=200, max_messages_per_second=5, message_burst=5)
     heartbeat = Heartbeat(interval=0.05, timeout=0.05)
     async with ConnectionManager(limits=limits, heartbeat=heartbeat) as manager:
-        baseline = len(asyncio.all_tasks())
+        baseline = running_tasks()
         for raw in ["{bad", "[]", '{"op": "x"}', '{"op": "ping"}']:
             async with connect(manager) as client:
                 await client.send_raw(raw)
@@ -640,7 +638,7 @@ async def test_bad_clients_leak_no_task(anyio_backend: str) -> None:
         async with connect(manager) as silent:
             assert (await closed_with(silent)).code == CloseCode.HEARTBEAT_TIMEOUT
         assert manager.stats().connections == 0
-        assert len(asyncio.all_tasks()) == baseline
+        assert running_tasks() == baseline
 
 
 async def test_a_server_bug_closes_the_connection_with_1011(
@@ -725,7 +723,7 @@ async def test_events_no_client_could_receive_are_refused(manager: ConnectionMan
         await small.publish(fact(1), topic="t")
 
 
-@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+@pytest.mark.parametrize("anyio_backend", virtual_time_backends())
 async def test_pings_come_every_interval(anyio_backend: Any) -> None:
     heartbeat = Heartbeat(interval=20, timeout=5)
     async with ConnectionManager(heartbeat=heartbeat) as manager, connect(manager) as client:
@@ -740,7 +738,7 @@ async def test_pings_come_every_interval(anyio_backend: Any) -> None:
         assert gaps == [20, 20, 20]
 
 
-@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+@pytest.mark.parametrize("anyio_backend", virtual_time_backends())
 async def test_a_silent_client_is_closed_interval_plus_timeout_after_its_last_frame(
     anyio_backend: Any,
 ) -> None:
@@ -796,16 +794,94 @@ async def test_the_close_code_of_a_client_is_kept(manager: ConnectionManager) ->
     assert connection.close_code == 1000  # MemoryClient.close() says 1000
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_the_heartbeat_task_ends_with_the_manager(anyio_backend: str) -> None:
-    import asyncio
-
-    before = set(asyncio.all_tasks())
+async def test_the_heartbeat_task_ends_with_the_manager() -> None:
+    before = running_tasks()
     manager = ConnectionManager()
     await manager.start()
-    started = set(asyncio.all_tasks()) - before
-    assert [task.get_name() for task in started] == ["budget_ws heartbeats"]
+    started = running_tasks().items() - before.items()
+    assert [name for _, name in started] == ["budget_ws heartbeats"]
     async with connect(manager), connect(manager):
         pass
     await manager.aclose()
-    assert all(task.done() for task in started)
+    assert running_tasks() == before
+
+
+async def test_a_manager_closed_before_it_started_cannot_start() -> None:
+    manager = ConnectionManager()
+    assert repr(manager).startswith("<ConnectionManager new backend=MemoryBackend(")
+    await manager.aclose()
+    assert not manager.running
+    assert repr(manager).startswith("<ConnectionManager closed")
+    with pytest.raises(ManagerClosed, match="started once"):
+        await manager.start()
+
+
+@pytest.mark.parametrize("anyio_backend", virtual_time_backends())
+async def test_shutdown_gives_stalled_clients_shutdown_timeout_then_closes_them(
+    anyio_backend: Any,
+) -> None:
+    manager = ConnectionManager(shutdown_timeout=7)
+    await manager.start()
+    async with connect(manager, send_buffer=1) as stalled:
+        stalled.timeout = 1000
+        await stalled.subscribe("t")
+        for number in range(2):  # two messages: one fills its buffer, one cannot be sent
+            await manager.publish(fact(number), topic="t")
+            await anyio.wait_all_tasks_blocked()
+        start = anyio.current_time()
+        await manager.aclose()
+        assert anyio.current_time() - start == pytest.approx(7)
+        assert manager.stats().connections == 0
+        assert (await closed_with(stalled)).code == CloseCode.SERVICE_RESTART
+
+
+async def test_a_connection_id_in_use_is_refused(manager: ConnectionManager) -> None:
+    async with connect(manager) as client:
+        await client.receive()
+        [taken] = manager.connections
+        transport = MemoryTransport()
+        with pytest.raises(ValueError, match="already in use"):
+            await manager.serve(transport, connection_id=taken)
+        transport.release()
+        assert list(manager.connections) == [taken]
+
+
+async def test_a_failing_on_disconnect_hook_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def on_disconnect(connection: Connection) -> None:
+        raise RuntimeError("bug in the hook")
+
+    async with ConnectionManager(on_disconnect=on_disconnect) as manager:
+        async with connect(manager) as client:
+            await client.receive()
+        # connect() returns once serve() has, on_disconnect included.
+        assert "on_disconnect failed" in caplog.text
+        assert manager.stats().connections == 0
+        async with connect(manager) as again:
+            assert (await again.receive())["op"] == "welcome"
+
+
+async def test_unsubscribing_a_connection_from_a_topic_it_lacks_sends_nothing(
+    manager: ConnectionManager,
+) -> None:
+    async with connect(manager) as client:
+        await client.receive()
+        [connection] = manager.connections.values()
+        await manager.unsubscribe(connection, "never")
+        await manager.subscribe(connection, "t")
+        assert (await client.receive())["op"] == "subscribed", "no unsubscribed frame first"
+
+
+class _NoStatus(MemoryBackend):
+    status = None  # as a third-party backend without the optional status()
+
+
+class _StatusFails(MemoryBackend):
+    def status(self) -> dict[str, object]:
+        raise RuntimeError("status broke")
+
+
+async def test_stats_survive_backends_without_or_with_a_broken_status() -> None:
+    async with ConnectionManager(_NoStatus()) as manager:
+        assert manager.stats().backend_status == {}
+    async with ConnectionManager(_StatusFails()) as manager:
+        assert manager.stats().backend_status == {"error": "RuntimeError('status broke')"}

@@ -1,4 +1,4 @@
-"""The one task that pings every connection of a manager (trio's MockClock: exact times)."""
+"""The one task that pings every connection of a manager (virtual time: exact times)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ from typing import Any
 
 import anyio
 import pytest
-from trio.testing import MockClock
+from tests.support.clock import virtual_time_backends
 
 from budget_ws import CloseCode, Heartbeat
 from budget_ws.pacemaker import Pacemaker
 
-pytestmark = pytest.mark.parametrize(
-    "anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})]
-)
+pytestmark = pytest.mark.parametrize("anyio_backend", virtual_time_backends())
 
 
 class FakeConnection:

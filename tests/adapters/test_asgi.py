@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from budget_ws import (
+    ClientMessage,
     ConnectionManager,
     Event,
     Handshake,
     HandshakeRejected,
+    MemoryBackend,
 )
+from budget_ws import ConnectionClosed as BudgetConnectionClosed
 from budget_ws.adapters import WebSocketApp
+from budget_ws.adapters.asgi import ASGITransport
+from budget_ws.protocol import encode_client_event
 
 pytestmark = pytest.mark.anyio
 
@@ -233,6 +239,7 @@ async def test_a_manager_that_was_never_started_closes_with_1011(serve: Any) -> 
     assert (info.value.rcvd.code, info.value.rcvd.reason) == (1011, "server not ready")
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_without_the_denial_extension_a_refusal_is_a_close_with_a_reason() -> None:
     sent: list[dict[str, Any]] = []
 
@@ -276,3 +283,108 @@ async def test_a_client_reconnecting_in_a_tight_loop_harms_nobody(serve: Any) ->
             stats = manager.stats()
             assert stats.topics == 1
         assert manager.stats().connections <= 1
+
+
+class Hold(Event, name="test_asgi_hold", register=False):
+    pass
+
+
+async def test_a_client_gone_while_the_server_writes_is_not_a_failure(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = ConnectionManager()
+    holding, release = anyio.Event(), anyio.Event()
+
+    @manager.on(Hold)
+    async def hold(message: ClientMessage[Hold]) -> None:
+        holding.set()
+        await release.wait()
+
+    async with serve(WebSocketApp(manager)) as address:
+        async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
+            await frames(socket, 1)
+            await socket.send('{"op": "subscribe", "topic": "t", "id": 1}')
+            await frames(socket, 1)
+            [connection] = manager.connections.values()
+            await socket.send(encode_client_event(Hold(), None))
+            with anyio.fail_after(5):
+                await holding.wait()  # the server's reader is busy and misses the close
+        # The closing handshake is over, so the server's next write meets a closed socket
+        # (uvicorn raises its ClientDisconnected, an OSError).
+        await manager.publish(ArticleUpdated(id=1, title="too late"), topic="t")
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+        release.set()
+    assert "sending to connection" not in caplog.text, "a vanished client is not a failure"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_the_transport_turns_a_reset_socket_into_connection_closed() -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.disconnect", "code": 1001}
+
+    async def send(message: Any) -> None:
+        raise ConnectionResetError("reset by peer")
+
+    transport = ASGITransport(receive, send)
+    with pytest.raises(BudgetConnectionClosed) as info:
+        await transport.send_text("{}")
+    assert (info.value.code, info.value.reason) == (1006, "reset by peer")
+    with pytest.raises(BudgetConnectionClosed) as info:
+        await transport.receive()
+    assert info.value.code == 1001
+    await transport.close()  # closing a broken socket is not an error
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_client_gone_before_the_handshake_is_left_alone() -> None:
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    manager = ConnectionManager()
+    async with manager:
+        scope = {"type": "websocket", "path": "/ws", "headers": [], "subprotocols": []}
+        await WebSocketApp(manager)(scope, receive, send)
+        assert sent == []
+        assert manager.stats().connections == 0
+
+
+class _BackendDown(MemoryBackend):
+    async def __aenter__(self) -> _BackendDown:
+        raise ConnectionError("backend down")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_the_lifespan_reports_a_manager_that_cannot_start() -> None:
+    sent: list[Any] = []
+    messages = iter([{"type": "lifespan.startup"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await WebSocketApp(ConnectionManager(_BackendDown()))({"type": "lifespan"}, receive, send)
+    assert sent == [{"type": "lifespan.startup.failed", "message": "backend down"}]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_lifespan_that_does_not_start_up_is_ignored() -> None:
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    manager = ConnectionManager()
+    await WebSocketApp(manager)({"type": "lifespan"}, receive, send)
+    assert sent == []
+    assert not manager.running

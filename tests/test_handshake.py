@@ -36,6 +36,16 @@ def test_same_origin_by_default(origin: str | None, host: str, allowed: bool) ->
     assert origin_allowed(handshake(origin, host), None) is allowed
 
 
+@pytest.mark.parametrize(
+    "origin", ["http://[", "https://a]b", "http://[::1", "http://a:99999", "http://a:-1", "//", ""]
+)
+@pytest.mark.parametrize("allowed_origins", [None, ["https://shop.example"]])
+def test_a_malformed_origin_is_refused_not_raised(
+    origin: str, allowed_origins: list[str] | None
+) -> None:
+    assert origin_allowed(handshake(origin), allowed_origins) is False
+
+
 def test_same_origin_needs_a_host_header() -> None:
     bare = Handshake.from_asgi({"headers": [(b"origin", b"http://a.example")]})
     assert not origin_allowed(bare, None)

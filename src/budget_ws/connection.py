@@ -20,6 +20,7 @@ from .protocol import (
     Ping,
     Pong,
     ProtocolViolation,
+    close_reason,
     decode_client_frame,
     encode_error,
     encode_pong,
@@ -201,12 +202,12 @@ class Connection:
 
         Args:
             code: The WebSocket close code.
-            reason: Why, for the client (keep it under 123 bytes).
+            reason: Why, for the client; cut to the 123 bytes a close frame holds.
             drain: Write the frames already queued before closing; otherwise drop them.
         """
         if self._close_code is None:
             self._close_code = int(code)
-            self._close_reason = reason
+            self._close_reason = close_reason(reason)
         if drain:
             self._outbox.finish()
         else:

@@ -105,10 +105,12 @@ _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
 def _normalise(origin: str) -> str | None:
-    parts = urlsplit(origin.strip().lower())
-    if not parts.scheme or not parts.hostname:
-        return None
+    # A client controls the header: anything urlsplit refuses ("http://[", a bad port)
+    # is simply not an allowed origin.
     try:
+        parts = urlsplit(origin.strip().lower())
+        if not parts.scheme or not parts.hostname:
+            return None
         port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     except ValueError:
         return None

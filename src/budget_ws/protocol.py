@@ -23,6 +23,7 @@ from .events import Event
 __all__ = [
     "FINAL_CLOSE_CODES",
     "FRAME_SEPARATOR",
+    "MAX_CLOSE_REASON_BYTES",
     "SUBPROTOCOL",
     "ClientEvent",
     "ClientFrame",
@@ -33,6 +34,7 @@ __all__ = [
     "ProtocolViolation",
     "Subscribe",
     "Unsubscribe",
+    "close_reason",
     "decode_client_frame",
     "decode_server_message",
     "encode_client_event",
@@ -46,6 +48,7 @@ __all__ = [
     "encode_unsubscribe",
     "encode_unsubscribed",
     "encode_welcome",
+    "excerpt",
     "position_frame",
 ]
 
@@ -83,6 +86,24 @@ class CloseCode(enum.IntEnum):
     """Authentication or authorization failed for the connection; do not reconnect."""
     RATE_LIMITED = 4029
     """The client sent frames faster than ``Limits.max_messages_per_second``."""
+
+
+MAX_CLOSE_REASON_BYTES = 123
+"""RFC 6455 leaves 123 bytes of a close frame for the reason; servers refuse longer ones."""
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to fit a close frame (UTF-8, at most 123 bytes, "…" where cut)."""
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    cut = encoded[: MAX_CLOSE_REASON_BYTES - len("…".encode())]
+    return cut.decode("utf-8", "ignore") + "…"
+
+
+def excerpt(text: str, limit: int = 40) -> str:
+    """At most ``limit`` characters of client input, to quote in a reply without echoing it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 FINAL_CLOSE_CODES = frozenset(

@@ -24,6 +24,10 @@ class _Topic:
     connections: set[Connection] = field(default_factory=set)
     # Connections resuming from history: live frames wait here until history is sent.
     recovering: dict[Connection, list[tuple[Position, str]]] = field(default_factory=dict)
+    # Connections that were sent everything up to a position by history: live messages
+    # still in flight from the backend (pub/sub lags behind a history read) must not reach
+    # them again. An entry goes once live delivery has passed its position.
+    floors: dict[Connection, Position] = field(default_factory=dict)
     # Subscriptions under way; the topic is kept while any is.
     reserved: int = 0
     # Serialises the backend subscribe/unsubscribe of this topic.
@@ -99,12 +103,15 @@ class TopicRouter:
             top = recovery.position
             replay = [position_frame(payload, topic, at) for at, payload in recovery.items]
             connection.push_control(encode_subscribed(topic, top, recovered, request_id), *replay)
+            sent = top
             for at, frame in buffer:
                 # History already held these, or they precede the client's new position.
-                if at.epoch != top.epoch or at.offset > top.offset:
+                if at.epoch != sent.epoch or at.offset > sent.offset:
                     connection.push(frame)
+                    sent = at
             connection.topics.add(topic)
             state.connections.add(connection)
+            state.floors[connection] = sent
         finally:
             state.reserved -= 1
             await self._release(topic, state)
@@ -115,6 +122,7 @@ class TopicRouter:
         state = self._topics.get(topic)
         if state is not None:
             state.connections.discard(connection)
+            state.floors.pop(connection, None)
             await self._release(topic, state)
 
     async def _release(self, topic: str, state: _Topic) -> None:
@@ -145,6 +153,11 @@ class TopicRouter:
         frame = position_frame(payload, topic, position)
         for buffer in state.recovering.values():
             buffer.append((position, frame))
+        if state.floors:
+            sent_already = _sent_already(state.floors, position)
+            if sent_already:
+                fan_out(state.connections - sent_already, frame)
+                return
         fan_out(state.connections, frame)
 
     def resync(self, topic: str, position: Position) -> None:
@@ -153,5 +166,18 @@ class TopicRouter:
         if state is None:
             return
         frame = encode_resync(topic, position)
+        # Clients start over from the resync's position: every later event is new to them.
+        state.floors.clear()
         for connection in state.connections:
             connection.push_control(frame)
+
+
+def _sent_already(floors: dict[Connection, Position], position: Position) -> set[Connection]:
+    """The connections history already gave ``position``; forget those it has passed."""
+    sent: set[Connection] = set()
+    for connection, floor in list(floors.items()):
+        if position.epoch == floor.epoch and position.offset <= floor.offset:
+            sent.add(connection)
+        else:
+            del floors[connection]
+    return sent

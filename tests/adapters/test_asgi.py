@@ -125,6 +125,45 @@ async def test_browsers_are_refused_with_a_close_code_they_can_see(serve: Any) -
         assert (info.value.rcvd.code, info.value.rcvd.reason) == (4003, "log in first")
 
 
+@pytest.mark.parametrize("origin", ["http://[", "https://a]b", "http://" + "x" * 300])
+async def test_a_malformed_or_huge_origin_gets_the_documented_refusal(
+    serve: Any, origin: str
+) -> None:
+    manager = ConnectionManager()
+    async with serve(WebSocketApp(manager)) as address:
+        async with connect(
+            f"ws://{address}/ws",
+            subprotocols=[PROTOCOL],  # type: ignore[list-item]
+            origin=origin,  # type: ignore[arg-type]
+        ) as socket:
+            with pytest.raises(ConnectionClosed) as info:
+                await socket.recv()
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1008
+    assert info.value.rcvd.reason.startswith("origin ")
+    assert info.value.rcvd.reason.endswith(" not allowed")
+    assert len(info.value.rcvd.reason.encode()) <= 123
+    assert manager.stats().connections == 0
+
+
+async def test_a_long_refusal_reason_is_cut_to_fit_a_close_frame(serve: Any) -> None:
+    def authenticate(handshake: Handshake) -> str:
+        raise HandshakeRejected("é" * 200, close_code=4003)
+
+    manager = ConnectionManager()
+    async with serve(WebSocketApp(manager, authenticate=authenticate)) as address:
+        async with connect(
+            f"ws://{address}/ws",
+            subprotocols=[PROTOCOL],  # type: ignore[list-item]
+            origin=f"http://{address}",  # type: ignore[arg-type]
+        ) as socket:
+            with pytest.raises(ConnectionClosed) as info:
+                await socket.recv()
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4003
+    assert info.value.rcvd.reason == "é" * 60 + "…"
+
+
 async def test_same_origin_pages_and_listed_origins_are_allowed(serve: Any) -> None:
     manager = ConnectionManager()
     app = WebSocketApp(manager, allowed_origins=["https://app.example"])

@@ -525,3 +525,35 @@ else:
         with pytest.raises(BackendNotInstalled, match=r"redis-py has from 8\.0 on"):
             async with RedisBackend(SHARED, cluster=True):
                 pass
+
+
+async def test_clients_resuming_during_a_live_stream_get_each_event_once() -> None:
+    # Pub/sub lags behind a read of the stream: an event the resume replayed may still be
+    # on its way live. Many resumes under a steady stream make that window show.
+    key_prefix = prefix()
+    topic = "budget:1"
+    async with (
+        ConnectionManager(RedisBackend(SHARED, key_prefix=key_prefix)) as publisher,
+        ConnectionManager(RedisBackend(SHARED, key_prefix=key_prefix)) as worker,
+    ):
+        published = await publisher.publish(FactCreated(id=0), topic=topic)
+        stop = anyio.Event()
+
+        async def stream() -> None:
+            number = 0
+            while not stop.is_set() and number < 20_000:
+                number += 1
+                await publisher.publish(FactCreated(id=number), topic=topic)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(stream)
+            for _ in range(200):
+                top = await worker.position(topic)
+                resume_from = Position(max(top.offset - 5, 0), published.epoch)
+                async with connect(worker) as client:
+                    answer = await client.subscribe(topic, position=resume_from)
+                    assert answer["recovered"] is True
+                    offsets = [(await client.receive_event())["offset"] for _ in range(20)]
+                expected = list(range(resume_from.offset + 1, resume_from.offset + 21))
+                assert offsets == expected, "each event once, in order, after a resume"
+            stop.set()

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConnectionClosed, ManagerClosed
 from ..handshake import Authenticate, Handshake, HandshakeRejected, origin_allowed
 from ..manager import ConnectionManager
-from ..protocol import SUBPROTOCOL, CloseCode
+from ..protocol import SUBPROTOCOL, CloseCode, close_reason, excerpt
 
 __all__ = ["ASGITransport", "WebSocketApp"]
 
@@ -140,7 +140,7 @@ class WebSocketApp:
                 f"subprotocol {SUBPROTOCOL} required", status=400, close_code=1002
             )
         if not origin_allowed(handshake, self.allowed_origins):
-            raise HandshakeRejected(f"origin {handshake.origin} not allowed")
+            raise HandshakeRejected(f"origin {excerpt(handshake.origin or '')} not allowed")
         if self.authenticate is None:
             return None
         try:
@@ -181,9 +181,8 @@ class WebSocketApp:
             )
             return
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
-        await send(
-            {"type": "websocket.close", "code": rejection.close_code, "reason": rejection.reason}
-        )
+        reason = close_reason(rejection.reason)
+        await send({"type": "websocket.close", "code": rejection.close_code, "reason": reason})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

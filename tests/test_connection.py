@@ -11,7 +11,7 @@ import pytest
 
 from budget_ws import CloseCode, ConnectionClosed, ConnectionManager, Event
 from budget_ws.connection import Connection
-from budget_ws.protocol import encode_event
+from budget_ws.protocol import FINAL_CLOSE_CODES, encode_event
 from budget_ws.testing import MemoryClient, MemoryTransport, connect
 
 pytestmark = pytest.mark.anyio
@@ -181,3 +181,21 @@ async def test_an_application_close_before_the_first_frame_sends_the_code() -> N
                 await client.receive()
         assert (info.value.code, info.value.reason) == (4403, "not today")
     assert closed_early[0].close_code == 4403
+
+
+async def test_a_connection_cancelled_from_outside_tells_the_client_to_come_back(
+    manager: ConnectionManager,
+) -> None:
+    # A 1000 would be final for the browser client: its page would never reconnect.
+    transport = MemoryTransport()
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(manager.serve, transport)
+            assert (await MemoryClient(transport).receive())["op"] == "welcome"
+            [connection] = manager.connections.values()
+            task_group.cancel_scope.cancel()
+    finally:
+        transport.release()
+    assert transport.close_code == CloseCode.SERVICE_RESTART
+    assert connection.close_code == CloseCode.SERVICE_RESTART
+    assert CloseCode.SERVICE_RESTART not in FINAL_CLOSE_CODES

@@ -243,16 +243,22 @@ class Connection:
                     await self._read_loop(handle_frame)
                     task_group.cancel_scope.cancel()
         finally:
+            if self._close_code is None:
+                if self._peer_closed:
+                    self._close_code = CloseCode.GOING_AWAY
+                else:
+                    # Nobody chose to close: the task was cancelled from outside (a server
+                    # going down without a graceful shutdown). A 1000 would tell the
+                    # client never to come back; this tells it to reconnect and resume.
+                    self._close_code = CloseCode.SERVICE_RESTART
+                    self._close_reason = "connection ended by the server"
             try:
                 if not self._peer_closed:
-                    code = self._close_code if self._close_code is not None else CloseCode.NORMAL
                     with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                        await self.transport.close(code, self._close_reason)
+                        await self.transport.close(self._close_code, self._close_reason)
             except Exception:  # the socket may already be broken; nothing left to tell
                 logger.debug("closing connection %s failed", self.id, exc_info=True)
             finally:
-                if self._close_code is None:
-                    self._close_code = CloseCode.GOING_AWAY
                 self._counters.dropped += self._outbox.dropped
                 self._outbox.clear()
                 self._finished = True

@@ -164,6 +164,29 @@ async def test_a_long_refusal_reason_is_cut_to_fit_a_close_frame(serve: Any) -> 
     assert info.value.rcvd.reason == "é" * 60 + "…"
 
 
+async def test_a_connection_cut_off_by_the_server_is_closed_with_a_code_to_come_back(
+    serve: Any,
+) -> None:
+    manager = ConnectionManager()
+    inner = WebSocketApp(manager)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return await inner(scope, receive, send)
+        # What a server going down without a graceful shutdown does to its tasks.
+        with anyio.move_on_after(0.3):
+            await inner(scope, receive, send)
+        return None
+
+    async with serve(app) as address:
+        async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
+            await frames(socket, 1)
+            with pytest.raises(ConnectionClosed) as info:
+                await socket.recv()
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1012
+
+
 async def test_same_origin_pages_and_listed_origins_are_allowed(serve: Any) -> None:
     manager = ConnectionManager()
     app = WebSocketApp(manager, allowed_origins=["https://app.example"])

@@ -354,6 +354,11 @@ async def test_an_authorize_hook_that_raises_denies() -> None:
         ('{"event": 5}', "bad_frame"),
         ('{"event": "e", "topic": 3}', "bad_frame"),
         (b'{"op": "subscribe", "topic": "\xff"}', "bad_frame"),
+        # Text no WebSocket can carry, but a custom transport or the testing client can.
+        ('{"op": "subscribe", "topic": "\ud800"}', "bad_frame"),
+        ("\ud800" * 20, "bad_frame"),
+        ('{"op": "unsubscribe", "topic": "no spaces"}', "invalid_topic"),
+        ('{"op": "unsubscribe", "topic": "' + "x" * 129 + '"}', "invalid_topic"),
     ],
 )
 async def test_bad_frames_get_error_frames_and_harm_nobody(
@@ -392,6 +397,14 @@ async def test_oversized_frame_closes_with_1009_and_others_go_on() -> None:
             assert "100 bytes" in closed.reason
             await manager.publish(fact(1), topic="t")
             assert (await bystander.receive_event())["offset"] == 1
+
+
+@pytest.mark.parametrize("text", ["\ud800" * 40, "é" * 30 + "\udfff" * 20])
+async def test_an_oversized_frame_of_lone_surrogates_closes_with_1009(text: str) -> None:
+    async with ConnectionManager(limits=Limits(max_frame_bytes=100)) as manager:
+        async with connect(manager) as client:
+            await client.send_raw(text)
+            assert (await closed_with(client)).code == CloseCode.MESSAGE_TOO_BIG
 
 
 async def test_flood_over_the_rate_limit_closes_with_4029() -> None:

@@ -361,7 +361,7 @@ class Connection:
 def _size(raw: str | bytes, limit: int) -> int:
     # A str of n characters encodes to at most 4n bytes: encode only when it could matter.
     if isinstance(raw, str) and len(raw) * 4 > limit:
-        return len(raw.encode())
+        return len(raw.encode("utf-8", "surrogatepass"))  # lone surrogates count too
     return len(raw)
 
 

@@ -336,6 +336,8 @@ class ConnectionManager:
         if isinstance(frame, Subscribe):
             await self._client_subscribe(connection, frame)
         elif isinstance(frame, Unsubscribe):
+            if not self._topic_valid(connection, frame.topic, frame.id):
+                return
             if frame.topic in connection.topics:
                 await self._router.detach(connection, frame.topic)
             connection.push_control(encode_unsubscribed(frame.topic, frame.id))
@@ -407,10 +409,7 @@ class ConnectionManager:
         self, connection: Connection, topic: str, action: Action, request_id: int | str | None
     ) -> bool:
         """Check a client's topic name and ``authorize``; answer with an error frame if not."""
-        try:
-            validate_topic(topic, self.limits.max_topic_length)
-        except InvalidTopic as exc:
-            connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), request_id))
+        if not self._topic_valid(connection, topic, request_id):
             return False
         if await self._allowed(connection, topic, action):
             return True
@@ -423,6 +422,17 @@ class ConnectionManager:
             )
         )
         return False
+
+    def _topic_valid(
+        self, connection: Connection, topic: str, request_id: int | str | None
+    ) -> bool:
+        """Check a client's topic name; answer with an ``invalid_topic`` error if it is bad."""
+        try:
+            validate_topic(topic, self.limits.max_topic_length)
+        except InvalidTopic as exc:
+            connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), request_id))
+            return False
+        return True
 
     async def _allowed(self, connection: Connection, topic: str, action: Action) -> bool:
         if self._authorize is None:

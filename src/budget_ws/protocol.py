@@ -200,6 +200,10 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         frame = pydantic_core.from_json(raw)
     except ValueError as exc:
         raise ProtocolViolation(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+    except TypeError:
+        # A str that is not valid Unicode (a lone surrogate, from a custom transport):
+        # a real WebSocket text frame cannot carry one.
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, "frame is not valid UTF-8 text") from None
     if not isinstance(frame, dict):
         raise ProtocolViolation(ErrorCode.BAD_FRAME, "frame must be a JSON object")
     request_id = frame.get("id")

@@ -399,6 +399,25 @@ async def test_the_transport_turns_a_reset_socket_into_connection_closed() -> No
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_send_after_the_server_closed_on_its_own_is_connection_closed() -> None:
+    # uvicorn's wsproto, once its keepalive timeout has closed the WebSocket, refuses the
+    # next send with a RuntimeError: the connection is gone, not failing.
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.disconnect", "code": 1011}
+
+    async def send(message: Any) -> None:
+        raise RuntimeError(
+            f"Unexpected ASGI message '{message['type']}', after sending 'websocket.close'."
+        )
+
+    transport = ASGITransport(receive, send)
+    with pytest.raises(BudgetConnectionClosed) as info:
+        await transport.send_text("{}")
+    assert info.value.code == 1006
+    assert "after sending 'websocket.close'" in info.value.reason
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_client_gone_before_the_handshake_is_left_alone() -> None:
     sent: list[Any] = []
 

@@ -40,6 +40,10 @@ class ASGITransport:
             await self._send({"type": "websocket.send", "text": text})
         except OSError as exc:  # uvicorn's ClientDisconnected, a reset socket...
             raise ConnectionClosed(1006, str(exc)) from None
+        except RuntimeError as exc:
+            # The server closed the WebSocket itself (uvicorn's keepalive timeout) and
+            # refuses to send after its close: the connection is gone all the same.
+            raise ConnectionClosed(1006, str(exc)) from None
 
     async def receive(self) -> str | bytes:
         message = await self._receive()

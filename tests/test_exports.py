@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import budget_ws
 
@@ -34,3 +36,24 @@ def test_core_imports_no_web_framework() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_layers_import_only_downwards() -> None:
+    # The codec and the values it shares sit below the backends and the manager.
+    package = Path(budget_ws.__file__).parent
+    above = {"backends", "manager", "connection", "topics", "adapters", "testing", "outbox"}
+    for name in ("position", "protocol", "events", "errors", "limits", "handshake"):
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1
+        }
+        assert not imported & above, f"budget_ws.{name} imports {imported & above}"
+
+
+def test_every_public_exception_lives_in_errors() -> None:
+    for name in budget_ws.__all__:
+        value = getattr(budget_ws, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert value.__module__ == "budget_ws.errors", name

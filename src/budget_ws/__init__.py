@@ -16,6 +16,7 @@ from .errors import (
     EventRegistrationError,
     EventTooLarge,
     EventValidationError,
+    HandshakeRejected,
     InvalidBackendOption,
     InvalidTopic,
     ManagerClosed,
@@ -23,7 +24,7 @@ from .errors import (
     UnknownEvent,
 )
 from .events import Event, EventRegistry, default_registry
-from .handshake import Authenticate, Handshake, HandshakeRejected, origin_allowed
+from .handshake import Authenticate, Handshake, origin_allowed
 from .limits import Heartbeat, Limits, OutboxLimits, SlowConsumerPolicy, validate_topic
 from .manager import Action, ClientMessage, ConnectionManager, Stats
 from .protocol import SUBPROTOCOL, CloseCode, ErrorCode

@@ -9,32 +9,9 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import BudgetWSError
+from .errors import HandshakeRejected
 
 __all__ = ["Authenticate", "Handshake", "HandshakeRejected", "origin_allowed"]
-
-
-class HandshakeRejected(BudgetWSError):
-    """Raise from ``authenticate`` to refuse a connection.
-
-    Browsers (requests with an ``Origin`` header) get the WebSocket accepted and closed at
-    once with ``close_code`` and ``reason``: a browser sees nothing of a refused handshake
-    but a 1006 it cannot tell from an outage, so its client would retry forever, while a
-    close code tells it to stop. Other clients get an HTTP ``status`` response with the
-    reason as body where the server supports the ASGI denial-response extension (uvicorn
-    does), else the same accept-and-close.
-
-    Args:
-        reason: Why, for the client; keep it short and free of secrets.
-        status: HTTP status of the refusal.
-        close_code: WebSocket close code when no HTTP refusal is possible.
-    """
-
-    def __init__(self, reason: str, *, status: int = 403, close_code: int = 1008) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.close_code = close_code
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pydantic_core
 
-from .backends.base import Position
 from .events import Event
+from .position import Position
 
 __all__ = [
     "FINAL_CLOSE_CODES",

@@ -22,10 +22,10 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .backends import Position
 from .errors import ConnectionClosed
 from .events import Event
 from .manager import ConnectionManager
+from .position import Position
 from .protocol import (
     decode_server_message,
     encode_client_event,

@@ -18,23 +18,9 @@ from typing import Protocol, runtime_checkable
 
 from typing_extensions import Self
 
+from ..position import Position
+
 __all__ = ["Backend", "Listener", "Position", "Recovery"]
-
-
-@dataclass(frozen=True, slots=True, order=False)
-class Position:
-    """Where an event sits in its topic.
-
-    ``offset`` counts the topic's events, starting at 1 for the first; 0 means "before the
-    first event". ``epoch`` names one unbroken history of offsets: when a backend loses a
-    topic's history (a restart of an in-memory backend, a flushed Redis), the topic gets a
-    new epoch and positions from the old one can no longer be recovered.
-    """
-
-    offset: int
-    """Number of events published to the topic up to and including this one."""
-    epoch: str
-    """Identifier of the topic's history; offsets compare only within one epoch."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -768,7 +768,7 @@ class _BrokenBackend(MemoryBackend):
         raise ConnectionError("backend down")
 
 
-async def test_backend_failures_on_subscribe() -> None:
+async def test_backend_failures_on_subscribe(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[Connection] = []
 
     async def on_connect(connection: Connection) -> None:
@@ -779,6 +779,11 @@ async def test_backend_failures_on_subscribe() -> None:
             error = await client.subscribe("t")
             assert (error["code"], error["topic"]) == ("backend_error", "t")
             assert "backend down" in error["message"]
+            # A documented outage: one warning line with the cause, no traceback.
+            [record] = [r for r in caplog.records if "subscribing" in r.getMessage()]
+            assert record.levelname == "WARNING"
+            assert record.exc_info is None
+            assert "backend down" in record.getMessage()
             with pytest.raises(BackendError, match="backend down"):
                 await manager.subscribe(seen[0], "t")
             assert manager.stats().topics == 0

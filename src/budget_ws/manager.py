@@ -362,7 +362,8 @@ class ConnectionManager:
         try:
             await self._subscribe(connection, topic, frame.position, frame.id)
         except BackendError as exc:
-            logger.exception("subscribing %r to %r failed", connection, topic)
+            # An outage the docs describe, answered with backend_error: one line, no trace.
+            logger.warning("budget_ws: subscribing %r to %r failed: %s", connection, topic, exc)
             connection.push_control(
                 encode_error(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
             )

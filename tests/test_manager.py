@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -903,3 +904,55 @@ async def test_stats_survive_backends_without_or_with_a_broken_status() -> None:
         assert manager.stats().backend_status == {}
     async with ConnectionManager(_StatusFails()) as manager:
         assert manager.stats().backend_status == {"error": "RuntimeError('status broke')"}
+
+
+async def test_answers_never_echo_a_large_frame() -> None:
+    # An answer quoting what it rejects would multiply a client's bytes in our memory.
+    async with ConnectionManager(registry=EventRegistry()) as manager:
+
+        @manager.on(Note)
+        async def note(message: ClientMessage[Note]) -> None:
+            pass
+
+        async with connect(manager) as client:
+            await client.receive()
+            unknown_keys = {f"key{number}": number for number in range(3000)}
+            raw = json.dumps({"event": "test_manager_note", "data": unknown_keys, "id": 1})
+            await client.send_raw(raw)
+            invalid = await client.receive()
+            assert invalid["code"] == "invalid_event"
+            assert "3001 errors" in invalid["message"]
+            few = json.dumps({"event": "test_manager_note", "data": {"text": 1, "a": 2, "b": 3}})
+            await client.send_raw(few)
+            listed = await client.receive()
+            assert [detail["loc"] for detail in listed["details"]] == [["text"], ["a"], ["b"]]
+            for frame in (
+                json.dumps({"event": "x" * 60_000, "data": {}}),
+                json.dumps({"op": "subscribe", "topic": "t", "id": "i" * 60_000}),
+                '{"op": "subscribe", "topic": "t", "id": ' + "9" * 5000 + "}",
+                json.dumps({"op": "x" * 60_000}),
+            ):
+                await client.send_raw(frame)
+                answer = await client.receive()
+                assert answer["op"] == "error"
+                assert len(json.dumps(answer)) < 1000, answer
+            assert len(raw) > 40_000
+
+
+async def test_answers_a_client_never_reads_are_bounded_in_bytes() -> None:
+    # A client that asks and never reads: its answers pile up in the control queue,
+    # which holds at most OutboxLimits.max_bytes before the connection is closed.
+    limits = Limits(max_messages_per_second=10_000, message_burst=10_000)
+    outbox = OutboxLimits(max_bytes=2_000, max_messages=1000)
+    async with ConnectionManager(limits=limits, outbox=outbox) as manager:
+        async with connect(manager, send_buffer=0) as client:
+            await anyio.wait_all_tasks_blocked()
+            [connection] = manager.connections.values()
+            for _ in range(500):
+                await client.send_raw('{"op": "subscribe", "topic": "no spaces"}')
+                await anyio.wait_all_tasks_blocked()
+                if connection.closed:
+                    break
+            assert connection.close_code == CloseCode.SLOW_CONSUMER
+            assert connection.queued_bytes == 0
+        assert manager.stats().slow_consumer_disconnects == 1

@@ -84,3 +84,17 @@ async def test_get_waits_for_frames_and_ends_after_finish() -> None:
         await anyio.sleep(0.01)
         outbox.finish()
     assert results == [("hello", 1), None]
+
+
+async def test_the_urgent_queue_is_bounded_in_bytes_but_takes_one_large_replay() -> None:
+    outbox = Outbox(OutboxLimits(max_messages=100, max_bytes=10, max_batch_bytes=1000))
+    # One replay larger than the bound is taken into an empty queue: a resume must work.
+    assert outbox.put_urgent(["subscribed", "event-1", "event-2"])
+    assert outbox.size == 24
+    assert not outbox.put_urgent(["pong"]), "over max_bytes while not empty"
+    while outbox.size:
+        assert await outbox.get_message() is not None
+    assert outbox.put_urgent(["pong"])
+    assert outbox.size == 4
+    outbox.clear()
+    assert outbox.size == 0

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from budget_ws import Event, Position
 from budget_ws.protocol import (
     FRAME_SEPARATOR,
+    MAX_ERROR_DETAILS,
+    MAX_ERROR_MESSAGE,
     ClientEvent,
     ErrorCode,
     Ping,
@@ -170,3 +172,14 @@ def test_final_close_codes_are_the_ones_clients_must_not_retry() -> None:
 
     assert {1000, 1002, 1008, 4003} == FINAL_CLOSE_CODES
     assert CloseCode.SERVICE_RESTART not in FINAL_CLOSE_CODES
+
+
+def test_an_error_frame_is_bounded_whatever_it_reports() -> None:
+    details: list[dict[str, object]] = [
+        {"loc": ["x" * 1000, 1], "msg": "m" * 1000, "type": "extra_forbidden"}
+    ] * 500
+    frame = json.loads(encode_error(ErrorCode.INVALID_EVENT, "y" * 100_000, "id", details=details))
+    assert len(frame["message"]) <= MAX_ERROR_MESSAGE
+    assert len(frame["details"]) == MAX_ERROR_DETAILS
+    assert len(json.dumps(frame)) < 6_000
+    assert frame["details"][0]["loc"][1] == 1

@@ -24,6 +24,9 @@ __all__ = ["Event", "EventRegistry", "default_registry"]
 
 SchemaMode = Literal["validation", "serialization"]
 
+MAX_LISTED_ERRORS = 50
+"""Validation errors listed one by one at most; beyond, only their number is given."""
+
 
 class Event(pydantic.BaseModel):
     """Base class of every typed event.
@@ -134,15 +137,24 @@ class EventRegistry:
         try:
             return event_class.model_validate(data)
         except pydantic.ValidationError as exc:
-            errors: list[dict[str, object]] = [
-                {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
-                for error in exc.errors(include_url=False, include_input=False)
-            ]
+            count = exc.error_count()
+            if count > MAX_LISTED_ERRORS:
+                # Listing thousands of errors (a client's frame of unknown keys) costs many
+                # times the validation itself: count them instead.
+                message = f"invalid {name!r} event: {count} errors"
+                raise EventValidationError(name, message, []) from None
+            listed = exc.errors(include_url=False, include_input=False)
             summary = "; ".join(
                 f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
-                for error in exc.errors(include_url=False)
+                for error in listed[:5]
             )
-            raise EventValidationError(name, f"invalid {name!r} event: {summary}", errors) from None
+            errors: list[dict[str, object]] = [
+                {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+                for error in listed
+            ]
+            more = f"; and {count - 5} more" if count > 5 else ""
+            message = f"invalid {name!r} event: {summary}{more}"
+            raise EventValidationError(name, message, errors) from None
 
     def json_schema(self, mode: SchemaMode = "serialization") -> dict[str, Any]:
         """Return one JSON Schema (draft 2020-12) that accepts every registered event frame.

@@ -45,7 +45,9 @@ class Outbox:
     Control frames and replays of missed events go to a separate, urgent queue
     (:meth:`put_urgent`) that is written first and never dropped: a ``subscribed`` answer
     must not be lost to the drop-oldest policy, and a client resuming after an overflow
-    must get its replay even though it is as large as the outbox that overflowed.
+    must get its replay even though it is as large as the outbox that overflowed. It is
+    bounded too, by count and by size, since a client provokes its frames (answers,
+    errors) and may never read them.
     """
 
     __slots__ = (
@@ -58,6 +60,7 @@ class Outbox:
         "_size",
         "_urgent",
         "_urgent_limit",
+        "_urgent_size",
         "_wakeup",
         "dropped",
     )
@@ -72,6 +75,7 @@ class Outbox:
         self._urgent: list[str] | None = None
         # Replays are bounded by max_replay; the rest leaves room for control frames.
         self._urgent_limit = limits.max_replay + limits.max_messages
+        self._urgent_size = 0
         self._max_messages = limits.max_messages
         self._max_bytes = limits.max_bytes
         self._size = 0
@@ -88,21 +92,28 @@ class Outbox:
     @property
     def size(self) -> int:
         """Characters of JSON currently queued (urgent frames included)."""
-        return self._size + (sum(map(len, self._urgent)) if self._urgent else 0)
+        return self._size + self._urgent_size
 
     def put_urgent(self, frames: Iterable[str]) -> bool:
         """Queue frames ahead of the event frames; they are never dropped.
 
         Returns:
-            False when the urgent queue is over its bound (the client answers nothing and
-            keeps asking): the caller closes the connection.
+            False when the urgent queue is over its bound, in frames (``max_replay`` +
+            ``max_messages``) or in size (``max_bytes``, except for what is put into an
+            empty queue at once, such as one large replay): the client asks and never
+            reads the answers, and the caller closes the connection.
         """
         urgent = self._urgent
         if urgent is None:
             urgent = self._urgent = []
+        was_empty = not urgent
+        before = len(urgent)
         urgent.extend(frames)
+        self._urgent_size += sum(map(len, urgent[before:]))
         self._wake()
-        return len(urgent) <= self._urgent_limit
+        if len(urgent) > self._urgent_limit:
+            return False
+        return was_empty or self._urgent_size <= self._max_bytes
 
     def put(self, frame: str) -> bool:
         """Queue one frame without waiting.
@@ -157,6 +168,7 @@ class Outbox:
         """Discard every queued frame."""
         self._frames.clear()
         self._urgent = None
+        self._urgent_size = 0
         self._size = 0
 
     def _waiter(self) -> _Waiter:
@@ -205,9 +217,11 @@ class Outbox:
         return message, count
 
     def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
-        message, count, _ = self._take_batch(urgent)
+        message, count, size = self._take_batch(urgent)
+        self._urgent_size -= size
         if not urgent:
             self._urgent = None
+            self._urgent_size = 0
         return message, count
 
     def _take_batch(self, frames: list[str]) -> tuple[str, int, int]:

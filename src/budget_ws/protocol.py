@@ -24,6 +24,9 @@ __all__ = [
     "FINAL_CLOSE_CODES",
     "FRAME_SEPARATOR",
     "MAX_CLOSE_REASON_BYTES",
+    "MAX_ERROR_DETAILS",
+    "MAX_ERROR_MESSAGE",
+    "MAX_REQUEST_ID_LENGTH",
     "SUBPROTOCOL",
     "ClientEvent",
     "ClientFrame",
@@ -99,6 +102,14 @@ def close_reason(reason: str) -> str:
         return reason
     cut = encoded[: MAX_CLOSE_REASON_BYTES - len("…".encode())]
     return cut.decode("utf-8", "ignore") + "…"
+
+
+MAX_ERROR_MESSAGE = 300
+"""Characters of an error frame's ``message`` at most."""
+MAX_ERROR_DETAILS = 10
+"""Entries of an error frame's ``details`` at most."""
+MAX_REQUEST_ID_LENGTH = 64
+"""Characters of a string request ``id`` at most: every answer carries it back."""
 
 
 def excerpt(text: str, limit: int = 40) -> str:
@@ -208,9 +219,16 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         raise ProtocolViolation(ErrorCode.BAD_FRAME, "frame must be a JSON object")
     request_id = frame.get("id")
     if request_id is not None and (
-        isinstance(request_id, bool) or not isinstance(request_id, (int, str))
+        isinstance(request_id, bool)
+        or not isinstance(request_id, (int, str))
+        or (isinstance(request_id, str) and len(request_id) > MAX_REQUEST_ID_LENGTH)
+        or (isinstance(request_id, int) and not -(2**53) <= request_id <= 2**53)
     ):
-        raise ProtocolViolation(ErrorCode.BAD_FRAME, "'id' must be a string or an integer")
+        raise ProtocolViolation(
+            ErrorCode.BAD_FRAME,
+            f"'id' must be an integer of at most 2**53 or a string of at most "
+            f"{MAX_REQUEST_ID_LENGTH} characters",
+        )
 
     if "event" in frame:
         name = frame["event"]
@@ -354,15 +372,37 @@ def encode_error(
     topic: str | None = None,
     details: list[dict[str, object]] | None = None,
 ) -> str:
-    """An error answer to one client frame; the connection stays open."""
-    frame: dict[str, Any] = {"op": "error", "code": code.value, "message": message}
+    """An error answer to one client frame; the connection stays open.
+
+    Bounded whatever the client sent: the message is cut to ``MAX_ERROR_MESSAGE``
+    characters and ``details`` to its first ``MAX_ERROR_DETAILS`` entries, so an answer
+    never echoes (and so multiplies) a large frame.
+    """
+    frame: dict[str, Any] = {
+        "op": "error",
+        "code": code.value,
+        "message": excerpt(message, MAX_ERROR_MESSAGE),
+    }
     if request_id is not None:
         frame["id"] = request_id
     if topic is not None:
         frame["topic"] = topic
     if details is not None:
-        frame["details"] = details
+        frame["details"] = [_bounded_detail(detail) for detail in details[:MAX_ERROR_DETAILS]]
     return _dumps(frame)
+
+
+def _bounded_detail(detail: dict[str, object]) -> dict[str, object]:
+    return {
+        name: (
+            [excerpt(part) if isinstance(part, str) else part for part in value[:8]]
+            if isinstance(value, list)
+            else excerpt(value, MAX_ERROR_MESSAGE)
+            if isinstance(value, str)
+            else value
+        )
+        for name, value in detail.items()
+    }
 
 
 _PING_FRAME = '{"op":"ping"}'

@@ -45,12 +45,21 @@ def test_rate_limiter_refills() -> None:
     assert not limiter.allow(1.0)
 
 
+def test_rate_limiter_charges_a_cost() -> None:
+    limiter = RateLimiter(100.0, 250, 0.0)
+    assert limiter.allow(0.0, 200)
+    assert not limiter.allow(0.0, 100)
+    assert limiter.allow(0.5, 100)
+
+
 @pytest.mark.parametrize(
     "make",
     [
         lambda: Limits(max_frame_bytes=0),
         lambda: Limits(max_messages_per_second=0),
         lambda: Limits(max_topics_per_connection=0),
+        lambda: Limits(max_bytes_per_second=0),
+        lambda: Limits(byte_burst=1_000),  # below max_frame_bytes: no frame could pass
         lambda: OutboxLimits(max_messages=0),
         lambda: OutboxLimits(max_bytes=0),
         lambda: Heartbeat(interval=0),

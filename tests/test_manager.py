@@ -419,6 +419,24 @@ async def test_flood_over_the_rate_limit_closes_with_4029() -> None:
     assert manager.stats().connections == 0
 
 
+async def test_large_frames_within_the_frame_rate_are_charged_by_bytes() -> None:
+    # What a frame costs (parsing, validation) grows with its size: a client sending large
+    # frames slowly enough for the frame rate is still limited.
+    limits = Limits(max_frame_bytes=1_000, max_bytes_per_second=1_000, byte_burst=2_500)
+    async with ConnectionManager(limits=limits) as manager:
+        async with connect(manager) as bystander, connect(manager) as client:
+            await bystander.subscribe("t")
+            await client.receive()
+            padding = "x" * 900
+            for _ in range(3):
+                await client.send_raw('{"op": "ping", "pad": "' + padding + '"}')
+            closed = await closed_with(client)
+            assert closed.code == CloseCode.RATE_LIMITED
+            assert "bytes per second" in closed.reason
+            await manager.publish(fact(1), topic="t")
+            assert (await bystander.receive_event())["offset"] == 1
+
+
 async def test_a_client_that_never_reads_is_disconnected_and_delays_nobody() -> None:
     outbox = OutboxLimits(max_messages=10, max_bytes=1_000_000)
     async with ConnectionManager(outbox=outbox) as manager:

@@ -310,9 +310,9 @@ class Connection:
     async def _read_loop(self, handle_frame: FrameHandler) -> None:
         limits = self._limits
         max_frame = limits.max_frame_bytes
-        rate = RateLimiter(
-            limits.max_messages_per_second, limits.message_burst, anyio.current_time()
-        )
+        started = anyio.current_time()
+        rate = RateLimiter(limits.max_messages_per_second, limits.message_burst, started)
+        byte_rate = RateLimiter(limits.max_bytes_per_second, limits.byte_burst, started)
         transport = self.transport
         while True:
             try:
@@ -325,7 +325,8 @@ class Connection:
                 return
             now = anyio.current_time()
             self._last_inbound = now
-            if _size(raw, max_frame) > max_frame:
+            size = _size(raw, max_frame)
+            if size > max_frame:
                 self.close(
                     CloseCode.MESSAGE_TOO_BIG,
                     f"frame larger than {max_frame} bytes",
@@ -336,6 +337,13 @@ class Connection:
                 self.close(
                     CloseCode.RATE_LIMITED,
                     f"more than {limits.max_messages_per_second:g} frames per second",
+                    drain=False,
+                )
+                return
+            if not byte_rate.allow(now, size):
+                self.close(
+                    CloseCode.RATE_LIMITED,
+                    f"more than {limits.max_bytes_per_second:g} bytes per second",
                     drain=False,
                 )
                 return

@@ -85,6 +85,14 @@ class Limits:
     """Sustained rate of client frames; a flood beyond the burst closes with 4029."""
     message_burst: int = 100
     """Client frames allowed back to back before the rate applies."""
+    max_bytes_per_second: float = 128 * 1024
+    """Sustained rate of client bytes; beyond the burst the connection closes with 4029.
+
+    What a frame costs the server (parsing, validation) grows with its size, so counting
+    frames alone would let a client send large costly ones within the frame rate.
+    """
+    byte_burst: int = 512 * 1024
+    """Client bytes allowed back to back before the byte rate applies."""
     max_topics_per_connection: int = 100
     """More subscriptions get a ``too_many_topics`` error frame."""
     max_topic_length: int = 128
@@ -95,10 +103,12 @@ class Limits:
             self.max_frame_bytes < 1
             or self.max_messages_per_second <= 0
             or self.message_burst < 1
+            or self.max_bytes_per_second <= 0
+            or self.byte_burst < self.max_frame_bytes
             or self.max_topics_per_connection < 1
             or self.max_topic_length < 1
         ):
-            raise ValueError("limits must be positive")
+            raise ValueError("limits must be positive, and byte_burst at least max_frame_bytes")
 
     def describe(self) -> dict[str, float]:
         """The limits a client is told in the welcome frame."""
@@ -131,7 +141,7 @@ def validate_topic(topic: str, max_length: int = 128) -> str:
 
 
 class RateLimiter:
-    """Token bucket: ``rate`` frames per second on average, ``burst`` at once."""
+    """Token bucket: ``rate`` units (frames, bytes) per second on average, ``burst`` at once."""
 
     __slots__ = ("_burst", "_rate", "_tokens", "_updated")
 
@@ -141,12 +151,12 @@ class RateLimiter:
         self._tokens = float(burst)
         self._updated = now
 
-    def allow(self, now: float) -> bool:
-        """Take one token; false when the bucket is empty."""
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens; false when the bucket holds fewer."""
         elapsed = now - self._updated
         self._updated = now
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from tests.support.servers import wait_listening
+from tests.support.servers import free_port, wait_listening
 
 from budget_ws import Backend, create_backend
 from budget_ws.backends.redis import SHARDED_PUBSUB
@@ -26,6 +28,65 @@ BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",)}
 if SHARDED_PUBSUB:
     BACKENDS["redis-cluster"] = ("asyncio",)
 CASES = [(name, loop) for name, loops in BACKENDS.items() for loop in loops]
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, directory: str | None = None) -> None:
+        """Start; with a ``directory``, keep data there across restarts (append-only file)."""
+        executable = shutil.which("redis-server")
+        assert executable, "redis-server is needed (apt-get install redis-server)"
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", directory]
+            if directory
+            else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *persistence],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: its sockets stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 def free_cluster_port() -> int:

@@ -12,7 +12,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-__all__ = ["DeadConnection", "Shard", "with_host"]
+__all__ = ["DeadConnection", "Shard", "cause_of", "describe", "with_host"]
 
 logger = logging.getLogger("budget_ws")
 
@@ -48,8 +48,18 @@ class Shard:
         self._client: Any = None
         self._pubsub: Any = None
         self._pong = anyio.Event()
+        parts = urlsplit(url)
+        self.address = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
+        """Where the connection goes, ``host:port`` or a socket path, for log lines."""
 
     async def open(self) -> None:
+        """Connect and check the server answers."""
+        try:
+            await self._open()
+        except Exception as exc:
+            raise ShardLost(self.address, exc) from exc
+
+    async def _open(self) -> None:
         options = {
             "socket_connect_timeout": self._operation_timeout,
             **self._connection_options,
@@ -73,6 +83,13 @@ class Shard:
             await self._pubsub.unsubscribe(channel)
 
     async def listen(self) -> None:
+        """Hand every message on; ends only by raising :class:`ShardLost`."""
+        try:
+            await self._listen()
+        except Exception as exc:
+            raise ShardLost(self.address, exc) from exc
+
+    async def _listen(self) -> None:
         pubsub = self._pubsub
         while True:
             message = await pubsub.get_message(timeout=None)
@@ -94,6 +111,12 @@ class Shard:
 
     async def check_health(self) -> None:
         """Ping every interval; a connection that stops answering counts as dead."""
+        try:
+            await self._check_health()
+        except Exception as exc:
+            raise ShardLost(self.address, exc) from exc
+
+    async def _check_health(self) -> None:
         while True:
             await anyio.sleep(self._health_check_interval)
             self._pong = anyio.Event()
@@ -122,6 +145,46 @@ def with_host(url: str, host: str, port: int) -> str:
 
 class DeadConnection(Exception):
     """The pub/sub connection stopped answering pings."""
+
+
+class ShardLost(DeadConnection):
+    """A pub/sub connection failed; names where it went, for a log line that says so."""
+
+    def __init__(self, address: str, cause: BaseException) -> None:
+        super().__init__(f"{address}: {describe(cause)}")
+        self.address = address
+        self.cause = cause
+
+
+def cause_of(error: BaseException) -> BaseException:
+    """The first error inside nested exception groups: what actually went wrong."""
+    # Duck-typed: BaseExceptionGroup is a builtin from Python 3.11 on only.
+    inner = getattr(error, "exceptions", None)
+    while isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        error = inner[0]
+        inner = getattr(error, "exceptions", None)
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """One line for a log: the cause's type and message, with its errno if it has one."""
+    cause = cause_of(error)
+    if isinstance(cause, ShardLost):
+        return str(cause)
+    text = str(cause) or ("no answer in time" if isinstance(cause, TimeoutError) else "-")
+    errno = next(
+        (
+            link.errno
+            for link in (cause, cause.__cause__, cause.__context__)
+            if isinstance(link, OSError) and link.errno
+        ),
+        None,
+    )
+    if errno is not None and str(errno) not in text:
+        text = f"{text} (errno {errno})"
+    module = type(cause).__module__.split(".")[0]
+    kind = type(cause).__name__ if module == "builtins" else f"{module}.{type(cause).__name__}"
+    return f"{kind}: {text}"
 
 
 def _text(value: Any) -> str:

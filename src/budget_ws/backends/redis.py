@@ -16,7 +16,6 @@ import asyncio
 import fnmatch
 import logging
 import random
-import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,14 +27,16 @@ import anyio
 from redis import __version__ as redis_version
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from typing_extensions import Self
 
+from .._runtime import BackgroundTask
 from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
 from ._options import is_seconds, refuse
-from ._redis_pubsub import DeadConnection, Shard, with_host
-from ._redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT
+from ._redis_calls import TopicCalls
+from ._redis_pubsub import DeadConnection, Shard, cause_of, describe, with_host
 from ._redis_url import KEY_PREFIX, parse_redis_url
 from .base import Listener, Position, Recovery
 
@@ -136,17 +137,19 @@ class RedisBackend:
         self.reconnect_delay = reconnect_delay
         self.max_connections = max_connections
         self._connection_options = dict(connection_options or {})
-        # redis-py's pools raise when full (redis-py 8: at 100); waiting here instead keeps
-        # a burst of publishes from failing while Redis is healthy.
-        self._free_connections = anyio.Semaphore(max_connections)
+        self._calls = TopicCalls(
+            key_prefix=key_prefix,
+            cluster=cluster,
+            topic_ttl=topic_ttl,
+            operation_timeout=operation_timeout,
+            max_connections=max_connections,
+        )
         self._client: Any = None
         self._shards: dict[str, Shard] = {}
         self._unsubscribing: Counter[str] = Counter()
         self._shard_group: anyio.abc.TaskGroup | None = None
-        self._publish_script: Any = None
-        self._history_script: Any = None
         self._subscriptions: dict[str, _Subscription] = {}
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._supervisor: BackgroundTask | None = None
         self._connected = False
         self._reconnects = 0
         self._up = anyio.Event()
@@ -208,6 +211,8 @@ class RedisBackend:
             "max_connections": self.max_connections,
         }
         if self.cluster:
+            # Scripts go to the nodes directly (see _redis_calls), whose connections
+            # redis-py never retries; the cluster client's retries serve its slot map.
             self._client = RedisCluster.from_url(self.url, **options)
             try:
                 with anyio.fail_after(self.operation_timeout):
@@ -217,20 +222,25 @@ class RedisBackend:
                 self._client = None
                 raise BackendUnavailable(f"could not reach the Redis cluster: {exc}") from exc
         else:
+            # redis-py would send a command again after a connection error (redis-py 8
+            # does by default): a publish whose reply was lost would run twice.
+            options["retry"] = Retry(NoBackoff(), 0)
             self._client = aioredis.Redis.from_url(self.url, **options)
-        self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
-        self._history_script = self._client.register_script(HISTORY_SCRIPT)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._supervise)
+        self._calls.client = self._client
+        # A task of its own, not a task group entered here: aclose() may come from any
+        # task (a lifespan's shutdown, a signal handler), and a group must be exited
+        # by the task that entered it.
+        self._supervisor = BackgroundTask(self._supervise, "budget_ws Redis supervisor")
+        self._supervisor.start()
         try:
             with anyio.fail_after(self.operation_timeout):
                 await self.wait_connected()
         except TimeoutError:
             await self.aclose()
+            last_error = describe(self._last_error) if self._last_error else "none"
             raise BackendUnavailable(
                 f"could not connect to Redis at {self!r} within {self.operation_timeout:g} s"
-                f" (last error: {self._last_error!r})"
+                f" (last error: {last_error})"
             ) from None
         return self
 
@@ -243,14 +253,14 @@ class RedisBackend:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop listening and close every connection."""
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
+        """Stop listening and close every connection; from any task, any number of times."""
+        supervisor, self._supervisor = self._supervisor, None
         with anyio.CancelScope(shield=True):
+            if supervisor is not None:
+                await supervisor.stop()
             await self._close_shards()
             if self._client is not None:
+                self._calls.client = None
                 await self._client.aclose()
                 self._client = None
 
@@ -270,9 +280,7 @@ class RedisBackend:
     # Keys ------------------------------------------------------------------------------
 
     def _keys(self, topic: str) -> tuple[str, str, str]:
-        # One hash tag per topic: its keys and its shard channel share a cluster slot.
-        base = f"{self.key_prefix}:{{{topic}}}"
-        return f"{base}:meta", f"{base}:log", base
+        return self._calls.keys(topic)
 
     def _policy(self, topic: str) -> HistoryPolicy:
         for pattern, policy in self.history_overrides.items():
@@ -286,74 +294,18 @@ class RedisBackend:
     # Publishing and history ------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes) -> Position:
-        """Assign the next offset, append to the stream and fan out: one round trip."""
-        meta, log, channel = self._keys(topic)
+        """Assign the next offset, append to the stream and fan out: one round trip.
+
+        Raises:
+            BackendUnavailable: Redis failed or did not answer; when the reply was lost,
+                the event may have been published (see ``docs/topics/redis-outages.md``).
+        """
         policy = self._policy(topic)
-        arguments = [
-            payload,
-            policy.size,
-            int(policy.ttl * 1000),
-            int(max(self.topic_ttl, policy.ttl) * 1000),
-            secrets.token_hex(4),
-            channel,
-            "1" if self.cluster else "0",
-        ]
-        result = await self._call(self._publish_script, [meta, log], arguments, topic)
-        offset, epoch = result
-        return Position(int(offset), _text(epoch))
+        return await self._calls.publish(topic, payload, size=policy.size, ttl=policy.ttl)
 
     async def history(self, topic: str, after: Position | None, limit: int) -> Recovery:
         """Read what ``topic`` holds after ``after``; all of it or nothing."""
-        meta, log, _ = self._keys(topic)
-        policy = self._policy(topic)
-        arguments = [
-            after.offset if after is not None else -1,
-            limit,
-            int(policy.ttl * 1000),
-            int(max(self.topic_ttl, policy.ttl) * 1000),
-            secrets.token_hex(4),
-        ]
-        epoch, top, oldest, entries = await self._call(
-            self._history_script, [meta, log], arguments, topic
-        )
-        position = Position(int(top), _text(epoch))
-        if after is None or after.epoch != position.epoch or after.offset > position.offset:
-            return Recovery(False, position)
-        missing = position.offset - after.offset
-        if missing == 0:
-            return Recovery(True, position)
-        if len(entries) != missing:
-            return Recovery(False, position)
-        items: list[tuple[Position, bytes]] = []
-        expected = after.offset + 1
-        for entry_id, fields in entries:
-            values = _fields(fields)
-            offset = int(_text(entry_id).split("-", 1)[0])
-            if offset != expected or int(values[b"t"]) < int(oldest):
-                return Recovery(False, position)
-            items.append((Position(offset, position.epoch), values[b"p"]))
-            expected += 1
-        return Recovery(True, position, items)
-
-    async def _call(
-        self, script: Any, keys: Sequence[str], arguments: Sequence[Any], topic: str
-    ) -> Any:
-        if self._client is None:
-            raise BackendError("the Redis backend is not open: use `async with backend:`")
-        try:
-            with anyio.fail_after(self.operation_timeout):
-                async with self._free_connections:
-                    try:
-                        return await script(keys=keys, args=arguments)
-                    except RedisConnectionError:
-                        # A pooled connection may predate a Redis restart: one fresh try.
-                        return await script(keys=keys, args=arguments)
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"Redis did not answer within {self.operation_timeout:g} s (topic {topic!r})"
-            ) from None
-        except (RedisError, OSError) as exc:
-            raise BackendUnavailable(f"Redis failed for topic {topic!r}: {exc}") from exc
+        return await self._calls.history(topic, after, limit, ttl=self._policy(topic).ttl)
 
     # Subscriptions ---------------------------------------------------------------------
 
@@ -463,11 +415,12 @@ class RedisBackend:
                     attempt = 0
                     task_group.start_soon(self._recover_all)
             except Exception as exc:  # supervised: any failure means reconnect
+                # One line naming the cause, not the task group's ExceptionGroup.
                 if self._connected:
-                    logger.warning("budget_ws: Redis pub/sub connection lost: %r", exc)
+                    logger.warning("budget_ws: Redis pub/sub connection lost: %s", describe(exc))
                 else:
-                    logger.debug("budget_ws: Redis pub/sub reconnect failed: %r", exc)
-                self._last_error = exc
+                    logger.debug("budget_ws: Redis pub/sub reconnect failed: %s", describe(exc))
+                self._last_error = cause_of(exc)
             finally:
                 self._shard_group = None
                 if self._connected:
@@ -654,18 +607,3 @@ def _check_arguments(
         raise refuse("RedisBackend", "reconnect_delay", reconnect_delay, accepted)
     if not isinstance(max_connections, int) or max_connections < 1:
         raise refuse("RedisBackend", "max_connections", max_connections, "a whole number >= 1")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _fields(fields: Any) -> dict[bytes, bytes]:
-    if isinstance(fields, dict):
-        return {_bytes(key): value for key, value in fields.items()}
-    pairs = list(fields)
-    return dict(zip(pairs[::2], pairs[1::2], strict=True))

@@ -10,6 +10,9 @@ JSON lines:
 - ``expect K`` on stdin: wait until every client has counted K events in all (or
   ``--drain`` seconds), then print what was received since the previous report and the
   latencies (in a file, as ``array("q")`` of nanoseconds: too many for a JSON line);
+- ``resume S`` on stdin (stalled clients): read again until each connection is closed
+  or nothing arrives for S seconds, then print per client the bytes it read, the events
+  it counted, and the close code and reason the server sent (``null``: not closed);
 - end of stdin: close every connection and exit.
 
 Subscribing: with ``--protocol budget-ws`` each client offers the ``budget-ws.v1``
@@ -53,10 +56,14 @@ class Clients:
         self.received = [0] * self.count
         self.latencies = array("q")
         self.last_receipt = 0
+        self.messages = 0
+        """WebSocket messages that carried events: deliveries / messages is the coalescing."""
         self.expected: int | None = None
         self.complete = 0
         self.done = asyncio.Event()
         self.connections: list[Receiver] = []
+        self.indices: list[int] = []
+        """The client index of each of ``connections`` (they open in any order)."""
         self.subscribed: list[asyncio.Future[None]] = []
 
     def handler(self, index: int) -> object:
@@ -80,6 +87,7 @@ class Clients:
                 counted += 1
             if counted:
                 self.last_receipt = now
+                self.messages += 1
                 total = received[index] + counted
                 received[index] = total
                 expected = self.expected
@@ -105,6 +113,7 @@ class Clients:
                 timeout=args.connect_timeout,
             )
             self.connections.append(connection)
+            self.indices.append(index)
             if args.protocol == "budget-ws":
                 connection.send_text(json.dumps({"op": "subscribe", "topic": args.topic}))
             await asyncio.wait_for(self.subscribed[index], args.connect_timeout)
@@ -135,6 +144,8 @@ class Clients:
             command, _, value = line.partition(" ")
             if command == "expect":
                 await self.expect(int(value))
+            elif command == "resume":
+                await self.resume(float(value))
         for connection in self.connections:
             connection.abort()
 
@@ -156,11 +167,43 @@ class Clients:
             "complete_clients": sum(1 for value in self.received if value >= expected),
             "closed_clients": closed,
             "last_receipt": self.last_receipt,
+            "messages": self.messages,
             "latency_file": _dump(self.latencies),
         })  # fmt: skip
         del self.latencies[:]  # in place: the handlers hold this array
         self.last_receipt = 0
+        self.messages = 0
         self.done = asyncio.Event()
+
+    async def resume(self, quiet: float) -> None:
+        """Drain what the stalled sockets hold and learn how the server ended them.
+
+        Bounded: each connection is read until it closes or stays silent ``quiet``
+        seconds, and the whole at most ``--drain`` seconds.
+        """
+        for connection in self.connections:
+            if connection.transport is not None and not connection.transport.is_closing():
+                connection.transport.resume_reading()
+        deadline = time.monotonic() + self.args.drain
+        while time.monotonic() < deadline:
+            before = sum(connection.bytes_received for connection in self.connections)
+            open_ = [c.closed for c in self.connections if not c.closed.done()]
+            if not open_:
+                break
+            await asyncio.wait(open_, timeout=quiet)
+            if sum(connection.bytes_received for connection in self.connections) == before:
+                break  # nothing arrived for `quiet` seconds: the server holds nothing more
+        self.report({
+            "stalled_clients": [
+                {"bytes_read": connection.bytes_received, "events": received,
+                 "close_code": connection.close_code if connection.closed.done() else None,
+                 "close_reason": connection.close_reason,
+                 "closed": connection.closed.done()}
+                for connection, received in zip(
+                    self.connections, [self.received[i] for i in self.indices], strict=True
+                )
+            ],
+        })  # fmt: skip
 
     @staticmethod
     def report(message: dict[str, object]) -> None:

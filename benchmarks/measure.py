@@ -1,17 +1,12 @@
-"""What the real-socket benchmarks measure the same way: processes, ports, percentiles."""
+"""What the real-socket benchmarks measure the same way: CPU per delivery, percentiles, ports."""
 
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
-__all__ = ["cpu_seconds", "free_port", "package_version", "percentiles", "src_commit"]
-
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["cpu_seconds", "cpu_us_per_delivery", "free_port", "percentiles"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -35,6 +30,19 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def cpu_us_per_delivery(cpu: float, delivered: int) -> float | None:
+    """Server CPU time per delivery *made*, in µs: ``cpu`` seconds / events clients received.
+
+    The one definition every benchmark uses. Dividing by the deliveries made rather than
+    those due means a server that loses events cannot look cheap by it: what it spent is
+    shared by what arrived. A run that delivered nothing has no figure (None), and the
+    delivered / due count stands beside the figure in every table, so a shortfall shows.
+    """
+    if delivered <= 0:
+        return None
+    return round(1e6 * cpu / delivered, 3)
+
+
 def percentiles(values: Sequence[int], scale: float = 1e-6) -> dict[str, float]:
     """p50, p90, p99 and max of ``values`` times ``scale`` (ns to ms by default)."""
     if not values:
@@ -52,19 +60,3 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
-def src_commit() -> str:
-    """The last commit that changed ``src/``, or ``-`` outside a git checkout."""
-    commit = subprocess.run(
-        ["git", "log", "-1", "--format=%h", "--", "src"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
-    return commit or "-"

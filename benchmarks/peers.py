@@ -10,9 +10,11 @@ time and memory from ``/proc``.
 
 Scenarios:
 
-- ``fanout``: N connections (1,000 and 10,000) x 100 events x 200 B and 2 KB, a burst;
-- ``stalled``: 1,000 healthy connections, and the same with 5 more that stop reading
-  (small receive buffer), 2 KB events;
+- ``fanout``: N connections (1,000 and 10,000) x 100 events x 200 B and 2 KB, once as a
+  burst and once at a steady ``--steady-rate`` (50 events/s), where nothing coalesces;
+- ``stalled``: 100 healthy connections, and the same with 5 more that stop reading
+  (small receive buffer), 2 KB events at 500/s; afterwards the stalled clients read
+  again, to learn what they held and how (whether) the server closed them;
 - ``idle``: 10,000 connections held, nothing published: connect+subscribe latency and
   memory per connection.
 
@@ -23,10 +25,7 @@ after these with the same contenders it knows.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import queue
 import subprocess
 import sys
@@ -40,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import read_dump
-from benchmarks.measure import cpu_seconds, free_port, package_version, percentiles, src_commit
+from benchmarks.measure import cpu_seconds, cpu_us_per_delivery, free_port, percentiles
 from benchmarks.peers_server import CONTENDERS
+from benchmarks.provenance import describe, environment, load_average
 from budget_ws import OutboxLimits
 
 __all__ = ["Measurement", "main"]
@@ -50,6 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENTS_PER_PROCESS = 2500
 STALLED_CLIENTS = 5
 STALLED_RECEIVE_BUFFER = 4096
+STALLED_P99_ALLOWANCE_MS = 5.0
+"""How much stalled clients may raise healthy clients' latency p99 (the stalled target)."""
+RESUME_QUIET_SECONDS = 1.0
+"""A resumed stalled client stops reading after this long without data."""
 
 
 @dataclass
@@ -66,8 +70,12 @@ class Measurement:
     """Events per second the server publishes at; 0: a burst."""
     expected: int = 0
     delivered: int = 0
+    messages: int = 0
+    """WebSocket messages that carried events, over healthy clients (delivered / messages:
+    how many events a message carried on average, 1.0 when nothing coalesced)."""
     cpu_seconds: float = 0.0
-    cpu_us_per_delivery: float = 0.0
+    cpu_us_per_delivery: float | None = None
+    """``measure.cpu_us_per_delivery``: per delivery made (None: nothing delivered)."""
     wall_seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     connect_ms: dict[str, float] = field(default_factory=dict)
@@ -77,11 +85,19 @@ class Measurement:
     publish_seconds: float = 0.0
     blocked: bool = False
     """Publishing had not returned ``--drain`` seconds after the clients stopped waiting."""
+    stalled_clients: list[dict[str, Any]] = field(default_factory=list)
+    """Per stalled client, read after the run: ``bytes_read``, ``events``, ``close_code``,
+    ``close_reason``, ``closed`` (False: still open when it had read everything)."""
     error: str | None = None
 
     @property
     def complete(self) -> bool:
         return self.expected > 0 and self.delivered == self.expected
+
+    @property
+    def mode(self) -> str:
+        """``burst``, ``steady`` (at ``rate``), or ``idle`` (nothing published)."""
+        return "idle" if not self.events else "steady" if self.rate else "burst"
 
 
 # --------------------------------------------------------------------------------------
@@ -239,6 +255,7 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
             for child in held[: len(held) - len(slow)]:
                 report = child.line()
                 result.delivered += report["received"]
+                result.messages += report["messages"]
                 latencies.extend(read_dump(report["latency_file"]))
                 last = max(last, report["last_receipt"])
             for child in slow:
@@ -257,8 +274,11 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
             result.latency_ms = percentiles(latencies)
             if last:
                 result.wall_seconds = round((last - started) / 1e9, 3)
-            if result.delivered:
-                result.cpu_us_per_delivery = round(1e6 * result.cpu_seconds / result.delivered, 3)
+            result.cpu_us_per_delivery = cpu_us_per_delivery(result.cpu_seconds, result.delivered)
+            for child in slow:  # after every figure: reading again unblocks a stuck server
+                child.send(f"resume {RESUME_QUIET_SECONDS}")
+            for child in slow:
+                result.stalled_clients += child.line(timeout=args.drain + 10)["stalled_clients"]
     except Exception as exc:  # reported, never hidden: the row shows the failure
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -269,7 +289,7 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
 
 def median_of(runs: list[Measurement]) -> Measurement:
     """The run with the median CPU per delivery (every figure from that one run)."""
-    ordered = sorted(runs, key=lambda run: (run.error is not None, run.cpu_us_per_delivery))
+    ordered = sorted(runs, key=lambda run: (run.error is not None, run.cpu_us_per_delivery or 0))
     return ordered[(len(ordered) - 1) // 2]
 
 
@@ -277,9 +297,11 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
     results: list[Measurement] = []
     plans: list[tuple[str, int, int, int, int, float]] = []
     if "fanout" in args.scenarios:
+        rates = [0.0] + ([args.steady_rate] if args.steady_rate > 0 else [])
         for connections in args.connections:
             for size in args.payload_bytes:
-                plans.append(("fanout", connections, args.events, size, 0, 0.0))
+                for rate in rates:  # the steady row beside each burst row
+                    plans.append(("fanout", connections, args.events, size, 0, rate))
     if "stalled" in args.scenarios:
         for stalled in (0, STALLED_CLIENTS):
             plans.append(("stalled", args.stalled_connections, args.stalled_events, 2048,
@@ -294,6 +316,7 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
                     f"{scenario}: {contender}, {connections} connections"
                     + (f" (+{stalled} stalled)" if stalled else "")
                     + (f", {events} x {size} B" if events else "")
+                    + (f" at {rate:g}/s" if rate else ", burst" if events else "")
                     + (f", run {repeat + 1}/{args.repeat}" if args.repeat > 1 else "")
                 )
                 runs.append(measure(scenario, contender, connections, events, size, args,
@@ -306,40 +329,16 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
 # Report
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "budget_ws": f"{package_version('budget-ws')} ({src_commit()})",
-        "versions": {name: package_version(name) for name in
-                     ("uvicorn", "websockets", "broadcaster", "starlette", "anyio", "uvloop")},
-        "ws": args.ws,
-        "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "load_before": [round(value, 2) for value in os.getloadavg()],
-    }  # fmt: skip
+Key = tuple[str, int, int, int, float]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
+def _key(result: Measurement) -> Key:
+    return result.scenario, result.connections, result.payload_bytes, result.stalled, result.rate
 
 
-def _key(result: Measurement) -> tuple[str, int, int, int]:
-    return result.scenario, result.connections, result.payload_bytes, result.stalled
-
-
-def _by_configuration(
-    results: Sequence[Measurement],
-) -> dict[tuple[str, int, int, int], dict[str, Measurement]]:
+def _by_configuration(results: Sequence[Measurement]) -> dict[Key, dict[str, Measurement]]:
     """The results of each configuration, by contender."""
-    groups: dict[tuple[str, int, int, int], dict[str, Measurement]] = {}
+    groups: dict[Key, dict[str, Measurement]] = {}
     for result in results:
         groups.setdefault(_key(result), {})[result.contender] = result
     return groups
@@ -369,7 +368,7 @@ def table(results: Sequence[Measurement]) -> str:
         rows.append((
             result.scenario, result.contender, conns, events,
             f"{result.delivered}/{result.expected}{mark}" if result.events else "-",
-            f"{result.cpu_us_per_delivery:.2f}" if result.events else "-",
+            f"{result.cpu_us_per_delivery:.2f}" if result.cpu_us_per_delivery else "-",
             ratio("naive"), ratio("broadcaster"), ratio("floor"), ratio("websockets"),
             f"{result.latency_ms.get('p50', float('nan')):.1f}" if result.events else "-",
             f"{result.latency_ms.get('p99', float('nan')):.1f}" if result.events else "-",
@@ -412,6 +411,7 @@ def ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
                 continue
             entry: dict[str, Any] = {"scenario": key[0], "connections": key[1],
                                      "payload_bytes": key[2], "stalled": key[3],
+                                     "rate": key[4], "mode": ours.mode,
                                      "against": name}  # fmt: skip
             for figure, read in FIGURES.items():
                 a, b = read(ours), read(theirs)
@@ -420,12 +420,17 @@ def ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
     return entries
 
 
+def _label(scenario: str, connections: int, size: int, stalled: int, rate: float) -> str:
+    label = f"{scenario} {connections}" + (f"+{stalled} stalled" if stalled else "")
+    label += f" x {size} B" if size else ""
+    return label + (f" at {rate:g}/s" if rate else " burst" if size else "")
+
+
 def ratio_lines(results: Sequence[Measurement]) -> list[str]:
     lines = []
     for entry in ratios(results):
-        label = f"{entry['scenario']} {entry['connections']}"
-        label += f"+{entry['stalled']}s" if entry["stalled"] else ""
-        label += f" x {entry['payload_bytes']} B" if entry["payload_bytes"] else ""
+        label = _label(entry["scenario"], entry["connections"], entry["payload_bytes"],
+                       entry["stalled"], entry["rate"])  # fmt: skip
         figures = ", ".join(
             f"{figure} x{value:g}" for figure, value in entry.items()
             if figure in FIGURES and value is not None
@@ -434,43 +439,60 @@ def ratio_lines(results: Sequence[Measurement]) -> list[str]:
     return lines
 
 
-def verdicts(results: Sequence[Measurement]) -> list[str]:
-    """The issue's targets, each checked against figures of this run."""
-    lines = []
-    by_key = _by_configuration(results)
-    for key, peers in by_key.items():
+def _verdict(label: str, check: str, met: bool) -> dict[str, Any]:
+    return {"label": label, "check": check, "met": met}
+
+
+def verdicts(results: Sequence[Measurement]) -> list[dict[str, Any]]:
+    """The issue's targets, each checked against figures of this run (all can fail)."""
+    found = []
+    for key, peers in _by_configuration(results).items():
         ours = peers.get("budget_ws")
-        if ours is None or not ours.events:
+        if ours is None or key[0] != "fanout":
             continue
-        label = f"{key[0]} {key[1]}" + (f"+{key[3]} stalled" if key[3] else "") + f" x {key[2]} B"
+        label = _label(*key)
         for peer, bound in (("broadcaster", 0.75), ("floor", 0.9)):
             other = peers.get(peer)
-            if key[0] == "fanout" and other and other.cpu_us_per_delivery:
+            if other and other.cpu_us_per_delivery and ours.cpu_us_per_delivery:
                 value = ours.cpu_us_per_delivery / other.cpu_us_per_delivery
-                lines.append(f"target {label}: CPU/delivery {value:.2f} x {peer} <= {bound}: "
-                             f"{'yes' if value <= bound else 'NO'}")  # fmt: skip
+                found.append(_verdict(label, f"CPU/delivery {value:.2f} x {peer} <= {bound}",
+                                      value <= bound))  # fmt: skip
+        found.append(_verdict(label, f"delivered {ours.delivered:,}/{ours.expected:,}",
+                              ours.complete))  # fmt: skip
     stalled = {
         r.stalled: r for r in results if r.scenario == "stalled" and r.contender == "budget_ws"
     }
-    if 0 in stalled and STALLED_CLIENTS in stalled and stalled[0].wall_seconds:
-        change = stalled[STALLED_CLIENTS].wall_seconds / stalled[0].wall_seconds - 1
-        lines.append(f"target stalled: healthy clients' time {100 * change:+.1f}% <= 10%: "
-                     f"{'yes' if change <= 0.10 else 'NO'}")  # fmt: skip
-        held = (
-            stalled[STALLED_CLIENTS].rss_growth_kib - stalled[0].rss_growth_kib
-        ) / STALLED_CLIENTS
+    if 0 in stalled and STALLED_CLIENTS in stalled:
+        alone, beside = stalled[0], stalled[STALLED_CLIENTS]
+        label = _label("stalled", beside.connections, beside.payload_bytes, beside.stalled,
+                       beside.rate)  # fmt: skip
+        found.append(_verdict(label, "healthy clients got every event, with and without "
+                              f"stalled clients ({alone.delivered:,}/{alone.expected:,}, "
+                              f"{beside.delivered:,}/{beside.expected:,})",
+                              alone.complete and beside.complete))  # fmt: skip
+        p99_alone = alone.latency_ms.get("p99", float("inf"))
+        p99_beside = beside.latency_ms.get("p99", float("inf"))
+        found.append(_verdict(label, f"healthy p99 {p99_beside:.1f} ms with stalled clients "
+                              f"<= {p99_alone:.1f} ms without + {STALLED_P99_ALLOWANCE_MS:g}",
+                              p99_beside <= p99_alone + STALLED_P99_ALLOWANCE_MS))  # fmt: skip
+        codes = [client["close_code"] for client in beside.stalled_clients]
+        found.append(_verdict(label, f"every stalled client closed with 4000: {codes}",
+                              len(codes) == STALLED_CLIENTS and set(codes) == {4000}))  # fmt: skip
+        held = (beside.rss_growth_kib - alone.rss_growth_kib) / STALLED_CLIENTS
         bound = OutboxLimits().max_bytes / 1024
-        lines.append(f"target stalled: memory a stalled client holds {held:,.0f} KiB <= outbox "
-                     f"bound {bound:,.0f} KiB: {'yes' if held <= bound else 'NO'}")  # fmt: skip
+        found.append(_verdict(label, f"server memory per stalled client {held:,.0f} KiB "
+                              f"(RSS growth with - without, / {STALLED_CLIENTS}) <= outbox "
+                              f"bound {bound:,.0f} KiB", held <= bound))  # fmt: skip
     idle = {r.contender: r for r in results if r.scenario == "idle"}
     if "budget_ws" in idle and "floor" in idle:
         above = (
             idle["budget_ws"].rss_idle_kib_per_connection
             - idle["floor"].rss_idle_kib_per_connection
         )
-        lines.append(f"target idle: {above:.1f} KiB/connection above the floor <= 2: "
-                     f"{'yes' if above <= 2 else 'NO'}")  # fmt: skip
-    return lines
+        found.append(_verdict(f"idle {idle['budget_ws'].connections}",
+                              f"{above:.1f} KiB/connection above the floor <= 2",
+                              above <= 2))  # fmt: skip
+    return found
 
 
 def _progress(message: str) -> None:
@@ -488,6 +510,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--connections", nargs="+", type=int, default=[1000, 10_000])
     parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--steady-rate", type=float, default=50,
+                        help="events/s of the steady fan-out row beside each burst row "
+                        "(50; 0: bursts only)")  # fmt: skip
     parser.add_argument("--payload-bytes", nargs="+", type=int, default=[200, 2048])
     parser.add_argument("--stalled-connections", type=int, default=100,
                         help="healthy connections beside the stalled ones (100)")  # fmt: skip
@@ -512,23 +537,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    env = environment(args)
+    parameters = {key: value for key, value in vars(args).items() if key != "json_file"}
+    parameters |= {"stalled_clients": STALLED_CLIENTS,
+                   "stalled_receive_buffer": STALLED_RECEIVE_BUFFER,
+                   "clients_per_process": CLIENTS_PER_PROCESS}  # fmt: skip
+    env = environment("peers", parameters)
     results = run_all(args)
-    env["load_after"] = [round(value, 2) for value in os.getloadavg()]
-    versions = ", ".join(f"{name} {value}" for name, value in env["versions"].items())
-    print(f"budget_ws {env['budget_ws']} vs peers; Python {env['python']}, {versions}; "
-          f"uvicorn --ws {args.ws}, deflate {'on' if args.deflate else 'off'}; "
-          f"{env['cpus']} CPUs ({env['cpu_model']}), "
-          f"load {env['load_before']} -> {env['load_after']}")  # fmt: skip
+    env["load_after"] = load_average()
+    print(describe(env))
     print(table(results))
     for line in ratio_lines(results):
         print(line)
-    for line in verdicts(results):
-        print(line)
+    found = verdicts(results)
+    for verdict in found:
+        print(f"target {verdict['label']}: {verdict['check']}: {'yes' if verdict['met'] else 'NO'}")
     if args.json_file:
-        args.json_file.write_text(json.dumps(
-            {"environment": env, "results": [asdict(r) for r in results],
-             "ratios_budget_ws_to": ratios(results)}, indent=2))  # fmt: skip
+        report = {"environment": env, "results": [asdict(r) | {"mode": r.mode} for r in results],
+                  "ratios_budget_ws_to": ratios(results), "verdicts": found}  # fmt: skip
+        args.json_file.write_text(json.dumps(report, indent=2) + "\n")
     must_deliver = ("budget_ws", "floor")
     failed = [r for r in results if r.error or (r.events and not r.complete
                                                 and r.contender in must_deliver)]  # fmt: skip

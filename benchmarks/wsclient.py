@@ -72,6 +72,9 @@ class Receiver(asyncio.Protocol):
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         """Resolves with the close code the server sent (None: the connection dropped)."""
         self.close_code: int | None = None
+        self.close_reason = ""
+        self.bytes_received = 0
+        """Bytes read from the socket, handshake included: what a stalled client had held."""
 
     # asyncio.Protocol
 
@@ -81,6 +84,7 @@ class Receiver(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
+        self.bytes_received += len(data)
         buffer = self._buffer + data if self._buffer else data
         if not self._upgraded:
             end = buffer.find(b"\r\n\r\n")
@@ -139,6 +143,7 @@ class Receiver(asyncio.Protocol):
                 self.send_frame(OP_PONG, payload)
             elif opcode == OP_CLOSE:
                 self.close_code = int.from_bytes(payload[:2], "big") if payload else 1005
+                self.close_reason = payload[2:].decode("utf-8", "replace")
                 self.send_frame(OP_CLOSE, payload[:2])
                 assert self.transport is not None
                 self.transport.close()

@@ -1,0 +1,83 @@
+"""Every run behind ``docs/performance.md``, with the page's parameters, into results files.
+
+Run it with ``python -m benchmarks.suite`` (about 20 minutes on 2 cores), then
+``python -m benchmarks.report`` to rewrite the page's tables from the files. Each run is
+an ordinary benchmark command, printed before it starts, so any one can be rerun alone.
+Other work on the machine skews the figures: before each run this waits (bounded) for
+the 1-minute load average to fall below ``--max-load``; the files record the load anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["RESULTS", "main", "runs"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SETTINGS = {
+    "settings-sansio": ["--ws", "websockets-sansio"],
+    "settings-wsproto": ["--ws", "wsproto"],
+    "settings-legacy": ["--ws", "websockets"],
+    "settings-deflate": ["--ws", "websockets-sansio", "--deflate"],
+}
+"""The uvicorn settings compared for idle memory, by results file name."""
+
+
+def runs(results: Path, large: int, settings_connections: int) -> list[tuple[str, list[str]]]:
+    """(results file stem, command) for every run, in order."""
+    peers = [sys.executable, "-m", "benchmarks.peers"]
+    planned = [
+        ("peers", [*peers, "--connections", "1000", "--payload-bytes", "200", "2048",
+                   "--idle-connections", str(large)]),
+    ]  # fmt: skip
+    if large > 1000:
+        planned.append((f"peers-{large}", [*peers, "--scenarios", "fanout", "--connections",
+                                           str(large), "--payload-bytes", "200"]))  # fmt: skip
+    for name, options in SETTINGS.items():
+        planned.append((name, [*peers, "--scenarios", "idle", "--contenders", "budget_ws",
+                               "floor", "websockets", "--idle-connections",
+                               str(settings_connections), *options]))  # fmt: skip
+    planned.append(("cross_worker", [sys.executable, "-m", "benchmarks.cross_worker",
+                                     "--private-redis"]))  # fmt: skip
+    return [(stem, [*command, "--json-file", str(results / f"{stem}.json")])
+            for stem, command in planned]  # fmt: skip
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> None:
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        print(f"load {os.getloadavg()[0]:.2f} > {max_load}: waiting", file=sys.stderr, flush=True)
+        time.sleep(15)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of the files")
+    parser.add_argument("--large", type=int, default=10_000,
+                        help="connections of the 200 B fan-out and idle runs (10,000)")  # fmt: skip
+    parser.add_argument("--settings-connections", type=int, default=5000)
+    parser.add_argument("--only", nargs="+", metavar="STEM", help="run just these files")
+    parser.add_argument("--max-load", type=float, default=0.5)
+    parser.add_argument("--max-wait", type=float, default=60, help="seconds to wait per run")
+    args = parser.parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for stem, command in runs(args.results, args.large, args.settings_connections):
+        if args.only and stem not in args.only:
+            continue
+        wait_for_quiet(args.max_load, args.max_wait)
+        print("$ " + shlex.join(["python", *command[1:]]), file=sys.stderr, flush=True)
+        status |= subprocess.call(command, cwd=ROOT)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""The tables of ``docs/performance.md``, rendered from results files only.
+
+Each renderer takes the loaded ``Results`` and returns Markdown; none measures or
+remembers anything, so a table can only say what a results file says. A run that did not
+deliver everything shows its delivered share beside its figure instead of hiding it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RENDERERS", "Results"]
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+KEPT_UP = 1.5
+"""Events per message up to which a steady run counts as kept up with (nothing queued)."""
+SETTINGS_ORDER = ("websockets-sansio", "wsproto", "websockets")
+PEERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor")
+ResultsFile = tuple[str, dict[str, Any]]
+"""(file stem, its JSON)."""
+
+
+@dataclass
+class Results:
+    """The results files a page is made from, by kind."""
+
+    peers: list[ResultsFile] = field(default_factory=list)
+    """``peers.py`` runs with fan-out, stalled or idle results (not the settings runs)."""
+    settings: list[ResultsFile] = field(default_factory=list)
+    """``peers.py`` idle-only runs under different server settings (``settings-*``)."""
+    cross_worker: list[ResultsFile] = field(default_factory=list)
+
+    def all(self) -> list[ResultsFile]:
+        return [*self.peers, *self.settings, *self.cross_worker]
+
+    def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(stem, result) for stem, data in self.peers for result in data["results"]
+                if result["scenario"] == scenario]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Formatting
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right: int = 1) -> str:
+    """A Markdown table; columns from ``right`` on are right-aligned."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append(
+        "| " + " | ".join("---" if i < right else "---:" for i in range(len(header))) + " |"
+    )
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _share(delivered: int, expected: int) -> str:
+    return f"{100 * delivered / expected:.1f} %" if expected else "-"
+
+
+def _cpu_cell(result: dict[str, Any] | None, key: str = "cpu_us_per_delivery") -> str:
+    """CPU per delivery, with the delivered share when a run fell short."""
+    if result is None:
+        return "-"
+    if result.get("error"):
+        return "failed"
+    value = _number(result.get(key))
+    if result["expected"] and result["delivered"] != result["expected"]:
+        value += f" ({_share(result['delivered'], result['expected'])} delivered)"
+    return value
+
+
+def _ratio(ours: dict[str, Any] | None, theirs: dict[str, Any] | None,
+           read: Callable[[dict[str, Any]], float | None]) -> str:  # fmt: skip
+    a = read(ours) if ours else None
+    b = read(theirs) if theirs else None
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def _per_message(result: dict[str, Any] | None) -> str:
+    if not result or not result.get("messages"):
+        return "-"
+    return f"{result['delivered'] / result['messages']:.1f}"
+
+
+def _mode(result: dict[str, Any]) -> str:
+    return f"steady {result['rate']:g}/s" if result["rate"] else "burst"
+
+
+def _cpu(result: dict[str, Any]) -> float | None:
+    value: float | None = result.get("cpu_us_per_delivery")
+    return value
+
+
+def _p(result: dict[str, Any] | None, key: str) -> str:
+    return _ms(result["latency_ms"].get(key)) if result and result.get("latency_ms") else "-"
+
+
+def _commit(entry: dict[str, Any]) -> str:
+    text = f"`{entry['commit']}`"
+    return text + f" + uncommitted changes (digest `{entry['digest']}`)" if entry["dirty"] else text
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 1024:.0f} KiB"
+
+
+# --------------------------------------------------------------------------------------
+# Peers: fan-out
+
+
+def _fanout_groups(results: Results) -> dict[tuple[str, int, int, float], dict[str, Any]]:
+    groups: dict[tuple[str, int, int, float], dict[str, Any]] = {}
+    for stem, result in results.peer_results("fanout"):
+        key = (stem, result["connections"], result["payload_bytes"], result["rate"])
+        groups.setdefault(key, {})[result["contender"]] = result
+    return dict(sorted(groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][3])))
+
+
+def fanout(results: Results) -> str:
+    header = ["connections", "event `data`", "scenario", *(f"{n} µs" for n in PEERS),
+              "÷ broadcaster", "÷ floor", "events per message (budget_ws)"]  # fmt: skip
+    rows = []
+    for (_, connections, size, _), by in _fanout_groups(results).items():
+        ours = by.get("budget_ws")
+        any_result = next(iter(by.values()))
+        rows.append([
+            f"{connections:,}", f"{size:,} B", _mode(any_result),
+            *(_cpu_cell(by.get(name)) for name in PEERS),
+            _ratio(ours, by.get("broadcaster"), _cpu), _ratio(ours, by.get("floor"), _cpu),
+            _per_message(ours),
+        ])  # fmt: skip
+    return _table(header, rows, right=3)
+
+
+def fanout_detail(results: Results) -> str:
+    groups = _fanout_groups(results)
+    if not groups:
+        return "*(no fan-out results)*"
+    largest = max(key[1] for key in groups)
+    smallest = min(key[2] for key in groups if key[1] == largest)
+    burst = next(by for key, by in groups.items()
+                 if key[1:3] == (largest, smallest) and not key[3])  # fmt: skip
+    steady = next((by for key, by in groups.items()
+                   if key[1:3] == (largest, smallest) and key[3]), {})  # fmt: skip
+    names = [name for name in PEERS if name in burst]
+    rate = next(iter(steady.values()))["rate"] if steady else 0
+    rows = [
+        ["burst: wall time, first publish to last receipt",
+         *(f"{burst[n]['wall_seconds']:.2f} s" for n in names)],
+        ["burst: latency p50 / p99 (ms)",
+         *(f"{_p(burst[n], 'p50')} / {_p(burst[n], 'p99')}" for n in names)],
+        [f"steady {rate:g}/s: latency p50 / p99 (ms)",
+         *(f"{_p(steady.get(n), 'p50')} / {_p(steady.get(n), 'p99')}" for n in names)],
+        ["burst: memory it held (peak RSS growth)",
+         *(f"{burst[n]['rss_growth_kib'] / 1024:.1f} MiB" for n in names)],
+        ["burst: events per WebSocket message", *(_per_message(burst[n]) for n in names)],
+        [f"steady {rate:g}/s: events per WebSocket message",
+         *(_per_message(steady.get(n)) for n in names)],
+    ]  # fmt: skip
+    title = f"{largest:,} connections, {smallest:,} B"
+    return _table([title, *names], rows)
+
+
+def summary(results: Results) -> str:
+    """Burst against steady, in numbers: where budget_ws's advantage comes from."""
+    spans: dict[tuple[str, str], list[float]] = {}
+    per_message: dict[str, list[float]] = {}
+    for (_, _, _, rate), by in _fanout_groups(results).items():
+        ours = by.get("budget_ws")
+        if not ours or not ours.get("cpu_us_per_delivery"):
+            continue
+        carried = ours["delivered"] / ours["messages"] if ours.get("messages") else 1.0
+        mode = "burst" if not rate else "steady" if carried <= KEPT_UP else "behind"
+        for peer in ("floor", "broadcaster", "naive", "websockets"):
+            theirs = by.get(peer)
+            if theirs and theirs.get("cpu_us_per_delivery"):
+                spans.setdefault((mode, peer), []).append(
+                    ours["cpu_us_per_delivery"] / theirs["cpu_us_per_delivery"]
+                )
+        if ours.get("messages"):
+            per_message.setdefault(mode, []).append(ours["delivered"] / ours["messages"])
+
+    def span(values: list[float], digits: int = 2) -> str:
+        low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+        return low if low == high else f"{low} to {high}"
+
+    names = {"floor": "the floor's", "broadcaster": "broadcaster's",
+             "websockets": "the `websockets` server's", "naive": "naive's"}  # fmt: skip
+    lines = []
+    for mode, words in (
+        ("burst", "In the bursts"),
+        (
+            "steady",
+            f"At a steady rate the server kept up with (at most {KEPT_UP:g} events per message)",
+        ),
+        (
+            "behind",
+            f"At a steady rate the server fell behind (more than {KEPT_UP:g} events "
+            "per message: events queued, and coalesced)",
+        ),
+    ):
+        against = [f"{span(spans[mode, peer])} {TIMES} {names[peer]}" for peer in names
+                   if (mode, peer) in spans]  # fmt: skip
+        if not against:
+            continue
+        text = f"- {words}, budget_ws's CPU per delivery was "
+        text += ", ".join(against[:-1]) + (" and " if len(against) > 1 else "") + against[-1]
+        if mode in per_message:
+            text += f"; its messages carried {span(per_message[mode], 1)} events each"
+        lines.append(text + ".")
+    return "\n".join(lines) or "*(no fan-out results)*"
+
+
+# --------------------------------------------------------------------------------------
+# Peers: stalled clients and idle memory
+
+
+def _ending(clients: list[dict[str, Any]]) -> str:
+    """How the stalled clients' connections ended, grouped: code (reason), count."""
+    if not clients:
+        return "-"
+    counts: dict[str, int] = {}
+    for client in clients:
+        if not client["closed"]:
+            text = "still open"
+        elif client["close_code"] is None:
+            text = "dropped, no close frame"
+        else:
+            reason = f" ({client['close_reason']})" if client["close_reason"] else ""
+            text = f"{client['close_code']}{reason}"
+        counts[text] = counts.get(text, 0) + 1
+    return "; ".join(f"{text} {TIMES} {count}" for text, count in counts.items())
+
+
+def stalled(results: Results) -> str:
+    by: dict[int, dict[str, dict[str, Any]]] = {}
+    for _, result in results.peer_results("stalled"):
+        by.setdefault(result["stalled"], {})[result["contender"]] = result
+    alone, beside = by.get(0, {}), next((v for k, v in sorted(by.items()) if k), {})
+    header = ["contender", "healthy only: delivered, p99", "with stalled: delivered, p99",
+              "p99 change", "how the stalled connections ended", "a stalled client read",
+              "server memory per stalled client"]  # fmt: skip
+    rows = []
+    for name in PEERS:
+        a, b = alone.get(name), beside.get(name)
+        if a is None and b is None:
+            continue
+
+        def cell(result: dict[str, Any] | None) -> str:
+            if result is None:
+                return "-"
+            text = f"{result['delivered']:,}/{result['expected']:,}, {_p(result, 'p99')} ms"
+            return text + (", publish blocked" if result.get("blocked") else "")
+
+        change = "-"
+        if a and b and a["latency_ms"].get("p99") and b["latency_ms"].get("p99"):
+            change = f"{b['latency_ms']['p99'] - a['latency_ms']['p99']:+.1f} ms"
+        clients = b["stalled_clients"] if b else []
+        read = "-"
+        if clients:
+            most = max(clients, key=lambda client: client["bytes_read"])
+            read = f"{_bytes(most['bytes_read'])}, {most['events']:,} events"
+        held = "-"
+        if a and b and b["stalled"]:
+            held = f"{(b['rss_growth_kib'] - a['rss_growth_kib']) / b['stalled']:,.0f} KiB"
+        rows.append([name, cell(a), cell(b), change, _ending(clients), read, held])
+    return _table(header, rows, right=len(header))
+
+
+def stalled_setup(results: Results) -> str:
+    for stem, data in results.peers:
+        parameters = data["environment"]["parameters"]
+        if "stalled" in parameters.get("scenarios", []):
+            return (
+                f"`{stem}.json`: {parameters['stalled_connections']:,} healthy connections, "
+                f"alone and beside {parameters['stalled_clients']} stalled ones "
+                f"(`SO_RCVBUF` {parameters['stalled_receive_buffer']:,} B, they stop reading "
+                f"once subscribed); {parameters['stalled_events']:,} events of 2,048 B at a "
+                f"steady {parameters['stalled_rate']:g} events/s."
+            )
+    return "*(no stalled results)*"
+
+
+def idle(results: Results) -> str:
+    found = results.peer_results("idle")
+    if not found:
+        return "*(no idle results)*"
+    by = {result["contender"]: result for _, result in found}
+    names = [name for name in PEERS if name in by]
+    connections = next(iter(by.values()))["connections"]
+    rows = [
+        ["server RSS per connection", *(f"{by[n]['rss_idle_kib_per_connection']:.1f} KiB"
+                                        for n in names)],
+        ["connect + subscribe p99", *(f"{_ms(by[n]['connect_ms'].get('p99'))} ms"
+                                      for n in names)],
+    ]  # fmt: skip
+    text = _table([f"{connections:,} idle connections", *names], rows)
+    if "budget_ws" in by and "floor" in by:
+        above = by["budget_ws"]["rss_idle_kib_per_connection"]
+        above -= by["floor"]["rss_idle_kib_per_connection"]
+        text += f"\n\nbudget_ws holds {above:.1f} KiB per idle connection more than the floor."
+    return text
+
+
+def settings(results: Results) -> str:
+    if not results.settings:
+        return "*(no server-settings results)*"
+    names = [name for name in PEERS if any(
+        result["contender"] == name for _, data in results.settings for result in data["results"]
+    )]  # fmt: skip
+    rows = []
+    connections = 0
+
+    def order(item: ResultsFile) -> tuple[bool, int]:
+        parameters = item[1]["environment"]["parameters"]
+        known = parameters["ws"] in SETTINGS_ORDER
+        return parameters["deflate"], SETTINGS_ORDER.index(parameters["ws"]) if known else 99
+
+    for _, data in sorted(results.settings, key=order):
+        parameters = data["environment"]["parameters"]
+        by = {result["contender"]: result for result in data["results"]}
+        connections = parameters["idle_connections"]
+        label = f"`--ws {parameters['ws']}`, per-message deflate "
+        label += "on" if parameters["deflate"] else "off"
+        rows.append([label, *(f"{by[n]['rss_idle_kib_per_connection']:.1f} KiB" if n in by
+                              else "-" for n in names)])  # fmt: skip
+    return _table([f"{connections:,} idle connections", *names], rows)
+
+
+# --------------------------------------------------------------------------------------
+# Cross-worker on Redis
+
+
+def redis(results: Results) -> str:
+    if not results.cross_worker:
+        return "*(no cross-worker results)*"
+    _, data = results.cross_worker[-1]
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for run in data["runs"]:
+        by.setdefault(run["scenario"], {})[run["contender"]] = run
+    header = ["scenario", "budget_ws µs", "broadcaster (primed) µs", "÷", "budget_ws p50 / p99",
+              "primed p50 / p99", "broadcaster as its README: delivered",
+              "events per message (budget_ws)"]  # fmt: skip
+    rows = []
+    order = sorted(
+        by, key=lambda name: (by[name].get("budget_ws", {}).get("mode") != "burst", name)
+    )
+    for scenario in order:
+        runs = by[scenario]
+        ours, primed, plain = runs.get("budget_ws"), runs.get("broadcaster-primed"), \
+            runs.get("broadcaster")  # fmt: skip
+        any_run = next(iter(runs.values()))
+        if any_run["mode"] == "burst":
+            pace = f"a burst of {any_run['published']:,} events"
+        else:
+            pace = f"{any_run['target_rate']:,g} events/s"
+        mode = "" if scenario == any_run["mode"] else f" ({any_run['mode']})"
+        what = f"{scenario}{mode}: {any_run['clients']:,} clients, {pace}"
+        rows.append([
+            what,
+            _cpu_cell(ours, "worker_cpu_us_per_delivery"),
+            _cpu_cell(primed, "worker_cpu_us_per_delivery"),
+            _ratio(ours, primed, lambda run: run.get("worker_cpu_us_per_delivery")),
+            f"{_p(ours, 'p50')} / {_p(ours, 'p99')} ms",
+            f"{_p(primed, 'p50')} / {_p(primed, 'p99')} ms",
+            _share(plain["delivered"], plain["expected"]) if plain else "-",
+            _per_message(ours),
+        ])  # fmt: skip
+    return _table(header, rows)
+
+
+def redis_cpu(results: Results) -> str:
+    if not results.cross_worker:
+        return "*(no cross-worker results)*"
+    _, data = results.cross_worker[-1]
+    rows = []
+    for run in data["runs"]:
+        if run["contender"] == "broadcaster":
+            continue
+        share = run["cpu_percent"]
+        mode = "" if run["scenario"] == run["mode"] else f" ({run['mode']})"
+        rows.append([f"{run['scenario']}{mode}", run["contender"],
+                     *(f"{share.get(key, 0):.0f} %" for key in
+                       ("workers", "clients", "driver", "redis"))])  # fmt: skip
+    source = {run.get("redis_cpu_source", "") for run in data["runs"]} - {""}
+    text = _table(["scenario", "contender", "workers", "clients", "driver", "Redis"], rows, 2)
+    cpus = data["environment"]["machine"]["cpus"]
+    return text + (f"\n\nIn % of one core, out of {100 * cpus} %, during the publishing "
+                   f"window; every process's CPU time from schedstat (Redis: "
+                   f"{', '.join(sorted(source)) or '-'}).")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# What was checked, and where the figures came from
+
+
+def verdicts(results: Results) -> str:
+    rows = []
+    for stem, data in results.all():
+        for verdict in data.get("verdicts", []):
+            rows.append([f"`{stem}`", verdict["label"], verdict["check"].replace("|", "/"),
+                         "yes" if verdict["met"] else "**no**"])  # fmt: skip
+    return _table(["file", "run", "target", "met"], rows, right=3) if rows else "*(none)*"
+
+
+def _parameters(data: dict[str, Any]) -> str:
+    p = data["environment"]["parameters"]
+    if data["environment"]["benchmark"] == "cross_worker":
+        return (f"scenarios {', '.join(p['scenario'])}; {p['duration']:g} s per steady run; "
+                f"{p['client_processes']} client processes")  # fmt: skip
+    parts = [f"scenarios {', '.join(p['scenarios'])}"]
+    if "fanout" in p["scenarios"]:
+        sizes = ", ".join(f"{size:,} B" for size in p["payload_bytes"])
+        counts = ", ".join(f"{n:,}" for n in p["connections"])
+        parts.append(f"fan-out {counts} connections {TIMES} {p['events']} events {TIMES} "
+                     f"{sizes}, burst and steady {p['steady_rate']:g}/s")  # fmt: skip
+    if "idle" in p["scenarios"]:
+        parts.append(f"idle {p['idle_connections']:,}")
+    parts.append(f"uvicorn `--ws {p['ws']}`, deflate {'on' if p['deflate'] else 'off'}")
+    return "; ".join(parts)
+
+
+def provenance(results: Results) -> str:
+    rows = []
+    machines = set()
+    versions = set()
+    for stem, data in results.all():
+        env = data["environment"]
+        machine = env["machine"]
+        machines.add(f"{machine['cpus']} CPUs ({machine['cpu_model']}), "
+                     f"{machine['memory_gib']} GiB, {machine['system']}, "
+                     f"Python {env['python']}")  # fmt: skip
+        versions.add(", ".join(f"{name} {value}" for name, value in env["versions"].items()))
+        load = f"{env['load_before'][0]:.2f} → {env.get('load_after', ['?'])[0]}"
+        rows.append([f"`{stem}.json`", env["date"].replace("T", " ")[:16], _commit(env["library"]),
+                     _commit(env["harness"]), load, _parameters(data)])  # fmt: skip
+    text = _table(["results file", "date (UTC)", "library `src/`", "harness `benchmarks/`",
+                   "load (1 min) before → after", "what ran"], rows, right=6)  # fmt: skip
+    states = {_commit(data["environment"]["library"]) for _, data in results.all()}
+    if len(states) == 1:
+        text += f"\n\nEvery file measured the same library state: {states.pop()}."
+    else:
+        text += (f"\n\nThe files measured {len(states)} different library states (see the "
+                 "table): compare figures within one file, never across files.")  # fmt: skip
+    text += "\n\nMachine: " + "; ".join(sorted(machines)) + "."
+    text += "\n\nVersions: " + "; ".join(sorted(versions)) + "."
+    return text
+
+
+RENDERERS: dict[str, Callable[[Results], str]] = {
+    "provenance": provenance,
+    "summary": summary,
+    "fanout": fanout,
+    "fanout-detail": fanout_detail,
+    "stalled-setup": stalled_setup,
+    "stalled": stalled,
+    "idle": idle,
+    "settings": settings,
+    "redis": redis,
+    "redis-cpu": redis_cpu,
+    "verdicts": verdicts,
+}
+"""Every generated block of the page, by the name its markers carry."""

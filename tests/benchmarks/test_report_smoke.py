@@ -1,0 +1,125 @@
+"""The page generator (``benchmarks/report.py``) runs on a tiny made-up results set.
+
+Nothing is measured or timed: the results are built from the harness's own dataclasses,
+so the test breaks when the results format and the generator drift apart, and it runs
+against the real ``docs/performance.md``, so a block without its markers is caught.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `benchmarks` lives beside `src`, not in the package
+    sys.path.insert(0, str(ROOT))
+
+cross_worker = importlib.import_module("benchmarks.cross_worker")
+peers = importlib.import_module("benchmarks.peers")
+provenance = importlib.import_module("benchmarks.provenance")
+report = importlib.import_module("benchmarks.report")
+
+PAGE = ROOT / "docs" / "performance.md"
+PEER_PARAMETERS = {
+    "scenarios": ["fanout", "stalled", "idle"], "connections": [10], "events": 4,
+    "steady_rate": 50.0, "payload_bytes": [200], "stalled_connections": 10,
+    "stalled_events": 30, "stalled_rate": 500.0, "idle_connections": 10, "ws": "wsproto",
+    "deflate": False, "stalled_clients": 2, "stalled_receive_buffer": 4096,
+}  # fmt: skip
+
+
+def peer_results() -> list[Any]:
+    results = []
+    for contender, cpu in (("budget_ws", 0.5), ("floor", 5.0)):
+        for rate in (0.0, 50.0):
+            delivered = 36 if contender == "floor" and rate else 40  # a shortfall to show
+            run = peers.Measurement(
+                "fanout", contender, 10, 4, 200, rate=rate, expected=40, delivered=delivered,
+                messages=delivered, cpu_seconds=1e-4, cpu_us_per_delivery=cpu, wall_seconds=0.1,
+                latency_ms={"p50": 1.0, "p99": 2.0}, rss_growth_kib=100,
+            )  # fmt: skip
+            results.append(run)
+        for stalled in (0, 2):
+            results.append(peers.Measurement(
+                "stalled", contender, 10, 30, 2048, stalled=stalled, rate=500, expected=300,
+                delivered=300, messages=300, cpu_us_per_delivery=cpu,
+                latency_ms={"p50": 1.0, "p99": 2.0 + stalled}, rss_growth_kib=100 + 50 * stalled,
+                stalled_clients=[{"bytes_read": 70_000, "events": 30, "close_code": 4000,
+                                  "close_reason": "slow consumer", "closed": True}] * stalled,
+            ))  # fmt: skip
+        results.append(peers.Measurement("idle", contender, 10, 0, 0,
+                                         rss_idle_kib_per_connection=20.0 + cpu,
+                                         connect_ms={"p99": 3.0}))  # fmt: skip
+    return results
+
+
+def write_results(directory: Path) -> None:
+    env = provenance.environment("peers", PEER_PARAMETERS) | {"load_after": [0.1, 0.1, 0.1]}
+    found = peer_results()
+    document = {"environment": env, "results": [asdict(r) | {"mode": r.mode} for r in found],
+                "verdicts": peers.verdicts(found)}  # fmt: skip
+    (directory / "peers.json").write_text(json.dumps(document))
+    (directory / "settings-wsproto.json").write_text(json.dumps(document))
+    run = cross_worker.Run("budget_ws", "burst", 10, 10_000, 1.0, published=5, expected=50,
+                           delivered=50, messages=10, worker_cpu_us_per_delivery=3.0,
+                           latency_ms={"p50": 1.0, "p99": 2.0})  # fmt: skip
+    env = provenance.environment("cross_worker", {"scenario": ["burst"], "duration": 1.0,
+                                                  "client_processes": 2})  # fmt: skip
+    document = {"environment": env | {"load_after": [0.1, 0.1, 0.1]},
+                "runs": [asdict(run) | {"complete": run.complete, "mode": run.mode}],
+                "verdicts": cross_worker.verdicts([run])}  # fmt: skip
+    (directory / "cross_worker.json").write_text(json.dumps(document))
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    directory = tmp_path / "results"
+    directory.mkdir()
+    write_results(directory)
+    return directory
+
+
+def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> None:
+    page = tmp_path / "performance.md"
+    page.write_text(PAGE.read_text())
+
+    assert report.main(["--results", str(results), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert report.main(["--results", str(results), "--page", str(page), "--check"]) == 0
+
+    # A steady row beside the burst row, and a shortfall shown, not hidden in the ratio.
+    assert "| 10 | 200 B | burst | 0.50 |" in text
+    assert "| 10 | 200 B | steady 50/s | 0.50 |" in text
+    assert "5.00 (90.0 % delivered)" in text
+    assert "4000 (slow consumer)" in text
+    assert "`peers.json`" in text
+    assert "`cross_worker.json`" in text
+    assert "per-message deflate off" in text  # the settings table
+    # The prose outside the blocks is left as it was.
+    assert (
+        text.split("<!-- begin: provenance -->")[0]
+        == PAGE.read_text().split("<!-- begin: provenance -->")[0]
+    )
+
+    page.write_text(text.replace("| 10 | 200 B | burst | 0.50 |", "| 10 | 200 B | burst | 0.40 |"))
+    assert report.main(["--results", str(results), "--page", str(page), "--check"]) == 1
+
+
+def test_a_missing_block_is_an_error(results: Path, tmp_path: Path) -> None:
+    page = tmp_path / "performance.md"
+    page.write_text(PAGE.read_text().replace("<!-- begin: stalled -->", ""))
+
+    assert report.main(["--results", str(results), "--page", str(page)]) == 2
+
+
+def test_no_results_is_an_error(tmp_path: Path) -> None:
+    page = tmp_path / "performance.md"
+    page.write_text(PAGE.read_text())
+
+    assert report.main(["--results", str(tmp_path), "--page", str(page)]) == 2

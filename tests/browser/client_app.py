@@ -9,10 +9,15 @@ Environment:
     BUDGET_WS_BACKEND: a backend URL instead of the memory backend (e.g. redis://...).
     BUDGET_WS_HEARTBEAT: heartbeat interval and timeout in seconds (default 20).
     BUDGET_WS_TOKEN: when set, a WebSocket must carry ``?token=<it>`` or is refused.
+    BUDGET_WS_CLIENT_FILE: a ``budget-ws.js`` to serve instead of the bundled one, to
+        measure another version of the client with the same tests (e.g. the previous
+        release: ``git show HEAD:src/budget_ws/static/budget-ws.js > /tmp/old.js``).
 
 The page (``/``) takes query parameters ``topic`` (default ``t``), ``ws`` (the URL given to
-``connect``, default ``/ws``) and ``storage=1`` (keep positions in ``sessionStorage``), and
-fills ``window.received`` (events), ``window.states`` (the client's ``budget-ws:`` events),
+``connect``, default ``/ws``), ``storage=1`` (keep positions in ``sessionStorage``) and
+``defaults=1`` (the client's own backoff, not the quick one of most tests), and fills
+``window.received`` (events), ``window.states`` (the client's ``budget-ws:`` events, each
+with ``at``, the page's ``Date.now()``),
 ``window.resyncs`` (``onResync`` calls), ``window.controls`` (every control frame received),
 ``window.messages`` (frames per WebSocket message), ``window.sent`` (frames sent) and
 ``window.attempts`` (WebSockets created).
@@ -27,7 +32,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from budget_ws import (
@@ -89,8 +94,7 @@ class RecordingWebSocket extends WebSocket {
 }
 
 const ws = connect(params.get("ws") || "/ws", {
-  minDelay: 100,
-  maxDelay: 1000,
+  ...(params.get("defaults") ? {} : { minDelay: 100, maxDelay: 1000 }),
   WebSocket: RecordingWebSocket,
   storage: params.get("storage") ? sessionStorage : null,
   onResync: (topic, position) => window.resyncs.push({ topic, position }),
@@ -100,7 +104,7 @@ ws.on("browser_test_tick", (data, frame) => {
 });
 ws.on("*", (data, frame) => {
   if (frame.event.startsWith("budget-ws:")) {
-    window.states.push({ event: frame.event.slice(10), ...data });
+    window.states.push({ event: frame.event.slice(10), at: Date.now(), ...data });
   }
 });
 window.ws = ws;
@@ -121,6 +125,7 @@ def app_factory() -> Starlette:
     beat = float(os.environ.get("BUDGET_WS_HEARTBEAT", "20"))
     token = os.environ.get("BUDGET_WS_TOKEN")
     backend_url = os.environ.get("BUDGET_WS_BACKEND")
+    client_file = os.environ.get("BUDGET_WS_CLIENT_FILE")
     manager = ConnectionManager(
         create_backend(backend_url) if backend_url else MemoryBackend(history_size=history),
         heartbeat=Heartbeat(interval=beat, timeout=beat),
@@ -155,7 +160,12 @@ def app_factory() -> Starlette:
         return [[position.offset, position.epoch] for position in positions]
 
     async def page(request: Request) -> HTMLResponse:
-        return HTMLResponse(PAGE.replace("__CLIENT_URL__", client_url("/budget-ws")))
+        module = "/client-under-test.js" if client_file else client_url("/budget-ws")
+        return HTMLResponse(PAGE.replace("__CLIENT_URL__", module))
+
+    async def client_under_test(request: Request) -> FileResponse:
+        assert client_file is not None
+        return FileResponse(client_file, media_type="text/javascript")
 
     async def publish(request: Request) -> JSONResponse:
         """``?topic=t&count=1&burst=`` publishes ``count`` ticks."""
@@ -213,6 +223,7 @@ def app_factory() -> Starlette:
             Route("/stats", stats),
             websocket_route(manager, "/ws", authenticate=authenticate),
             client_route("/budget-ws"),
+            *([Route("/client-under-test.js", client_under_test)] if client_file else []),
         ],
         lifespan=lifespan(manager),
     )

@@ -7,6 +7,7 @@ client is created with ``minDelay: 100, maxDelay: 1000`` so reconnects are quick
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from urllib.parse import urlencode
 
 import anyio
 import httpx
+import pytest
 
 from budget_ws.adapters import client_url
 from budget_ws.backends.redis import RedisBackend
@@ -242,9 +244,12 @@ def test_real_server_restart_reconnects_with_backoff_and_resyncs_on_the_new_epoc
     closes = states(page, "closed")
     assert closes[0]["code"] == 1012
     assert all(close["reconnect"] for close in closes)
-    # Full jitter under an exponential cap: min(maxDelay, minDelay * 2**k).
-    for k, close in enumerate(closes):
-        assert 0 <= close["delay"] < min(MAX_DELAY, MIN_DELAY * 2**k), (k, close)
+    # Full jitter: minDelay, 2 x minDelay, then a fifth of the outage so far (at least
+    # 2 x minDelay, at most maxDelay); the 1012 starts the outage.
+    assert 0 <= closes[0]["delay"] < MIN_DELAY
+    for close in closes:
+        outage = close["at"] - closes[0]["at"]
+        assert 0 <= close["delay"] < min(MAX_DELAY, max(2 * MIN_DELAY, outage / 5) + 1), close
     assert page.evaluate("window.attempts") == len(closes) + 1
     assert page.evaluate("window.ws.state") == "open"
 
@@ -451,3 +456,44 @@ def test_a_valid_token_is_accepted(page: Any, live_server: Any) -> None:
     post(server, "/publish", topic="t", count=1)
     wait(page, "window.received.length === 1")
     assert page.evaluate("window.attempts") == 1
+
+
+RESTART_PAGES = 10
+DOWN_FOR = 10.0  # s, from SIGTERM to starting the server again
+
+
+@pytest.mark.timeout(120)
+def test_pages_with_the_default_backoff_are_back_soon_after_a_10_s_restart(
+    new_page: Any, live_server: Any
+) -> None:
+    # Measures how stale pages stay after a restart: per page, the time from the server
+    # listening again to the page being subscribed again (its own clock, the same machine).
+    # BUDGET_WS_CLIENT_FILE=... runs it against another client, for comparison.
+    server = serve(live_server)
+    pages = [new_page() for _ in range(RESTART_PAGES)]
+    for page in pages:
+        subscribed(page, server, defaults="1")
+    resubscribed = "window.states.filter((s) => s.event === 'subscribed').length >= 2"
+
+    stopped = time.time()
+    server.stop()  # graceful: every page gets 1012
+    time.sleep(max(0.0, stopped + DOWN_FOR - time.time()))
+    server.start()  # returns once the port accepts connections
+    up = time.time()
+    for page in pages:
+        page.wait_for_function(resubscribed, timeout=30_000)
+
+    back = sorted(
+        page.evaluate("window.states.filter((s) => s.event === 'subscribed')[1].at") / 1000 - up
+        for page in pages
+    )
+    attempts = [page.evaluate("window.attempts") - 1 for page in pages]
+    median = statistics.median(back)
+    figures = (
+        f"back after a {DOWN_FOR:g} s restart, {len(pages)} pages: median {median:.2f} s, "
+        f"max {back[-1]:.2f} s, each {[round(b, 2) for b in back]}; reconnect attempts "
+        f"per page {attempts}"
+    )
+    print(figures)
+    assert median <= 1.5, figures
+    assert back[-1] <= 5.0, figures

@@ -56,7 +56,7 @@ test("subscribe rejects with the error frame's code; the topic is forgotten", as
   ws.receive({ op: "subscribed", topic: "budget:1", id: 1, position: at(0), recovered: false });
   await ok;
   ws.serverClose(1012);
-  t.clock.advance(250);
+  t.clock.advance(500);
   assert.deepEqual(t.open().sentOps("subscribe").map((f) => f.topic), ["budget:1"]);
 });
 
@@ -98,7 +98,7 @@ test("a subscribe answered after a reconnect resolves the original promise", asy
   t.open();
   const pending = t.client.subscribe("a");
   t.ws.serverClose(1006);
-  t.clock.advance(250);
+  t.clock.advance(500);
   const ws = t.open();
   ws.receive({ op: "subscribed", topic: "a", id: 2, position: at(0), recovered: false });
   assert.equal((await pending).id, 2);
@@ -211,4 +211,47 @@ test("timer and clock functions are called unbound (window.setTimeout, performan
   WS.last.serverClose(1006);
   client.close();
   await flush();
+});
+
+/** Open, subscribe to "a" and answer with backend_error: a retry is due in 10 s. */
+function backendError() {
+  const t = setup({ random: () => 0.5 });
+  const ws = t.open();
+  t.client.subscribe("a").catch(() => {});
+  ws.receive({ op: "error", code: "backend_error", message: "retry later", id: 1, topic: "a" });
+  return t;
+}
+
+test("backend_error: close() cancels the retry", () => {
+  const t = backendError();
+  t.client.close();
+  assert.equal(t.clock.timers.size, 0, "no timer survives close()");
+  t.client.connect();
+  const ws = t.open();
+  t.clock.advance(60000);
+  assert.deepEqual(ws.sentOps("subscribe").map((f) => f.topic), ["a"], "one subscribe, from the welcome");
+});
+
+test("backend_error: a reconnect meanwhile subscribes once, the retry does not send a duplicate", () => {
+  const t = backendError();
+  t.clock.advance(1000);
+  t.ws.serverClose(1006);
+  t.clock.advance(500);
+  const ws = t.open();
+  assert.equal(ws.sentOps("subscribe").length, 1);
+  t.clock.advance(60000);
+  assert.equal(ws.sentOps("subscribe").length, 1);
+});
+
+test("backend_error: a new subscribe() or unsubscribe() replaces the retry", () => {
+  const t = backendError();
+  const ws = t.ws;
+  t.client.subscribe("a").catch(() => {});
+  t.clock.advance(15000); // the retry was due after 10 s; within the heartbeat window
+  assert.deepEqual(ws.sentOps("subscribe").map((f) => f.id), [1, 2]);
+  ws.receive({ op: "error", code: "backend_error", message: "retry later", id: 2, topic: "a" });
+  t.client.unsubscribe("a");
+  t.clock.advance(15000);
+  assert.deepEqual(ws.sentOps("subscribe").map((f) => f.id), [1, 2]);
+  assert.equal(t.client.state, "open");
 });

@@ -12,9 +12,9 @@ for (const code of RECONNECT) {
     t.client.subscribe("budget:42");
     t.ws.receive({ op: "subscribed", topic: "budget:42", id: 1, position: { offset: 3, epoch: "e" }, recovered: false });
     t.ws.serverClose(code, "bye");
-    assert.deepEqual(t.seen("budget-ws:closed"), [{ code, reason: "bye", reconnect: true, delay: 250 }]);
+    assert.deepEqual(t.seen("budget-ws:closed"), [{ code, reason: "bye", reconnect: true, delay: 500 }]);
     assert.equal(t.client.state, "closed");
-    t.clock.advance(250);
+    t.clock.advance(500);
     assert.equal(t.WS.instances.length, 2);
     t.open();
     assert.deepEqual(t.ws.sentOps("subscribe"), [
@@ -207,4 +207,39 @@ test("after close() the page's events are ignored", async () => {
   page.fire(page.document, "visibilitychange");
   await flush();
   assert.equal(t.WS.instances.length, 1);
+});
+
+test("page lifecycle: pagehide keeps unanswered subscribes pending; pageshow answers them", async () => {
+  const page = fakePage();
+  const t = setup({ window: page.window, document: page.document });
+  const ws = t.open();
+  const settled = [];
+  const pending = t.client.subscribe("budget:42");
+  pending.then(
+    (frame) => settled.push(["resolved", frame.topic]),
+    (error) => settled.push(["rejected", error.code]),
+  );
+  const queued = t.client.subscribe("budget:43"); // before the page is hidden, not yet answered
+  page.fire(page.window, "pagehide", { persisted: true });
+  await flush();
+  assert.deepEqual(settled, [], "the page may come back from the back/forward cache");
+  assert.equal(ws.closedWith.code, 1000);
+  page.fire(page.window, "pageshow", { persisted: true });
+  const again = t.open();
+  assert.deepEqual(again.sentOps("subscribe").map((f) => f.topic), ["budget:42", "budget:43"]);
+  for (const [id, topic] of [[3, "budget:42"], [4, "budget:43"]]) {
+    again.receive({ op: "subscribed", topic, id, position: { offset: 0, epoch: "e" }, recovered: false });
+  }
+  assert.equal((await pending).topic, "budget:42");
+  assert.equal((await queued).topic, "budget:43");
+});
+
+test("page lifecycle: close() after pagehide rejects the pending subscribes", async () => {
+  const page = fakePage();
+  const t = setup({ window: page.window, document: page.document });
+  t.open();
+  const pending = t.client.subscribe("budget:42");
+  page.fire(page.window, "pagehide", { persisted: true });
+  t.client.close();
+  await assert.rejects(pending, { code: "closed" });
 });

@@ -77,7 +77,7 @@ test("reconnect resubscribes with the last processed position; recovered: true r
   const t = subscribedClient(at(16));
   t.ws.receive(event(17));
   t.ws.serverClose(1012);
-  t.clock.advance(250);
+  t.clock.advance(500);
   const ws = t.open();
   assert.deepEqual(ws.sentOps("subscribe"), [{ op: "subscribe", topic: TOPIC, id: 2, position: at(17) }]);
   ws.receive(subscribed(2, at(19), true));
@@ -93,7 +93,7 @@ test("recovered: false after asking to resume: onResync and continue from the fr
   const t = subscribedClient(at(16));
   t.ws.receive(event(17));
   t.ws.serverClose(1006);
-  t.clock.advance(250);
+  t.clock.advance(500);
   const ws = t.open();
   ws.receive(subscribed(2, at(90, "e2"), false));
   assert.deepEqual(t.resyncs, [[TOPIC, at(90, "e2")]]);
@@ -157,7 +157,7 @@ test("unsubscribe forgets the topic and its position", () => {
   assert.equal(t.client.positions.has(TOPIC), false);
   assert.deepEqual(t.handled, []);
   t.ws.serverClose(1012);
-  t.clock.advance(250);
+  t.clock.advance(500);
   assert.deepEqual(t.open().sentOps("subscribe"), []);
 });
 
@@ -166,7 +166,7 @@ test("a server-side unsubscribe is not undone on reconnect", () => {
   t.ws.receive({ op: "unsubscribed", topic: TOPIC });
   assert.deepEqual(t.seen("budget-ws:unsubscribed"), [{ topic: TOPIC }]);
   t.ws.serverClose(1012);
-  t.clock.advance(250);
+  t.clock.advance(500);
   assert.deepEqual(t.open().sentOps("subscribe"), []);
 });
 
@@ -267,7 +267,7 @@ test("unsubscribe also drops the events of a topic the server subscribed", () =>
 test("after a reconnect a topic is held again from its subscribed answer on", () => {
   const t = subscribedClient(at(3));
   t.ws.serverClose(1012);
-  t.clock.advance(250);
+  t.clock.advance(500);
   const ws = t.open();
   ws.receive(event(4)); // out of protocol: before the answer
   ws.receive(subscribed(2, at(4), true), event(4));
@@ -398,7 +398,7 @@ test("budget-ws:subscribed is emitted for every subscribed frame, after the posi
   ws.receive({ op: "subscribed", topic: "user:1", position: at(3), recovered: false }); // by the server
   ws.receive(event(17));
   ws.serverClose(1012);
-  t.clock.advance(250);
+  t.clock.advance(500);
   const again = t.open();
   again.receive(subscribed(2, at(20), true)); // resumed after the reconnect
   again.receive({ op: "subscribed", topic: "user:1", position: at(3), recovered: false });

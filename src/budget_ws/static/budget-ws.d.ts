@@ -116,13 +116,16 @@ export interface TimerFunctions {
 export interface BudgetWSOptions extends TimerFunctions {
   /** Default `["budget-ws.v1"]`. */
   protocols?: string | string[];
-  /** Base of the backoff, ms. Default 500. */
+  /** Base of the backoff, ms: the range of the first attempt of an outage, doubled for the
+   * second; later ranges follow the outage (a fifth of it, at least 2 x minDelay). Default 1000. */
   minDelay?: number;
   /** Cap of the backoff range, ms. Default 20000. */
   maxDelay?: number;
-  /** How long (ms) a connection must stay open before the backoff starts over. Default 5000. */
+  /** How long (ms) a connection must stay open for its end to start a new outage (the
+   * backoff starts over); a 1012 always does. Default 5000. */
   stableAfter?: number;
-  /** Extra server silence (ms) tolerated beyond heartbeat interval + timeout. Default 5000. */
+  /** Server silence (ms) tolerated beyond its ping period, max(interval, timeout); also how
+   * long a ping sent on `online` may go unanswered. Default 5000. */
   heartbeatSlack?: number;
   /** Where to keep positions across page reloads (e.g. `sessionStorage`). Off by default. */
   storage?: Pick<Storage, "getItem" | "setItem"> | null;
@@ -162,7 +165,8 @@ export declare class BudgetWS<Events extends Record<string, unknown> = Record<st
   connect(): this;
   /** Close for good: no reconnect until `connect()`. */
   close(code?: number, reason?: string): void;
-  /** Subscribe; remembered and resumed on every reconnect. */
+  /** Subscribe; remembered and resumed on every reconnect. Rejects when no reconnect is
+   * coming (not on `pagehide`: `pageshow` may resume the page). */
   subscribe(topic: string, options?: SubscribeOptions): Promise<SubscribedFrame>;
   /** Leave the topic; its events still on the way are dropped. */
   unsubscribe(topic: string): void;

@@ -22,8 +22,19 @@ export const PROTOCOL = "budget-ws.v1";
 const PREFIX = "budget-ws:";
 /** Close codes after which the client must not reconnect on its own (protocol.md). */
 const FINAL_CODES = [1000, 1002, 1008, 4003];
-/** Server silence (ms) tolerated before the welcome frame tells the real heartbeat. */
-const DEFAULT_SILENCE = 40000;
+/**
+ * Longest server silence (ms) between pings before the welcome frame tells the real
+ * heartbeat: the server's default pings every 20 s.
+ */
+const DEFAULT_SILENCE = 20000;
+/**
+ * Past its first attempts the backoff's range follows the outage, not the attempt count:
+ * at most this share of the time since the last good connection ended (but 2 x minDelay).
+ * A client is then back within a fifth of the outage (2 s after a 10 s restart, where
+ * doubling would have reached 8-16 s), and its attempts on a server that stays away still
+ * thin out, as 1/t.
+ */
+const OUTAGE_SHARE = 0.2;
 
 /** Report a handler's exception without stopping the frames that follow. */
 const report = (error) => (globalThis.reportError || console.error)(error);
@@ -48,7 +59,7 @@ export class BudgetWS {
     this.url = url;
     this.options = {
       protocols: [PROTOCOL],
-      minDelay: 500,
+      minDelay: 1000,
       maxDelay: 20000,
       stableAfter: 5000,
       heartbeatSlack: 5000,
@@ -68,6 +79,7 @@ export class BudgetWS {
     this.positions = new Map();
     this._handlers = new Map(); // event name -> Set of handlers
     this._subs = new Map(); // remembered topic -> [resolve, reject] of unanswered subscribe()s
+    this._retries = new Map(); // topic -> timer of its subscribe retry after a backend_error
     this._requests = new Map(); // subscribe id -> {topic, position sent}; the latest per topic
     this._held = new Set(); // topics with a `subscribed` answer on this connection
     this._id = 0;
@@ -83,7 +95,7 @@ export class BudgetWS {
   /** Open the connection (again, after `close()`); returns `this`. */
   connect() {
     this._auto = 0; // connect(url) no longer needs to start it
-    if (this._stopped) this._attempt = 0;
+    if (this._stopped || this._paused) this._restart();
     this._stopped = this._paused = false;
     this._listen();
     if (!this._ws) this._open();
@@ -207,6 +219,15 @@ export class BudgetWS {
     clearTimeout(this._watchdog);
     clearTimeout(this._retry);
     this._retry = null;
+    // A new connection subscribes every remembered topic on its welcome: retries are moot.
+    for (const timer of this._retries.values()) clearTimeout(timer);
+    this._retries.clear();
+  }
+
+  /** A new outage: the backoff starts over from `minDelay`. */
+  _restart() {
+    this._attempt = 0;
+    this._downSince = this._now();
   }
 
   _url() {
@@ -247,17 +268,25 @@ export class BudgetWS {
     }
     this._clear();
     const { random, minDelay, maxDelay, stableAfter } = this.options;
-    if (this.state == "open" && this._now() - this._openedAt >= stableAfter) this._attempt = 0;
+    const now = this._now();
+    // A server restarting (1012) or a connection that had lasted: not our failure, so a
+    // new outage starts; a connection that keeps failing quickly keeps the old one going.
+    if (this.state == "open" && (code == 1012 || now - this._openedAt >= stableAfter)) {
+      this._restart();
+    }
     this.state = "closed";
     const reconnect = !this._stopped && !this._paused && !FINAL_CODES.includes(code);
     let delay;
     if (reconnect) {
       // Full jitter over the whole range, at the cap too: clients that lost the same
       // server must not come back in lockstep.
-      delay = random() * Math.min(maxDelay, minDelay * 2 ** this._attempt++);
-      this._retryAt = this._now() + delay;
+      const outage = now - this._downSince;
+      const grown = Math.max(2 * minDelay, outage * OUTAGE_SHARE);
+      delay = random() * Math.min(maxDelay, minDelay * 2 ** this._attempt++, grown);
+      this._retryAt = now + delay;
       this._retry = this._timer(() => this._open(), delay);
-    } else {
+    } else if (!this._paused) {
+      // After pagehide the promises wait: pageshow (back/forward cache) resubscribes.
       this._failAll(code);
     }
     this._emit(PREFIX + "closed", { code, reason, reconnect, delay });
@@ -278,7 +307,10 @@ export class BudgetWS {
     const { clearTimeout, heartbeatSlack } = this.options;
     clearTimeout(this._watchdog);
     if (!this._ws) return;
-    const left = this._silence + heartbeatSlack - (this._now() - this._seen);
+    const now = this._now();
+    let left = this._silence + heartbeatSlack - (now - this._seen);
+    // An unanswered probe (`online`) gets only the slack: the link may have died meanwhile.
+    if (this._probeAt > this._seen) left = Math.min(left, heartbeatSlack - (now - this._probeAt));
     if (left <= 0) this._close(4001, "heartbeat timeout");
     else this._watchdog = this._timer(() => this._watch(), left);
   }
@@ -290,7 +322,7 @@ export class BudgetWS {
     this._lifecycle = new AbortController();
     const on = (target, type, listener) =>
       target?.addEventListener(type, listener, { signal: this._lifecycle.signal });
-    on(window, "online", () => (this._ws ? this._send({ op: "ping" }) : this._retry && this._open()));
+    on(window, "online", () => (this._ws ? this._probe() : this._retry && this._open()));
     on(window, "pagehide", () => {
       this._paused = true; // the page may come back from the back/forward cache
       this._clear();
@@ -306,6 +338,17 @@ export class BudgetWS {
     });
   }
 
+  /**
+   * The network is back: a connection that lived through the change may be dead without
+   * a close. The server answers a ping at once, so no answer within `heartbeatSlack`
+   * means reconnect now rather than after a whole heartbeat of silence.
+   */
+  _probe() {
+    if (!this._send({ op: "ping" })) return;
+    this._probeAt = this._now();
+    this._watch();
+  }
+
   _send(frame) {
     if (this.state != "open") return false;
     this._ws.send(JSON.stringify(frame));
@@ -313,12 +356,19 @@ export class BudgetWS {
   }
 
   _subscribe(topic) {
+    this._cancelRetry(topic); // this request replaces it
     if (this.state != "open") return; // sent on the next welcome
     const id = ++this._id;
     const position = this.positions.get(topic);
     this._drop(topic);
     this._requests.set(id, { topic, position });
     this._send({ op: "subscribe", topic, id, position });
+  }
+
+  _cancelRetry(topic) {
+    const { clearTimeout } = this.options;
+    clearTimeout(this._retries.get(topic));
+    this._retries.delete(topic);
   }
 
   /** Ignore the answers to the topic's requests sent so far. */
@@ -330,6 +380,7 @@ export class BudgetWS {
 
   /** Forget a topic: no resubscribe, no position, and its events are dropped from now on. */
   _leave(topic) {
+    this._cancelRetry(topic);
     this._subs.delete(topic);
     this._drop(topic);
     this._held.delete(topic);
@@ -397,7 +448,9 @@ export class BudgetWS {
         break;
       case "welcome": {
         const { interval, timeout } = frame.heartbeat || {};
-        this._silence = (interval + timeout) * 1000 || DEFAULT_SILENCE;
+        // The server pings every max(interval, timeout) s whether we answer or not
+        // (protocol.md): silence beyond that, plus the slack, is a dead link.
+        this._silence = Math.max(interval, timeout) * 1000 || DEFAULT_SILENCE;
         this.state = "open";
         this._openedAt = this._now();
         for (const topic of this._subs.keys()) this._subscribe(topic);
@@ -440,9 +493,10 @@ export class BudgetWS {
           const { topic } = request;
           this._settle(topic, 1, failure(frame.code, frame.message, frame));
           if (frame.code == "backend_error") {
+            // Tracked: close(), a reconnect, unsubscribe() or a newer request cancels it,
+            // so it never sends a second subscribe for the topic.
             const { random, maxDelay } = this.options;
-            const retry = () => this._subs.has(topic) && this._subscribe(topic);
-            this._timer(retry, random() * maxDelay);
+            this._retries.set(topic, this._timer(() => this._subscribe(topic), random() * maxDelay));
           } else {
             this._leave(topic);
           }

@@ -9,6 +9,7 @@ import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close
 
 from budget_ws import (
     ClientMessage,
@@ -93,36 +94,32 @@ async def test_refused_handshakes_get_an_http_answer(
         assert manager.stats().connections == 0
 
 
+async def refusal(address: str, origin: str) -> Close:
+    """The close frame a browser at ``origin`` gets when its WebSocket is refused."""
+    async with connect(
+        f"ws://{address}/ws",
+        subprotocols=[PROTOCOL],  # type: ignore[list-item]
+        origin=origin,  # type: ignore[arg-type]
+    ) as socket:
+        with pytest.raises(ConnectionClosed) as info:
+            await socket.recv()
+    assert info.value.rcvd is not None
+    return info.value.rcvd
+
+
 async def test_browsers_are_refused_with_a_close_code_they_can_see(serve: Any) -> None:
     def authenticate(handshake: Handshake) -> str:
         raise HandshakeRejected("log in first", close_code=4003)
 
     manager = ConnectionManager()
     async with serve(WebSocketApp(manager)) as address:
-        async with connect(
-            f"ws://{address}/ws",
-            subprotocols=[PROTOCOL],  # type: ignore[list-item]
-            origin="http://evil.example",  # type: ignore[arg-type]
-        ) as socket:
-            with pytest.raises(ConnectionClosed) as info:
-                await socket.recv()
-        assert info.value.rcvd is not None
-        assert (info.value.rcvd.code, info.value.rcvd.reason) == (
-            1008,
-            "origin http://evil.example not allowed",
-        )
+        close = await refusal(address, "http://evil.example")
+        assert (close.code, close.reason) == (1008, "origin http://evil.example not allowed")
     assert manager.stats().connections == 0
     other = ConnectionManager()
     async with serve(WebSocketApp(other, authenticate=authenticate)) as address:
-        async with connect(
-            f"ws://{address}/ws",
-            subprotocols=[PROTOCOL],  # type: ignore[list-item]
-            origin=f"http://{address}",  # type: ignore[arg-type]
-        ) as socket:
-            with pytest.raises(ConnectionClosed) as info:
-                await socket.recv()
-        assert info.value.rcvd is not None
-        assert (info.value.rcvd.code, info.value.rcvd.reason) == (4003, "log in first")
+        close = await refusal(address, f"http://{address}")
+        assert (close.code, close.reason) == (4003, "log in first")
 
 
 @pytest.mark.parametrize("origin", ["http://[", "https://a]b", "http://" + "x" * 300])
@@ -131,18 +128,11 @@ async def test_a_malformed_or_huge_origin_gets_the_documented_refusal(
 ) -> None:
     manager = ConnectionManager()
     async with serve(WebSocketApp(manager)) as address:
-        async with connect(
-            f"ws://{address}/ws",
-            subprotocols=[PROTOCOL],  # type: ignore[list-item]
-            origin=origin,  # type: ignore[arg-type]
-        ) as socket:
-            with pytest.raises(ConnectionClosed) as info:
-                await socket.recv()
-    assert info.value.rcvd is not None
-    assert info.value.rcvd.code == 1008
-    assert info.value.rcvd.reason.startswith("origin ")
-    assert info.value.rcvd.reason.endswith(" not allowed")
-    assert len(info.value.rcvd.reason.encode()) <= 123
+        close = await refusal(address, origin)
+    assert close.code == 1008
+    assert close.reason.startswith("origin ")
+    assert close.reason.endswith(" not allowed")
+    assert len(close.reason.encode()) <= 123
     assert manager.stats().connections == 0
 
 
@@ -152,16 +142,8 @@ async def test_a_long_refusal_reason_is_cut_to_fit_a_close_frame(serve: Any) -> 
 
     manager = ConnectionManager()
     async with serve(WebSocketApp(manager, authenticate=authenticate)) as address:
-        async with connect(
-            f"ws://{address}/ws",
-            subprotocols=[PROTOCOL],  # type: ignore[list-item]
-            origin=f"http://{address}",  # type: ignore[arg-type]
-        ) as socket:
-            with pytest.raises(ConnectionClosed) as info:
-                await socket.recv()
-    assert info.value.rcvd is not None
-    assert info.value.rcvd.code == 4003
-    assert info.value.rcvd.reason == "é" * 60 + "…"
+        close = await refusal(address, f"http://{address}")
+    assert (close.code, close.reason) == (4003, "é" * 60 + "…")
 
 
 async def test_a_connection_cut_off_by_the_server_is_closed_with_a_code_to_come_back(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budget_ws import Heartbeat, InvalidTopic, Limits, OutboxLimits, validate_topic
+from budget_ws import Heartbeat, InvalidLimit, InvalidTopic, Limits, OutboxLimits, validate_topic
 from budget_ws.limits import RateLimiter
 
 
@@ -67,7 +67,7 @@ def test_rate_limiter_charges_a_cost() -> None:
     ],
 )
 def test_nonsense_limits_are_refused(make: object) -> None:
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(InvalidLimit, match="positive"):
         make()  # type: ignore[operator]
 
 

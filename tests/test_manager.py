@@ -18,6 +18,7 @@ from budget_ws import (
     ClientMessage,
     CloseCode,
     ConnectionClosed,
+    ConnectionIdInUse,
     ConnectionManager,
     Event,
     EventRegistry,
@@ -877,7 +878,7 @@ async def test_a_connection_id_in_use_is_refused(manager: ConnectionManager) -> 
         await client.receive()
         [taken] = manager.connections
         transport = MemoryTransport()
-        with pytest.raises(ValueError, match="already in use"):
+        with pytest.raises(ConnectionIdInUse, match="already in use"):
             await manager.serve(transport, connection_id=taken)
         transport.release()
         assert list(manager.connections) == [taken]

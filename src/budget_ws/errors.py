@@ -13,11 +13,13 @@ __all__ = [
     "BackendUnavailable",
     "BudgetWSError",
     "ConnectionClosed",
+    "ConnectionIdInUse",
     "EventRegistrationError",
     "EventTooLarge",
     "EventValidationError",
     "HandshakeRejected",
     "InvalidBackendOption",
+    "InvalidLimit",
     "InvalidTopic",
     "ManagerClosed",
     "UnknownBackend",
@@ -53,6 +55,20 @@ class EventValidationError(BudgetWSError, ValueError):
 
 class EventTooLarge(BudgetWSError, ValueError):
     """An encoded event is larger than ``OutboxLimits.max_bytes``: no client could receive it."""
+
+
+class InvalidLimit(BudgetWSError, ValueError):
+    """A ``Limits``, ``OutboxLimits`` or ``Heartbeat`` value is out of range.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ConnectionIdInUse(BudgetWSError, ValueError):
+    """``serve()`` was given a connection whose id another live connection has.
+
+    .. versionadded:: 0.1
+    """
 
 
 class InvalidTopic(BudgetWSError, ValueError):

@@ -6,7 +6,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidTopic
+from .errors import InvalidLimit, InvalidTopic
 
 __all__ = ["Heartbeat", "Limits", "OutboxLimits", "SlowConsumerPolicy", "validate_topic"]
 
@@ -53,7 +53,7 @@ class OutboxLimits:
             or self.max_batch_bytes < 1
             or self.max_replay < 0
         ):
-            raise ValueError("outbox limits must be positive")
+            raise InvalidLimit("outbox limits must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class Heartbeat:
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0:
-            raise ValueError("heartbeat interval and timeout must be positive")
+            raise InvalidLimit("heartbeat interval and timeout must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ class Limits:
             or self.max_topics_per_connection < 1
             or self.max_topic_length < 1
         ):
-            raise ValueError("limits must be positive, and byte_burst at least max_frame_bytes")
+            raise InvalidLimit("limits must be positive, and byte_burst at least max_frame_bytes")
 
     def describe(self) -> dict[str, float]:
         """The limits a client is told in the welcome frame."""

@@ -17,6 +17,7 @@ from .backends import Backend, Position, create_backend
 from .connection import Connection, Transport, _Counters
 from .errors import (
     BackendError,
+    ConnectionIdInUse,
     EventTooLarge,
     EventValidationError,
     InvalidTopic,
@@ -291,7 +292,7 @@ class ConnectionManager:
             await connection.run(self._handle_frame)
             return
         if connection.id in self._connections:
-            raise ValueError(f"connection id {connection.id!r} is already in use")
+            raise ConnectionIdInUse(f"connection id {connection.id!r} is already in use")
         if self.max_connections is not None and len(self._connections) >= self.max_connections:
             connection.close(CloseCode.TRY_AGAIN_LATER, "server full; try again later")
             await connection.run(self._handle_frame)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from websockets.asyncio.client import connect
 
-from budget_ws import ConnectionManager, Event, Handshake
+from budget_ws import ConnectionManager, Event, Handshake, ManagerClosed
 from budget_ws.adapters.fastapi import Manager, create_router, current_manager, lifespan
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +74,7 @@ def test_the_dependency_explains_a_missing_lifespan() -> None:
     class Bare:
         state = object()
 
-    with pytest.raises(RuntimeError, match="lifespan"):
+    with pytest.raises(ManagerClosed, match="lifespan"):
         current_manager(Bare())  # type: ignore[arg-type]
 
 

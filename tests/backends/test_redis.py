@@ -494,3 +494,9 @@ async def test_clients_resuming_during_a_live_stream_get_each_event_once() -> No
                 expected = list(range(resume_from.offset + 1, resume_from.offset + 21))
                 assert offsets == expected, "each event once, in order, after a resume"
             stop.set()
+
+
+async def test_opening_an_open_backend_is_refused_clearly() -> None:
+    async with RedisBackend(SHARED, key_prefix=prefix()) as backend:
+        with pytest.raises(BackendError, match="already open"):
+            await backend.__aenter__()

@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "budget_ws.adapters.fastapi needs FastAPI: pip install 'budget-ws[fastapi]'"
     ) from exc
 
+from ..errors import ManagerClosed
 from ..handshake import Authenticate
 from ..manager import ConnectionManager
 from .assets import ClientAssets
@@ -65,7 +66,7 @@ def current_manager(request: Request) -> ConnectionManager:
     """A dependency giving the running manager; needs ``FastAPI(lifespan=lifespan(manager))``."""
     manager = getattr(request.state, STATE_KEY, None)
     if not isinstance(manager, ConnectionManager):
-        raise RuntimeError(
+        raise ManagerClosed(
             "no running budget_ws manager: create the app with "
             "FastAPI(lifespan=budget_ws.adapters.fastapi.lifespan(manager))"
         )

@@ -192,7 +192,7 @@ class RedisBackend:
     async def __aenter__(self) -> Self:
         """Connect; fails with :class:`~budget_ws.BackendUnavailable` if Redis is unreachable."""
         if self._client is not None:
-            raise RuntimeError("this RedisBackend is already open")
+            raise BackendError("this RedisBackend is already open")
         try:
             asyncio.get_running_loop()
         except RuntimeError:

@@ -975,3 +975,22 @@ async def test_answers_a_client_never_reads_are_bounded_in_bytes() -> None:
             assert connection.close_code == CloseCode.SLOW_CONSUMER
             assert connection.queued_bytes == 0
         assert manager.stats().slow_consumer_disconnects == 1
+
+
+@pytest.mark.parametrize("how", ["broadcast", "send"])
+async def test_a_burst_of_sends_larger_than_an_outbox_lets_the_writer_run(how: str) -> None:
+    # send() and broadcast() never wait on a client, but they are async for a reason:
+    # past half an outbox they let its writer run, as publish() does, so a burst larger
+    # than an outbox reaches a healthy client instead of closing it as a slow consumer.
+    async with ConnectionManager(outbox=OutboxLimits(max_messages=10)) as manager:
+        async with connect(manager) as client:
+            await client.receive()
+            [connection] = manager.connections.values()
+            for number in range(30):
+                if how == "broadcast":
+                    await manager.broadcast(fact(number))
+                else:
+                    await manager.send(connection, fact(number))
+            received = [(await client.receive_event())["data"]["id"] for _ in range(30)]
+            assert received == list(range(30))
+            assert not connection.closed

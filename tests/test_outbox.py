@@ -98,3 +98,14 @@ async def test_the_urgent_queue_is_bounded_in_bytes_but_takes_one_large_replay()
     assert outbox.size == 4
     outbox.clear()
     assert outbox.size == 0
+
+
+def test_offer_queues_what_fits_and_leaves_the_policy_to_put() -> None:
+    limits = OutboxLimits(max_messages=2, max_bytes=100, policy=SlowConsumerPolicy.DROP_OLDEST)
+    outbox = Outbox(limits)
+    assert outbox.offer("a", 1) == 1
+    assert outbox.offer("b", 1) == 2
+    assert outbox.offer("c", 1) == 0, "full: nothing dropped by offer"
+    assert (len(outbox), outbox.dropped) == (2, 0)
+    assert outbox.put("c")  # put applies the policy
+    assert (len(outbox), outbox.dropped) == (2, 1)

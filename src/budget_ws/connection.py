@@ -58,14 +58,12 @@ class Transport(Protocol):
 class _Counters:
     """Totals shared by the connections of one manager, for ``stats()``."""
 
-    __slots__ = ("backlog", "delivered", "dropped", "slow_consumers")
+    __slots__ = ("delivered", "dropped", "slow_consumers")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.dropped = 0
         self.slow_consumers = 0
-        self.backlog = False
-        """Set when an outbox passes half its size; the publisher then lets writers run."""
 
 
 FrameHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
@@ -163,18 +161,24 @@ class Connection:
         """Size of the frames waiting in the outbox."""
         return self._outbox.size
 
-    def push(self, frame: str) -> None:
+    def push(self, frame: str) -> bool:
         """Queue an encoded frame for this client without waiting.
 
         When the outbox is full, the slow-consumer policy applies: by default the
         connection is closed with 4000 so the client reconnects and recovers.
+
+        Returns:
+            True when the outbox is past half full: whoever queues a burst should let the
+            writer run before the next frame, so a burst larger than an outbox is not
+            mistaken for a slow consumer.
         """
-        if self._close_code is None:
-            outbox = self._outbox
-            if not outbox.put(frame):
-                self._overflowed()
-            elif len(outbox) > self._half_full:
-                self._counters.backlog = True
+        if self._close_code is not None:
+            return False
+        outbox = self._outbox
+        if not outbox.put(frame):
+            self._overflowed()
+            return False
+        return len(outbox) > self._half_full
 
     def _overflowed(self) -> None:
         self._counters.slow_consumers += 1
@@ -373,27 +377,24 @@ def _size(raw: str | bytes, limit: int) -> int:
     return len(raw)
 
 
-def fan_out(connections: Iterable[Connection], frame: str) -> None:
+def fan_out(connections: Iterable[Connection], frame: str) -> bool:
     """Queue one frame for many connections without waiting: the hot path of a publish.
 
-    Does what :meth:`Connection.push` does for each connection, inlined, because it runs
-    once per subscriber per event; anything unusual (a full outbox) takes the slow path.
+    What :meth:`Connection.push` does for each connection, with the outbox's fast
+    :meth:`~budget_ws.outbox.Outbox.offer`, since it runs once per subscriber per event;
+    a full outbox takes the slow path (the slow-consumer policy).
+
+    Returns:
+        True when an outbox is past half full: the publisher should let writers run.
     """
     size = len(frame)
+    crowded = False
     for connection in connections:
         if connection._close_code is not None:
             continue
-        outbox = connection._outbox
-        frames = outbox._frames
-        queued = len(frames)
-        if queued >= outbox._max_messages or outbox._size + size > outbox._max_bytes:
-            connection.push(frame)
-            continue
-        frames.append(frame)
-        outbox._size += size
-        if queued >= connection._half_full:
-            connection._counters.backlog = True
-        wakeup = outbox._wakeup
-        if wakeup is not None:
-            outbox._wakeup = None
-            wakeup.set()
+        queued = connection._outbox.offer(frame, size)
+        if not queued:
+            crowded = connection.push(frame) or crowded
+        elif queued > connection._half_full:
+            crowded = True
+    return crowded

@@ -507,10 +507,9 @@ class ConnectionManager:
         payload = self._encode(event, extra=len(topic) + _POSITION_FIELDS)
         position = await self.backend.publish(topic, payload)
         self._published += 1
-        if self._counters.backlog:
+        if self._router.take_crowded():
             # Frames pile up in some outbox: let the writers run before the next event,
             # so a burst larger than an outbox is not mistaken for slow consumers.
-            self._counters.backlog = False
             await anyio.lowlevel.checkpoint()
         return position
 
@@ -530,9 +529,14 @@ class ConnectionManager:
         return (await self.backend.history(topic, None, 0)).position
 
     async def send(self, connection: Connection, event: Event) -> None:
-        """Send an event to one connection, outside any topic (not recoverable)."""
+        """Send an event to one connection, outside any topic (not recoverable).
+
+        Never waits on the client; lets the connection's writer run when its outbox is
+        past half full, as :meth:`publish` does.
+        """
         self._check_running()
-        connection.push(self._encode(event).decode())
+        if connection.push(self._encode(event).decode()):
+            await anyio.lowlevel.checkpoint()
 
     async def broadcast(self, event: Event) -> int:
         """Send an event to every connection of *this* manager, outside any topic.
@@ -546,8 +550,11 @@ class ConnectionManager:
         self._check_running()
         frame = self._encode(event).decode()
         connections = list(self._connections.values())
+        crowded = False
         for connection in connections:
-            connection.push(frame)
+            crowded = connection.push(frame) or crowded
+        if crowded:
+            await anyio.lowlevel.checkpoint()
         return len(connections)
 
     def _encode(self, event: Event, extra: int = 0) -> bytes:

@@ -115,25 +115,46 @@ class Outbox:
             return False
         return was_empty or self._urgent_size <= self._max_bytes
 
+    def offer(self, frame: str, size: int) -> int:
+        """Queue ``frame`` (``size`` characters) if it fits, without waiting.
+
+        The hot path of every delivery, once per subscriber per event: plain attributes,
+        no helper calls, and no policy.
+
+        Returns:
+            The number of event frames queued now, or 0 when the frame does not fit: the
+            caller then applies the slow-consumer policy with :meth:`put`.
+        """
+        frames = self._frames
+        queued = len(frames)
+        if queued >= self._max_messages or self._size + size > self._max_bytes:
+            return 0
+        frames.append(frame)
+        self._size += size
+        wakeup = self._wakeup
+        if wakeup is not None:  # wake the writer once per batch, not once per frame
+            self._wakeup = None
+            wakeup.set()
+        return queued + 1
+
     def put(self, frame: str) -> bool:
-        """Queue one frame without waiting.
+        """Queue one frame without waiting, applying the slow-consumer policy.
 
         Returns:
             False when the frame does not fit and the policy is to disconnect; the caller
             then closes the connection. With the drop-oldest policy, older frames make room
             and this returns True.
         """
-        # The hot path of every delivery: plain attributes, no helper calls.
-        frames = self._frames
         size = len(frame)
-        if len(frames) >= self._max_messages or self._size + size > self._max_bytes:
-            if self._limits.policy is SlowConsumerPolicy.DISCONNECT:
-                return False
-            self._drop_oldest(size)
-            if size > self._max_bytes:
-                self.dropped += 1
-                return True
-        frames.append(frame)
+        if self.offer(frame, size):
+            return True
+        if self._limits.policy is SlowConsumerPolicy.DISCONNECT:
+            return False
+        self._drop_oldest(size)
+        if size > self._max_bytes:
+            self.dropped += 1
+            return True
+        self._frames.append(frame)
         self._size += size
         self._wake()
         return True

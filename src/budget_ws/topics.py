@@ -53,9 +53,19 @@ class TopicRouter:
         self._backend = backend
         self._max_replay = max_replay
         self._topics: dict[str, _Topic] = {}
+        self._crowded = False
 
     def __len__(self) -> int:
         return len(self._topics)
+
+    def take_crowded(self) -> bool:
+        """Whether an outbox passed half full in a delivery since the last call.
+
+        The backend calls :meth:`deliver`, so its answer cannot travel back through
+        ``publish()``: the publisher asks here, and then lets the writers run.
+        """
+        crowded, self._crowded = self._crowded, False
+        return crowded
 
     def connections(self, topic: str) -> tuple[Connection, ...]:
         """The local connections subscribed to ``topic``."""
@@ -153,12 +163,13 @@ class TopicRouter:
         frame = position_frame(payload, topic, position)
         for buffer in state.recovering.values():
             buffer.append((position, frame))
+        recipients = state.connections
         if state.floors:
             sent_already = _sent_already(state.floors, position)
             if sent_already:
-                fan_out(state.connections - sent_already, frame)
-                return
-        fan_out(state.connections, frame)
+                recipients = recipients - sent_already
+        if fan_out(recipients, frame):
+            self._crowded = True
 
     def resync(self, topic: str, position: Position) -> None:
         """Tell every local subscriber of ``topic`` that events were lost."""

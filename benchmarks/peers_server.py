@@ -4,10 +4,11 @@ Run by the driver as ``python -m benchmarks.peers_server --contender NAME --port
 person never needs to. The process serves WebSockets at ``/ws`` on 127.0.0.1 and takes
 commands from its driver on stdin, answering each with one JSON line on stdout:
 
-- ``publish COUNT BYTES [RATE]``: publish COUNT events back to back (a burst), or RATE
-  events per second, each with a ``data`` of about BYTES of JSON:
+- ``publish COUNT BYTES [RATE [due]]``: publish COUNT events back to back (a burst), or
+  RATE events per second, each with a ``data`` of about BYTES of JSON:
   ``{"seq": i, "sent_at": time.time_ns(), "pad": ...}``; ``sent_at`` is taken as each
-  event is published;
+  event is published, or with ``due`` (paced only) it is the time the event was due, so
+  that a publisher held up by a busy event loop counts in the latency too;
 - ``warmup``: publish 3 events with negative ``seq`` (clients do not count them), then
   run a full garbage collection;
 - end of stdin: stop.
@@ -18,7 +19,11 @@ contenders (``CONTENDERS``):
 
 - ``budget_ws``: ``budget_ws.adapters.asgi.WebSocketApp`` over a ``ConnectionManager`` on
   the memory backend (default limits); clients subscribe with ``budget-ws.v1`` frames;
-  events are a pydantic ``Event`` published with ``manager.publish``.
+  events are a pydantic ``Event`` published with ``manager.publish``. With
+  ``--client-events`` (the hostile-client scenario, ``benchmarks/hostile.py``) it also
+  accepts a ``note`` event from clients (``text: str``, ``amount: int``) whose handler
+  does nothing, so that every client event is validated and answered; without it,
+  clients may send no event, as before.
 - ``naive``: the original app: Starlette's ``WebSocket``, a dict of sockets and
   ``await websocket.send_json(...)`` for each client in turn.
 - ``broadcaster``: encode/broadcaster on ``memory://``, the pattern of its README: one
@@ -47,6 +52,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 __all__ = ["CONTENDERS", "main"]
@@ -61,18 +67,21 @@ Publish = Callable[[int, int, int], Awaitable[None]]
 """publish(count, payload_bytes, first_seq)."""
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+DUE_NS: ContextVar[int | None] = ContextVar("DUE_NS", default=None)
+"""Set by a paced ``publish ... due``: the ``sent_at`` of the event being published."""
 
 
 def payload(seq: int, size: int) -> dict[str, Any]:
     """An event's data of about ``size`` bytes of JSON; ``seq`` and ``sent_at`` first."""
-    return {"seq": seq, "sent_at": time.time_ns(), "pad": "x" * max(0, size - 48)}
+    sent_at = DUE_NS.get() or time.time_ns()
+    return {"seq": seq, "sent_at": sent_at, "pad": "x" * max(0, size - 48)}
 
 
 # --------------------------------------------------------------------------------------
 # Contenders
 
 
-def budget_ws_app() -> tuple[ASGIApp, Publish]:
+def budget_ws_app(client_events: bool = False) -> tuple[ASGIApp, Publish]:
     from budget_ws import ConnectionManager, Event
     from budget_ws.adapters.asgi import WebSocketApp
 
@@ -83,6 +92,15 @@ def budget_ws_app() -> tuple[ASGIApp, Publish]:
 
     manager = ConnectionManager()
     app = WebSocketApp(manager)
+    if client_events:
+
+        class Note(Event, name="note", register=False):
+            text: str
+            amount: int
+
+        @manager.on(Note)
+        async def note(message: Any) -> None:
+            """Accept the note and do nothing: the cost measured is validating it."""
 
     async def publish(count: int, size: int, first: int) -> None:
         for seq in range(first, first + count):
@@ -235,7 +253,10 @@ APPS = {"budget_ws": budget_ws_app, "naive": naive_app, "broadcaster": broadcast
 async def serve_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn
 
-    app, publish = APPS[args.contender]()
+    if args.contender == "budget_ws":
+        app, publish = budget_ws_app(client_events=args.client_events)
+    else:
+        app, publish = APPS[args.contender]()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -291,7 +312,8 @@ async def control(publish: Publish) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    _answer({"ready": True})
+    library = sys.modules.get("budget_ws")  # which checkout's src/ runs (hostile.py --src)
+    _answer({"ready": True, "library": getattr(library, "__file__", None)})
     while line := (await reader.readline()).decode().strip():
         command, *values = line.split()
         began = time.perf_counter()
@@ -300,15 +322,20 @@ async def control(publish: Publish) -> None:
         if command == "publish":
             count, size = int(values[0]), int(values[1])
             rate = float(values[2]) if len(values) > 2 else 0.0
+            due = values[3:4] == ["due"]
             if rate <= 0:
                 await publish(count, size, 0)
             else:  # paced: each event at its due time, however long the previous took
                 start = loop.time()
+                start_ns = time.time_ns()
                 for seq in range(count):
                     delay = start + seq / rate - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                    token = DUE_NS.set(start_ns + round(seq * 1e9 / rate)) if due else None
                     await publish(1, size, seq)
+                    if token is not None:
+                        DUE_NS.reset(token)
         elif command == "warmup":
             await publish(3, 64, -3)
             # Start the measurement from a collected heap: otherwise a full collection
@@ -330,6 +357,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ws", default="websockets-sansio")
     parser.add_argument("--deflate", action="store_true", help="offer per-message deflate")
+    parser.add_argument("--client-events", action="store_true",
+                        help="budget_ws: accept a `note` event from clients")  # fmt: skip
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -43,8 +43,12 @@ def load(directory: Path) -> Results:
             results.settings.append((path.stem, data))
         elif benchmark == "peers":
             results.peers.append((path.stem, data))
+        elif benchmark == "hostile":
+            results.hostile.append((path.stem, data))
         else:
-            raise ReportError(f"{path}: not a results file of benchmarks.peers or cross_worker")
+            raise ReportError(
+                f"{path}: not a results file of benchmarks.peers, cross_worker or hostile"
+            )
     if not results.all():
         raise ReportError(f"no results files in {directory}: run python -m benchmarks.suite")
     return results

@@ -5,6 +5,8 @@ Run it with ``python -m benchmarks.suite`` (about 20 minutes on 2 cores), then
 an ordinary benchmark command, printed before it starts, so any one can be rerun alone.
 Other work on the machine skews the figures: before each run this waits (bounded) for
 the 1-minute load average to fall below ``--max-load``; the files record the load anyway.
+The hostile-client runs also measure the code before their fixes when ``--before`` names
+a checkout of it (``git worktree add /tmp/budget-before 8e634c6``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,19 @@ SETTINGS = {
 """The uvicorn settings compared for idle memory, by results file name."""
 
 
-def runs(results: Path, large: int, settings_connections: int) -> list[tuple[str, list[str]]]:
-    """(results file stem, command) for every run, in order."""
+HOSTILE = {"hostile": [], "hostile-wsproto": ["--ws", "wsproto"]}
+"""The hostile-client runs, by results file name; each once more with ``--before``."""
+BEFORE_FIXES = "8e634c6"
+"""The last commit before the fixes the hostile runs check (issue 10, items 7 and 8)."""
+
+
+def runs(results: Path, large: int, settings_connections: int,
+         before: Path | None = None) -> list[tuple[str, list[str]]]:  # fmt: skip
+    """(results file stem, command) for every run, in order.
+
+    ``before``: a checkout of ``BEFORE_FIXES``, whose ``src/`` the ``hostile-before*``
+    runs serve (without it they are left out).
+    """
     peers = [sys.executable, "-m", "benchmarks.peers"]
     planned = [
         ("peers", [*peers, "--connections", "1000", "--payload-bytes", "200", "2048",
@@ -47,6 +60,12 @@ def runs(results: Path, large: int, settings_connections: int) -> list[tuple[str
                                str(settings_connections), *options]))  # fmt: skip
     planned.append(("cross_worker", [sys.executable, "-m", "benchmarks.cross_worker",
                                      "--private-redis"]))  # fmt: skip
+    hostile = [sys.executable, "-m", "benchmarks.hostile"]
+    for name, options in HOSTILE.items():
+        planned.append((name, [*hostile, *options]))
+        if before is not None:
+            stem = name.replace("hostile", "hostile-before", 1)
+            planned.append((stem, [*hostile, *options, "--src", str(before / "src")]))
     return [(stem, [*command, "--json-file", str(results / f"{stem}.json")])
             for stem, command in planned]  # fmt: skip
 
@@ -67,10 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="STEM", help="run just these files")
     parser.add_argument("--max-load", type=float, default=0.5)
     parser.add_argument("--max-wait", type=float, default=60, help="seconds to wait per run")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="a checkout of the commit before the hostile-client fixes "
+                        f"(git worktree add /tmp/budget-before {BEFORE_FIXES}): also run "
+                        "hostile-before*.json on its src/")  # fmt: skip
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.before is None:
+        print("no --before CHECKOUT: the hostile-before* runs are left out", file=sys.stderr)
     status = 0
-    for stem, command in runs(args.results, args.large, args.settings_connections):
+    for stem, command in runs(args.results, args.large, args.settings_connections,
+                              args.before):  # fmt: skip
         if args.only and stem not in args.only:
             continue
         wait_for_quiet(args.max_load, args.max_wait)

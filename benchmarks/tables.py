@@ -31,9 +31,11 @@ class Results:
     settings: list[ResultsFile] = field(default_factory=list)
     """``peers.py`` idle-only runs under different server settings (``settings-*``)."""
     cross_worker: list[ResultsFile] = field(default_factory=list)
+    hostile: list[ResultsFile] = field(default_factory=list)
+    """``hostile.py`` runs: healthy clients quiet and beside hostile ones."""
 
     def all(self) -> list[ResultsFile]:
-        return [*self.peers, *self.settings, *self.cross_worker]
+        return [*self.peers, *self.settings, *self.cross_worker, *self.hostile]
 
     def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return [(stem, result) for stem, data in self.peers for result in data["results"]
@@ -402,6 +404,100 @@ def redis_cpu(results: Results) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Hostile clients
+
+
+def _hostile_files(results: Results) -> list[ResultsFile]:
+    """The hostile runs, those before the fixes first (``hostile-before*``)."""
+    return sorted(results.hostile, key=lambda item: ("before" not in item[0], item[0]))
+
+
+def _library(env: dict[str, Any]) -> str:
+    library = env["library"]
+    checkout = library.get("checkout")
+    if checkout and checkout != library["commit"]:
+        return f"checkout `{checkout}`"
+    return _commit(library)
+
+
+ENDINGS = {"open": "open at the end, no close frame", "closed": "TCP closed, no close frame",
+           "reset": "reset", "refused": "refused"}  # fmt: skip
+"""A hostile connection that left no close frame to read, by how it ended."""
+
+
+def _endings(attempts: list[dict[str, Any]]) -> str:
+    """How the hostile connections ended: close code (reason) or state, with counts."""
+    counts: dict[str, int] = {}
+    for attempt in attempts:
+        if attempt["close_code"] is not None:
+            how = f"{attempt['close_code']} ({attempt['close_reason']})"
+            if attempt["ended"] == "open":
+                how += ", TCP still open"
+        else:
+            how = ENDINGS[attempt["ended"]]
+        counts[how] = counts.get(how, 0) + 1
+    return "; ".join(f"{how} {TIMES} {count}" for how, count in counts.items()) or "-"
+
+
+def hostile(results: Results) -> str:
+    files = _hostile_files(results)
+    if not files:
+        return "*(no hostile-client results)*"
+    p = files[0][1]["environment"]["parameters"]
+    text = (
+        f"{p['healthy']} healthy clients on one topic, {p['rate']:g} events/s of "
+        f"{p['payload_bytes']:,} B for {p['duration']:g} s, quiet and then beside "
+        f"{p['hostile']} hostile clients (`SO_RCVBUF` {p['receive_buffer']:,} B, never "
+        f"read) each sending {p['hostile_rate']:g} `note` frames/s of {p['frame_bytes']:,} B "
+        f"with {p['keys']:,} unknown keys; a hostile client the server closed reconnects, "
+        f"at most {p['max_connects']} connections each. Pass line: healthy p99 beside the "
+        f"hostile clients at most {p['pass_line']:g} {TIMES} the quiet p99.\n\n"
+    )  # fmt: skip
+    latency, memory = [], []
+    for stem, data in files:
+        env, run = data["environment"], data["run"]
+        name = f"`{stem}`"
+        library = _library(env)
+        ws = f"`{run['ws']}`"
+        quiet, beside = run.get("quiet"), run.get("hostile")
+        if not quiet or not beside:
+            latency.append([name, library, ws, f"failed: {run['error']}", "", "", "", "", ""])
+            continue
+        p99 = data.get("ratios_hostile_to_quiet", {}).get("p99")
+        met = next((v["met"] for v in data.get("verdicts", []) if "x" in v["check"]
+                    and "quiet" in v["check"]), None)  # fmt: skip
+        latency.append([
+            name, library, ws,
+            f"{quiet['delivered']:,}/{quiet['expected']:,}",
+            f"{_p(quiet, 'p50')} / {_p(quiet, 'p99')} ms",
+            f"{beside['delivered']:,}/{beside['expected']:,}",
+            f"{_p(beside, 'p50')} / {_p(beside, 'p99')} ms",
+            "-" if p99 is None else f"{p99:.2f}",
+            "-" if met is None else "yes" if met else "**no**",
+        ])  # fmt: skip
+        attempts = [attempt for client in beside["hostile_clients"]
+                    for attempt in client["attempts"]]  # fmt: skip
+        rss = run["rss_kib"]
+        memory.append([
+            name,
+            _endings(attempts),
+            " → ".join(f"{rss[key] / 1024:,.0f}" for key in ("start", "peak", "end")) + " MiB",
+            f"{quiet['cpu_percent']:.0f} % / {beside['cpu_percent']:.0f} %",
+            f"{len(attempts)}",
+            f"{sum(a['frames_sent'] for a in attempts):,}",
+            f"{sum(a.get('errors_read', 0) for a in attempts):,}",
+        ])  # fmt: skip
+    text += _table(["results file", "library", "`--ws`", "quiet: delivered",
+                    "quiet: p50 / p99", "hostile: delivered", "hostile: p50 / p99",
+                    "p99 hostile ÷ quiet", "within the pass line"], latency, right=3)  # fmt: skip
+    text += "\n\n" + _table(["results file", "how the hostile connections ended",
+                              "server RSS start → peak → end", "server CPU quiet / hostile",
+                              "hostile connections", "frames they sent",
+                              "error answers read back"], memory, right=2)  # fmt: skip
+    return text
+
+
+# --------------------------------------------------------------------------------------
 # What was checked, and where the figures came from
 
 
@@ -419,6 +515,12 @@ def _parameters(data: dict[str, Any]) -> str:
     if data["environment"]["benchmark"] == "cross_worker":
         return (f"scenarios {', '.join(p['scenario'])}; {p['duration']:g} s per steady run; "
                 f"{p['client_processes']} client processes")  # fmt: skip
+    if data["environment"]["benchmark"] == "hostile":
+        where = f"; server on `{p['src']}`" if p.get("src") else ""
+        return (f"hostile clients: {p['healthy']} healthy at {p['rate']:g} events/s, "
+                f"{p['duration']:g} s quiet, then beside {p['hostile']} hostile at "
+                f"{p['hostile_rate']:g} frames/s {TIMES} {p['frame_bytes']:,} B; uvicorn "
+                f"`--ws {p['ws']}`{where}")  # fmt: skip
     parts = [f"scenarios {', '.join(p['scenarios'])}"]
     if "fanout" in p["scenarios"]:
         sizes = ", ".join(f"{size:,} B" for size in p["payload_bytes"])
@@ -469,6 +571,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "settings": settings,
     "redis": redis,
     "redis-cpu": redis_cpu,
+    "hostile": hostile,
     "verdicts": verdicts,
 }
 """Every generated block of the page, by the name its markers carry."""

@@ -263,6 +263,8 @@ class ConnectionManager:
         *,
         principal: Any = None,
         connection_id: str | None = None,
+        topics: Iterable[str] = (),
+        answers_pings: bool = True,
     ) -> None:
         """Serve one accepted WebSocket until it closes.
 
@@ -276,7 +278,20 @@ class ConnectionManager:
             principal: Who is connected (from the adapter's ``authenticate``); passed to
                 ``authorize``.
             connection_id: Identifier to use instead of a random one.
+            topics: Topics to subscribe the connection to from the server side before it
+                reads its first frame, as :meth:`subscribe` does. If the backend fails,
+                the connection is closed with 1013 (try again later).
+            answers_pings: False for a client that never answers the protocol's ping
+                (see :mod:`budget_ws.compat`): no heartbeat closes it, so the WebSocket
+                server's own ping must check its link.
+
+        Raises:
+            InvalidTopic: One of ``topics`` breaks the naming rules (nothing is sent).
+            ConnectionIdInUse: ``connection_id`` names a connection being served.
         """
+        topics = tuple(topics)
+        for topic in topics:
+            validate_topic(topic, self.limits.max_topic_length)
         connection = Connection(
             transport,
             principal=principal,
@@ -299,7 +314,8 @@ class ConnectionManager:
             return
         self._connections[connection.id] = connection
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._pacemaker.add(connection)
+        if answers_pings:
+            self._pacemaker.add(connection)
         try:
             heartbeat = self.heartbeat
             connection.push_control(
@@ -307,6 +323,7 @@ class ConnectionManager:
                     connection.id, heartbeat.interval, heartbeat.timeout, self.limits.describe()
                 )
             )
+            await self._subscribe_server_side(connection, topics)
             if self._on_connect is not None:
                 try:
                     await self._on_connect(connection)
@@ -327,6 +344,19 @@ class ConnectionManager:
                         await self._on_disconnect(connection)
                     except Exception:
                         logger.exception("on_disconnect failed for %r", connection)
+
+    async def _subscribe_server_side(self, connection: Connection, topics: tuple[str, ...]) -> None:
+        for topic in topics:
+            if connection.closed:
+                return
+            try:
+                await self._subscribe(connection, topic, None, None)
+            except BackendError as exc:
+                logger.warning("budget_ws: subscribing %r to %r failed: %s", connection, topic, exc)
+                connection.close(
+                    CloseCode.TRY_AGAIN_LATER, f"could not subscribe to {topic}; try again later"
+                )
+                return
 
     @property
     def connections(self) -> dict[str, Connection]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "close_reason",
+    "control_op",
     "decode_client_frame",
     "decode_server_message",
     "encode_client_event",
@@ -53,6 +55,7 @@ __all__ = [
     "encode_welcome",
     "excerpt",
     "position_frame",
+    "without_position",
 ]
 
 SUBPROTOCOL = "budget-ws.v1"
@@ -312,6 +315,35 @@ def position_frame(payload: bytes, topic: str, position: Position) -> str:
         f'"epoch":{json.dumps(position.epoch, ensure_ascii=False)}}}'
     )
     return payload[:-1].decode() + suffix
+
+
+# What position_frame() appends; topic names and epochs never hold '"' or '\\'.
+_POSITION_SUFFIX = re.compile(r',"topic":"[^"\\]*","offset":\d+,"epoch":"[^"\\]*"}\Z')
+
+
+def without_position(frame: str) -> str:
+    """An event frame in the original ``{"event", "data"}`` shape, its position removed.
+
+    For clients that predate the protocol (see :mod:`budget_ws.compat`). A frame without
+    a position (from ``send`` or ``broadcast``) ends with its ``data`` object's ``}}``,
+    which the suffix cannot match, and is returned unchanged.
+    """
+    match = _POSITION_SUFFIX.search(frame)
+    return frame if match is None else frame[: match.start()] + "}"
+
+
+_OP_PREFIX = '{"op":"'
+
+
+def control_op(frame: str) -> str | None:
+    """The ``op`` of a control frame this server encoded; None for an event frame.
+
+    Reads only the prefix every control frame starts with, so it costs nothing per frame.
+    """
+    if not frame.startswith(_OP_PREFIX):
+        return None
+    end = frame.find('"', len(_OP_PREFIX))
+    return frame[len(_OP_PREFIX) : end] if end > 0 else None
 
 
 def encode_welcome(

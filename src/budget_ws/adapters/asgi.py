@@ -11,8 +11,11 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from ..compat import Compatibility, CompatTransport
+from ..connection import Transport
 from ..errors import ConnectionClosed, ManagerClosed
 from ..handshake import Authenticate, Handshake, HandshakeRejected, origin_allowed
+from ..limits import validate_topic
 from ..manager import ConnectionManager
 from ..protocol import SUBPROTOCOL, CloseCode, close_reason, excerpt
 
@@ -75,6 +78,10 @@ class WebSocketApp:
         allowed_origins: Origins whose pages may connect: ``None`` (the default) allows
             the same origin only, ``["*"]`` any; see :func:`~budget_ws.origin_allowed`.
         require_subprotocol: Refuse clients that do not offer ``budget-ws.v1``.
+        compatibility: Serve clients that do not offer ``budget-ws.v1`` the way the
+            original app did, instead of refusing them (see
+            :class:`~budget_ws.compat.Compatibility`); clients that offer it are served
+            as usual.
     """
 
     def __init__(
@@ -84,22 +91,31 @@ class WebSocketApp:
         authenticate: Authenticate | None = None,
         allowed_origins: Sequence[str] | None = None,
         require_subprotocol: bool = True,
+        compatibility: Compatibility | None = None,
     ) -> None:
         self.manager = manager
         self.authenticate = authenticate
         self.allowed_origins = allowed_origins
         self.require_subprotocol = require_subprotocol
+        self.compatibility = compatibility
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             # The handshake is checked in a call of its own so that none of it (every
             # header, decoded) stays referenced while the connection is served.
-            accepted, principal = await self._accept(scope, receive, send)
+            accepted, principal, compat_topics = await self._accept(scope, receive, send)
             if not accepted:
                 return
-            transport = ASGITransport(receive, send)
+            transport: Transport = ASGITransport(receive, send)
             try:
-                await self.manager.serve(transport, principal=principal)
+                if compat_topics is None:
+                    await self.manager.serve(transport, principal=principal)
+                else:
+                    assert self.compatibility is not None
+                    transport = CompatTransport(transport, positions=self.compatibility.positions)
+                    await self.manager.serve(
+                        transport, principal=principal, topics=compat_topics, answers_pings=False
+                    )
             except ManagerClosed:
                 logger.error(
                     "budget_ws: the ConnectionManager is not running; start it in the app's "
@@ -123,23 +139,52 @@ class WebSocketApp:
             )
             await send({"type": "http.response.body", "body": body})
 
-    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> tuple[bool, Any]:
-        """Check the handshake; accept and return the principal, or refuse."""
+    async def _accept(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[bool, Any, tuple[str, ...] | None]:
+        """Check the handshake; accept it or refuse.
+
+        Returns:
+            Whether it was accepted, the principal, and for a client served in
+            compatibility mode the topics its hook chose (None for any other client).
+        """
         message = await receive()
         if message["type"] != "websocket.connect":
-            return False, None
+            return False, None, None
         handshake = Handshake.from_asgi(scope)
         offered = SUBPROTOCOL in handshake.subprotocols
+        compat_topics: tuple[str, ...] | None = None
         try:
             principal = await self._check(handshake, offered)
+            if not offered and self.compatibility is not None:
+                compat_topics = await self._compat_topics(handshake, principal)
         except HandshakeRejected as rejection:
             await self._refuse(scope, send, rejection, offered, handshake.origin is not None)
-            return False, None
+            return False, None, None
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
-        return True, principal
+        return True, principal, compat_topics
+
+    async def _compat_topics(self, handshake: Handshake, principal: Any) -> tuple[str, ...]:
+        """The topics the compatibility hook chooses for a client, each checked."""
+        assert self.compatibility is not None
+        try:
+            chosen = self.compatibility.topics(handshake, principal)
+            if inspect.isawaitable(chosen):
+                chosen = await chosen
+            topics = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+            for topic in topics:
+                validate_topic(topic, self.manager.limits.max_topic_length)
+        except HandshakeRejected:
+            raise
+        except Exception:
+            logger.exception("the compatibility topics hook failed for %s", handshake.client)
+            raise HandshakeRejected(
+                "server error choosing topics", status=500, close_code=CloseCode.INTERNAL_ERROR
+            ) from None
+        return topics
 
     async def _check(self, handshake: Handshake, offered: bool) -> Any:
-        if self.require_subprotocol and not offered:
+        if self.require_subprotocol and not offered and self.compatibility is None:
             raise HandshakeRejected(
                 f"subprotocol {SUBPROTOCOL} required", status=400, close_code=1002
             )

@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "budget_ws.adapters.fastapi needs FastAPI: pip install 'budget-ws[fastapi]'"
     ) from exc
 
+from ..compat import Compatibility
 from ..errors import ManagerClosed
 from ..handshake import Authenticate
 from ..manager import ConnectionManager
@@ -41,6 +42,7 @@ def create_router(
     authenticate: Authenticate | None = None,
     allowed_origins: Sequence[str] | None = None,
     require_subprotocol: bool = True,
+    compatibility: Compatibility | None = None,
 ) -> APIRouter:
     """An ``APIRouter`` with the WebSocket endpoint at ``path`` and, unless
     ``client_path`` is None, the browser client under ``client_path``."""
@@ -52,6 +54,7 @@ def create_router(
             authenticate=authenticate,
             allowed_origins=allowed_origins,
             require_subprotocol=require_subprotocol,
+            compatibility=compatibility,
         )
     )
     if client_path is not None:

@@ -13,6 +13,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "budget_ws.adapters.starlette needs Starlette: pip install 'budget-ws[starlette]'"
     ) from exc
 
+from ..compat import Compatibility
 from ..handshake import Authenticate
 from ..manager import ConnectionManager
 from .asgi import WebSocketApp
@@ -31,6 +32,7 @@ def websocket_route(
     authenticate: Authenticate | None = None,
     allowed_origins: Sequence[str] | None = None,
     require_subprotocol: bool = True,
+    compatibility: Compatibility | None = None,
     name: str | None = "budget_ws",
 ) -> WebSocketRoute:
     """A route that serves WebSocket clients at ``path`` (see :class:`WebSocketApp`)."""
@@ -39,6 +41,7 @@ def websocket_route(
         authenticate=authenticate,
         allowed_origins=allowed_origins,
         require_subprotocol=require_subprotocol,
+        compatibility=compatibility,
     )
     return WebSocketRoute(path, app, name=name)
 

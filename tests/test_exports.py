@@ -31,7 +31,8 @@ def test_every_exported_name_exists() -> None:
 def test_core_imports_no_web_framework() -> None:
     code = (
         "import sys, budget_ws, budget_ws.testing;"
-        "bad = [m for m in ('starlette', 'fastapi', 'redis', 'uvicorn') if m in sys.modules];"
+        "bad = [m for m in ('starlette', 'fastapi', 'redis', 'uvicorn', 'websockets')"
+        " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -57,3 +58,22 @@ def test_every_public_exception_lives_in_errors() -> None:
         value = getattr(budget_ws, name)
         if isinstance(value, type) and issubclass(value, BaseException):
             assert value.__module__ == "budget_ws.errors", name
+
+
+def test_the_client_exports_its_public_names_and_raises_only_library_errors() -> None:
+    import budget_ws.client
+
+    public = sorted(
+        name
+        for name, value in vars(budget_ws.client).items()
+        if not name.startswith("_") and not isinstance(value, type(budget_ws))
+    )
+    assert sorted(budget_ws.client.__all__) == public
+    assert budget_ws.client.__all__ == sorted(
+        budget_ws.client.__all__, key=lambda name: (not name.isupper(), name.islower(), name)
+    )
+    for name in ("ClientClosed", "HandshakeRefused", "ServerProtocolError", "SubscriptionRefused"):
+        assert getattr(budget_ws, name).__module__ == "budget_ws.errors"
+    assert issubclass(budget_ws.HandshakeRefused, budget_ws.ClientClosed)
+    assert issubclass(budget_ws.ServerProtocolError, budget_ws.ClientClosed)
+    assert issubclass(budget_ws.ClientClosed, budget_ws.ConnectionClosed)

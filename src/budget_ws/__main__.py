@@ -1,4 +1,5 @@
-"""Command line: ``python -m budget_ws schema|typescript myapp.events``."""
+"""Command line: ``python -m budget_ws schema|typescript myapp.events``, and
+``python -m budget_ws tail ws://host/ws --topic budget:1`` (needs ``budget-ws[client]``)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     typescript.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
     )
+    tail = commands.add_parser(
+        "tail",
+        help="print the events of topics as JSON lines, reconnecting and resuming "
+        "(needs budget-ws[client])",
+        description="Follow topics of a budget_ws server and print each event as one JSON "
+        "line (the frame as received); a topic whose state went stale prints "
+        '{"op": "resync", ...}. Connection notices go to standard error.',
+    )
+    tail.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8000/ws")
+    tail.add_argument(
+        "--topic", action="append", required=True, help="a topic to follow (repeatable)"
+    )
+    tail.add_argument(
+        "--position",
+        action="append",
+        default=[],
+        metavar="OFFSET:EPOCH",
+        help="resume after this position; the first --position goes with the first --topic, "
+        "and so on",
+    )
+    tail.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a handshake header, e.g. 'Authorization: Bearer ...' (repeatable)",
+    )
+    tail.add_argument(
+        "--cookie",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a cookie sent with the handshake (repeatable)",
+    )
+    tail.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    tail.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="give up after N failed connection attempts in a row (default: never)",
+    )
+    tail.add_argument(
+        "-q", "--quiet", action="store_true", help="no connection notices on standard error"
+    )
     arguments = parser.parse_args(argv)
+    if arguments.command == "tail":
+        try:
+            from .client._tail import run  # websockets only for this command
+        except ImportError as exc:
+            parser.error(str(exc))
+        return run(arguments, tail.error)
     sys.path.insert(0, "")
     try:
         registry = _load_registry(arguments.modules, arguments.registry)

@@ -12,16 +12,21 @@ __all__ = [
     "BackendNotInstalled",
     "BackendUnavailable",
     "BudgetWSError",
+    "ClientClosed",
     "ConnectionClosed",
     "ConnectionIdInUse",
     "EventRegistrationError",
     "EventTooLarge",
     "EventValidationError",
+    "HandshakeRefused",
     "HandshakeRejected",
     "InvalidBackendOption",
     "InvalidLimit",
     "InvalidTopic",
+    "InvalidURL",
     "ManagerClosed",
+    "ServerProtocolError",
+    "SubscriptionRefused",
     "UnknownBackend",
     "UnknownEvent",
 ]
@@ -151,3 +156,98 @@ class HandshakeRejected(BudgetWSError):
         self.reason = reason
         self.status = status
         self.close_code = close_code
+
+
+# The Python client (budget_ws.client) ---------------------------------------------------
+
+
+class ClientClosed(ConnectionClosed):
+    """A :mod:`budget_ws.client` connection has stopped for good and will not reconnect.
+
+    Raised, once the events received before are handed out, by the client's iterators,
+    ``subscribe()`` and ``send()``, and by leaving ``async with`` when nothing else raised
+    it: the server closed with a final code (1000, 1002, 1008 or 4003), refused the
+    handshake, broke the protocol, or the client gave up after ``max_attempts``.
+
+    Attributes:
+        code: The close code (the server's, or the one the client closed with), or None
+            when there was no WebSocket to close.
+        reason: Why, possibly empty.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, code: int | None = None, reason: str = "", *, message: str | None = None
+    ) -> None:
+        # Not ConnectionClosed's message: this one says the end is final.
+        BudgetWSError.__init__(
+            self, message or f"client closed for good (code={code}, reason={reason!r})"
+        )
+        self.code = code
+        self.reason = reason
+
+
+class HandshakeRefused(ClientClosed):
+    """The server refused the client's WebSocket handshake with an HTTP status.
+
+    401, 403 and every other 4xx but 408 and 429 are final: retrying cannot help. Other
+    statuses (5xx from a restarting server or a proxy) are retried like a lost connection.
+
+    Attributes:
+        status: The HTTP status code.
+        body: The start of the response body (the server's ``HandshakeRejected`` reason).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, status: int, body: str = "") -> None:
+        super().__init__(
+            None,
+            body,
+            message=f"the server refused the WebSocket handshake: HTTP {status}"
+            + (f" ({body})" if body else ""),
+        )
+        self.status = status
+        self.body = body
+
+
+class ServerProtocolError(ClientClosed):
+    """A server frame breaks the wire protocol (``docs/protocol.md``).
+
+    Raised by :func:`budget_ws.server_frames.decode_server_frame` for a frame that is
+    not JSON, not an object, or has a field of the wrong type; the client then closes
+    with 1002 (its ``code``) and raises it from its iterators: a server that speaks
+    something else is not retried.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1002, message, message=message)
+
+
+class SubscriptionRefused(BudgetWSError):
+    """The server answered a subscribe with an error frame; the topic is not subscribed.
+
+    Attributes:
+        code: The error frame's code: ``forbidden``, ``invalid_topic``,
+            ``too_many_topics``... (an :class:`~budget_ws.ErrorCode` value, as a string).
+        topic: The topic.
+        message: The server's message.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, code: str, topic: str, message: str) -> None:
+        super().__init__(f"subscribing to {topic!r} was refused ({code}): {message}")
+        self.code = code
+        self.topic = topic
+        self.message = message
+
+
+class InvalidURL(BudgetWSError, ValueError):
+    """A client URL is not a ``ws://`` or ``wss://`` URL with a host.
+
+    .. versionadded:: 0.1
+    """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -265,6 +266,7 @@ class ConnectionManager:
         connection_id: str | None = None,
         topics: Iterable[str] = (),
         answers_pings: bool = True,
+        one_frame_per_message: bool = False,
     ) -> None:
         """Serve one accepted WebSocket until it closes.
 
@@ -284,12 +286,15 @@ class ConnectionManager:
             answers_pings: False for a client that never answers the protocol's ping
                 (see :mod:`budget_ws.compat`): no heartbeat closes it, so the WebSocket
                 server's own ping must check its link.
+            one_frame_per_message: Never join frames into one message, for a client that
+                parses each message as one frame: the writer takes frames one at a time,
+                so those not yet sent still count against the outbox's bounds.
 
         Raises:
             InvalidTopic: One of ``topics`` breaks the naming rules (nothing is sent).
             ConnectionIdInUse: ``connection_id`` names a connection being served.
         """
-        topics = tuple(topics)
+        topics = (topics,) if isinstance(topics, str) else tuple(topics)
         for topic in topics:
             validate_topic(topic, self.limits.max_topic_length)
         connection = Connection(
@@ -297,7 +302,11 @@ class ConnectionManager:
             principal=principal,
             connection_id=connection_id,
             limits=self.limits,
-            outbox_limits=self.outbox_limits,
+            outbox_limits=(
+                dataclasses.replace(self.outbox_limits, max_batch_bytes=1)
+                if one_frame_per_message
+                else self.outbox_limits
+            ),
             counters=self._counters,
         )
         if self._state != "running":

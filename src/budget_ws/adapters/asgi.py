@@ -114,7 +114,11 @@ class WebSocketApp:
                     assert self.compatibility is not None
                     transport = CompatTransport(transport, positions=self.compatibility.positions)
                     await self.manager.serve(
-                        transport, principal=principal, topics=compat_topics, answers_pings=False
+                        transport,
+                        principal=principal,
+                        topics=compat_topics,
+                        answers_pings=False,
+                        one_frame_per_message=True,
                     )
             except ManagerClosed:
                 logger.error(

@@ -55,6 +55,7 @@ __all__ = [
     "encode_welcome",
     "excerpt",
     "position_frame",
+    "read_position",
     "without_position",
 ]
 
@@ -269,13 +270,15 @@ def _topic_field(frame: dict[str, Any], request_id: int | str | None) -> str:
     return topic
 
 
-def _position_field(frame: dict[str, Any], request_id: int | str | None) -> Position | None:
-    position = frame.get("position")
-    if position is None:
-        return None
-    if isinstance(position, dict):
-        offset = position.get("offset")
-        epoch = position.get("epoch")
+def read_position(value: object) -> Position | None:
+    """The position a JSON object holds (``{"offset": …, "epoch": …}``), or None if malformed.
+
+    Either side reads positions with it: the server in ``subscribe``, a client in event,
+    ``subscribed`` and ``resync`` frames.
+    """
+    if isinstance(value, dict):
+        offset = value.get("offset")
+        epoch = value.get("epoch")
         if (
             isinstance(offset, int)
             and not isinstance(offset, bool)
@@ -283,6 +286,16 @@ def _position_field(frame: dict[str, Any], request_id: int | str | None) -> Posi
             and isinstance(epoch, str)
         ):
             return Position(offset, epoch)
+    return None
+
+
+def _position_field(frame: dict[str, Any], request_id: int | str | None) -> Position | None:
+    position = frame.get("position")
+    if position is None:
+        return None
+    read = read_position(position)
+    if read is not None:
+        return read
     raise ProtocolViolation(
         ErrorCode.BAD_FRAME,
         '\'position\' must be {"offset": <integer >= 0>, "epoch": <string>}',

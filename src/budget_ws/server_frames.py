@@ -16,7 +16,7 @@ import pydantic_core
 
 from .errors import ServerProtocolError
 from .position import Position
-from .protocol import FRAME_SEPARATOR, SUBPROTOCOL, Ping, Pong, excerpt
+from .protocol import FRAME_SEPARATOR, SUBPROTOCOL, Ping, Pong, excerpt, read_position
 
 __all__ = [
     "ErrorFrame",
@@ -214,17 +214,9 @@ def _server_id(frame: dict[str, Any]) -> int | str | None:
 
 
 def _server_position(frame: dict[str, Any], kind: str) -> Position:
-    source = frame if kind == "event" else frame.get("position")
-    if isinstance(source, dict):
-        offset = source.get("offset")
-        epoch = source.get("epoch")
-        if (
-            isinstance(offset, int)
-            and not isinstance(offset, bool)
-            and offset >= 0
-            and isinstance(epoch, str)
-        ):
-            return Position(offset, epoch)
+    position = read_position(frame if kind == "event" else frame.get("position"))
+    if position is not None:
+        return position
     raise ServerProtocolError(
         f"server {kind} frame: the position must be an 'offset' (an integer >= 0) and "
         f"an 'epoch' (a string)"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
-import uvicorn
+from tests.support.servers import bound_port, running_uvicorn
 
 # uvicorn's WebSocket implementations; the default ("auto") picks websockets-sansio.
 WS_IMPLEMENTATIONS = ["websockets-sansio", "wsproto"]
@@ -32,28 +31,9 @@ def serve(ws_implementation: str) -> Serve:
 
     @asynccontextmanager
     async def run(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            ws=ws_implementation,
-            lifespan=lifespan,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        try:
-            async with asyncio.timeout(10):
-                while not server.started:
-                    if task.done():
-                        task.result()
-                        raise RuntimeError("uvicorn stopped before it started")
-                    await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
+        async with running_uvicorn(
+            app, ws=ws_implementation, lifespan=lifespan, timeout_graceful_shutdown=5
+        ) as server:
+            yield f"127.0.0.1:{bound_port(server)}"
 
     return run

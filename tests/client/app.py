@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
+from tests.support.servers import bound_port, running_uvicorn
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websocket_serve
@@ -93,27 +93,10 @@ async def running(
         ],
         lifespan=lifespan(manager),
     )
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn stopped before it started")
-                await asyncio.sleep(0.01)
-        yield Server(manager, server.servers[0].sockets[0].getsockname()[1])
-    finally:
-        server.should_exit = True
-        await task
+    async with running_uvicorn(
+        app, port=port, ws="websockets-sansio", timeout_graceful_shutdown=2
+    ) as server:
+        yield Server(manager, bound_port(server))
 
 
 async def wait_until(condition: object, timeout: float = 5.0) -> None:

@@ -29,7 +29,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
-from tests.support.servers import free_port, stop, wait_listening
+from tests.support.servers import bound_port, free_port, running_uvicorn, stop, wait_listening
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
@@ -92,31 +92,15 @@ async def serve(app: Any, ws: str, ping: float = 20.0) -> AsyncIterator[str]:
     ``ping`` is uvicorn's ``--ws-ping-interval`` and ``--ws-ping-timeout`` (20 s each by
     default): its protocol-level pings are what checks a compatibility client's link.
     """
-    config = uvicorn.Config(
+    async with running_uvicorn(
         app,
-        host="127.0.0.1",
-        port=0,
         ws=ws,
         ws_per_message_deflate=False,
         ws_ping_interval=ping,
         ws_ping_timeout=ping,
         lifespan="on",
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        with anyio.fail_after(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn stopped before it started")
-                await asyncio.sleep(0.01)
-        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
+    ) as server:
+        yield f"127.0.0.1:{bound_port(server)}"
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import uvicorn
 
 
 def free_port() -> int:
@@ -38,3 +45,40 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@asynccontextmanager
+async def running_uvicorn(app: Any, **options: Any) -> AsyncIterator[uvicorn.Server]:
+    """Run uvicorn in this process on 127.0.0.1 until the block ends; yield the server.
+
+    ``options`` go to ``uvicorn.Config`` (``port`` 0, an ephemeral one, unless given);
+    :func:`bound_port` says which port it took.
+    """
+    config = uvicorn.Config(
+        app,
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "log_level": "warning",
+            "timeout_graceful_shutdown": 5,
+            **options,
+        },
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        with anyio.fail_after(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started uvicorn server listens on."""
+    return int(server.servers[0].sockets[0].getsockname()[1])

@@ -42,7 +42,16 @@ def test_core_imports_no_web_framework() -> None:
 def test_layers_import_only_downwards() -> None:
     # The codec and the values it shares sit below the backends and the manager.
     package = Path(budget_ws.__file__).parent
-    above = {"backends", "manager", "connection", "topics", "adapters", "testing", "outbox"}
+    above = {
+        "backends",
+        "manager",
+        "connection",
+        "topics",
+        "adapters",
+        "testing",
+        "outbox",
+        "health",
+    }
     for name in ("position", "protocol", "events", "errors", "limits", "handshake"):
         tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
         imported = {
@@ -51,6 +60,19 @@ def test_layers_import_only_downwards() -> None:
             if isinstance(node, ast.ImportFrom) and node.level == 1
         }
         assert not imported & above, f"budget_ws.{name} imports {imported & above}"
+
+
+def test_the_adapters_export_their_public_names() -> None:
+    import budget_ws.adapters
+
+    public = sorted(
+        name
+        for name, value in vars(budget_ws.adapters).items()
+        if not name.startswith("_") and not isinstance(value, type(budget_ws))
+    )
+    assert sorted(budget_ws.adapters.__all__) == public
+    assert "HealthApp" in public
+    assert {"Health", "check_health"} <= set(budget_ws.__all__)
 
 
 def test_every_public_exception_lives_in_errors() -> None:

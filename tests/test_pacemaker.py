@@ -19,6 +19,7 @@ class FakeConnection:
 
     def __init__(self, name: str, *, answers: bool = True) -> None:
         self.name = name
+        self.id = name  # named in the log line of a heartbeat timeout
         self.answers = answers
         self.pings: list[float] = []
         self.last_inbound = 0.0

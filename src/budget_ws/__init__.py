@@ -32,6 +32,7 @@ from .errors import (
 )
 from .events import Event, EventRegistry, default_registry
 from .handshake import Authenticate, Handshake, origin_allowed
+from .health import Health, check_health
 from .limits import Heartbeat, Limits, OutboxLimits, SlowConsumerPolicy, validate_topic
 from .manager import Action, ClientMessage, ConnectionManager, Stats
 from .protocol import SUBPROTOCOL, CloseCode, ErrorCode
@@ -61,6 +62,7 @@ __all__ = [
     "Handshake",
     "HandshakeRefused",
     "HandshakeRejected",
+    "Health",
     "Heartbeat",
     "InvalidBackendOption",
     "InvalidLimit",
@@ -81,6 +83,7 @@ __all__ = [
     "UnknownBackend",
     "UnknownEvent",
     "__version__",
+    "check_health",
     "create_backend",
     "default_registry",
     "origin_allowed",

@@ -18,7 +18,7 @@ except ImportError:  # anyio runs only on asyncio without sniffio (trio requires
 
 __all__ = ["BackgroundTask", "current_async_library"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.runtime")
 
 
 class BackgroundTask:
@@ -63,6 +63,10 @@ class BackgroundTask:
             with self._scope:
                 await self._function()
         except Exception:  # a bug: say so, and leave the rest of the manager running
-            logger.exception("%s failed", self._name)
+            logger.exception(
+                "%s failed",
+                self._name,
+                extra={"budget_ws_event": "task_failed", "budget_ws_task": self._name},
+            )
         finally:
             self._done.set()

@@ -24,11 +24,16 @@ from .protocol import (
     decode_client_frame,
     encode_error,
     encode_pong,
+    excerpt,
 )
 
 __all__ = ["Connection", "Transport", "fan_out"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.connection")
+"""Lines about one client's connection; the table is in ``docs/reference/logging.md``."""
+
+_PRINCIPAL_CHARS = 80
+"""Characters of a principal's ``repr`` at most in a log line."""
 
 CLOSE_TIMEOUT = 5.0
 """Seconds allowed for the closing handshake before the transport is abandoned."""
@@ -181,10 +186,7 @@ class Connection:
         return len(outbox) > self._half_full
 
     def _overflowed(self) -> None:
-        self._counters.slow_consumers += 1
-        self.close(
-            CloseCode.SLOW_CONSUMER, "slow consumer: outbox full; reconnect and resume", drain=False
-        )
+        self._slow_consumer("events", "slow consumer: outbox full; reconnect and resume")
 
     def push_control(self, *frames: str) -> None:
         """Queue control frames (or a replay) ahead of events, never to be dropped.
@@ -194,12 +196,48 @@ class Connection:
         if self._close_code is not None:
             return
         if not self._outbox.put_urgent(frames):
-            self._counters.slow_consumers += 1
-            self.close(
-                CloseCode.SLOW_CONSUMER,
-                "slow consumer: control frames piled up",
-                drain=False,
-            )
+            self._slow_consumer("control", "slow consumer: control frames piled up")
+
+    def _slow_consumer(self, queue: str, reason: str) -> None:
+        self._counters.slow_consumers += 1
+        outbox = self._outbox
+        logger.warning(
+            "budget_ws: slow consumer: connection %s closed with 4000, %d frames (%d bytes) "
+            "waiting in its %s queue",
+            self.id,
+            len(outbox),
+            outbox.size,
+            queue,
+            extra={
+                "budget_ws_event": "slow_consumer",
+                "budget_ws_connection_id": self.id,
+                "budget_ws_close_code": int(CloseCode.SLOW_CONSUMER),
+                "budget_ws_queue": queue,
+                "budget_ws_queued_frames": len(outbox),
+                "budget_ws_queued_bytes": outbox.size,
+            },
+        )
+        self.close(CloseCode.SLOW_CONSUMER, reason, drain=False)
+
+    def _over_limit(
+        self, code: CloseCode, reason: str, event: str, limit: str, value: float, **fields: Any
+    ) -> None:
+        """Close for a limit the client broke: an expected condition, one INFO line."""
+        logger.info(
+            "budget_ws: connection %s closed with %d: %s",
+            self.id,
+            code,
+            reason,
+            extra={
+                "budget_ws_event": event,
+                "budget_ws_connection_id": self.id,
+                "budget_ws_close_code": int(code),
+                "budget_ws_limit": limit,
+                "budget_ws_limit_value": value,
+                **fields,
+            },
+        )
+        self.close(code, reason, drain=False)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, drain: bool = True) -> None:
         """Close the connection without waiting.
@@ -235,6 +273,20 @@ class Connection:
         ``handle_frame``, and runs the writer beside it. Never raises
         because of what the client did.
         """
+        opened = anyio.current_time()
+        if logger.isEnabledFor(logging.DEBUG):
+            principal = _principal(self.principal)
+            logger.debug(
+                "budget_ws: connection %s opened, principal %s",
+                self.id,
+                principal,
+                extra={
+                    "budget_ws_event": "connection_opened",
+                    "budget_ws_connection_id": self.id,
+                    "budget_ws_principal": principal,
+                    "budget_ws_topics": len(self.topics),
+                },
+            )
         try:
             if current_async_library() == "asyncio":
                 await self._run_on_asyncio(handle_frame)
@@ -261,13 +313,41 @@ class Connection:
                     with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                         await self.transport.close(self._close_code, self._close_reason)
             except Exception:  # the socket may already be broken; nothing left to tell
-                logger.debug("closing connection %s failed", self.id, exc_info=True)
+                logger.debug(
+                    "closing connection %s failed",
+                    self.id,
+                    exc_info=True,
+                    extra={"budget_ws_event": "close_failed", "budget_ws_connection_id": self.id},
+                )
             finally:
                 self._counters.dropped += self._outbox.dropped
                 self._outbox.clear()
+                if logger.isEnabledFor(logging.DEBUG):
+                    self._log_closed(anyio.current_time() - opened)
                 self._finished = True
                 if self._finished_event is not None:
                     self._finished_event.set()
+
+    def _log_closed(self, duration: float) -> None:
+        closed_by = "client" if self._peer_closed else "server"
+        logger.debug(
+            "budget_ws: connection %s closed by the %s with %s %r after %.1f s",
+            self.id,
+            closed_by,
+            self._close_code,
+            self._close_reason,
+            duration,
+            extra={
+                "budget_ws_event": "connection_closed",
+                "budget_ws_connection_id": self.id,
+                "budget_ws_principal": _principal(self.principal),
+                "budget_ws_close_code": self._close_code,
+                "budget_ws_close_reason": self._close_reason,
+                "budget_ws_closed_by": closed_by,
+                "budget_ws_topics": len(self.topics),
+                "budget_ws_duration": round(duration, 3),
+            },
+        )
 
     def _cancel(self) -> None:
         if self._cancel_scope is not None:
@@ -307,7 +387,12 @@ class Connection:
         except ConnectionClosed:
             self._peer_closed = True
         except Exception:
-            logger.warning("sending to connection %s failed", self.id, exc_info=True)
+            logger.warning(
+                "sending to connection %s failed",
+                self.id,
+                exc_info=True,
+                extra={"budget_ws_event": "send_failed", "budget_ws_connection_id": self.id},
+            )
             self._peer_closed = True
         self._cancel()
 
@@ -331,24 +416,31 @@ class Connection:
             self._last_inbound = now
             size = _size(raw, max_frame)
             if size > max_frame:
-                self.close(
+                self._over_limit(
                     CloseCode.MESSAGE_TOO_BIG,
                     f"frame larger than {max_frame} bytes",
-                    drain=False,
+                    "frame_too_big",
+                    "Limits.max_frame_bytes",
+                    max_frame,
+                    budget_ws_frame_bytes=size,
                 )
                 return
             if not rate.allow(now):
-                self.close(
+                self._over_limit(
                     CloseCode.RATE_LIMITED,
                     f"more than {limits.max_messages_per_second:g} frames per second",
-                    drain=False,
+                    "rate_limited",
+                    "Limits.max_messages_per_second",
+                    limits.max_messages_per_second,
                 )
                 return
             if not byte_rate.allow(now, size):
-                self.close(
+                self._over_limit(
                     CloseCode.RATE_LIMITED,
                     f"more than {limits.max_bytes_per_second:g} bytes per second",
-                    drain=False,
+                    "rate_limited",
+                    "Limits.max_bytes_per_second",
+                    limits.max_bytes_per_second,
                 )
                 return
             try:
@@ -365,9 +457,25 @@ class Connection:
                 await handle_frame(self, frame)
             except Exception:
                 # A bug on the server side must not escape into the web framework.
-                logger.exception("handling a frame of connection %s failed", self.id)
+                logger.exception(
+                    "handling a frame of connection %s failed",
+                    self.id,
+                    extra={
+                        "budget_ws_event": "frame_handling_failed",
+                        "budget_ws_connection_id": self.id,
+                    },
+                )
                 self.close(CloseCode.INTERNAL_ERROR, "internal error", drain=False)
                 return
+
+
+def _principal(principal: Any) -> str:
+    """The principal's ``repr`` for a log line, cut short; never one that raises."""
+    try:
+        text = repr(principal)
+    except Exception:
+        text = f"<{type(principal).__name__} without a repr>"
+    return excerpt(text, _PRINCIPAL_CHARS)
 
 
 def _size(raw: str | bytes, limit: int) -> int:

@@ -44,7 +44,9 @@ from .topics import TopicRouter
 
 __all__ = ["Action", "ClientMessage", "ConnectionManager", "Stats"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.manager")
+"""Lines about connections as a whole, topics and the app's hooks; see
+``docs/reference/logging.md``."""
 
 # Room for `,"topic":…,"offset":…,"epoch":"…"` added to a payload per topic.
 _POSITION_FIELDS = 64
@@ -222,6 +224,12 @@ class ConnectionManager:
         """Whether the manager accepts connections and publishes."""
         return self._state == "running"
 
+    @property
+    def state(self) -> Literal["new", "running", "closing", "closed"]:
+        """Where the manager is in its life: ``"new"`` until :meth:`start`, ``"running"``,
+        ``"closing"`` while :meth:`aclose` drains the connections, then ``"closed"``."""
+        return self._state
+
     def _check_running(self) -> None:
         if self._state != "running":
             raise ManagerClosed(
@@ -318,6 +326,19 @@ class ConnectionManager:
         if connection.id in self._connections:
             raise ConnectionIdInUse(f"connection id {connection.id!r} is already in use")
         if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            logger.info(
+                "budget_ws: connection %s refused with 1013: %d connections already "
+                "(max_connections)",
+                connection.id,
+                len(self._connections),
+                extra={
+                    "budget_ws_event": "connection_refused",
+                    "budget_ws_connection_id": connection.id,
+                    "budget_ws_close_code": int(CloseCode.TRY_AGAIN_LATER),
+                    "budget_ws_limit": "ConnectionManager.max_connections",
+                    "budget_ws_limit_value": self.max_connections,
+                },
+            )
             connection.close(CloseCode.TRY_AGAIN_LATER, "server full; try again later")
             await connection.run(self._handle_frame)
             return
@@ -337,7 +358,14 @@ class ConnectionManager:
                 try:
                     await self._on_connect(connection)
                 except Exception:
-                    logger.exception("on_connect failed for %r", connection)
+                    logger.exception(
+                        "on_connect failed for %r",
+                        connection,
+                        extra={
+                            "budget_ws_event": "on_connect_failed",
+                            "budget_ws_connection_id": connection.id,
+                        },
+                    )
                     connection.close(CloseCode.INTERNAL_ERROR, "on_connect failed")
             await connection.run(self._handle_frame)
         finally:
@@ -352,7 +380,14 @@ class ConnectionManager:
                     try:
                         await self._on_disconnect(connection)
                     except Exception:
-                        logger.exception("on_disconnect failed for %r", connection)
+                        logger.exception(
+                            "on_disconnect failed for %r",
+                            connection,
+                            extra={
+                                "budget_ws_event": "on_disconnect_failed",
+                                "budget_ws_connection_id": connection.id,
+                            },
+                        )
 
     async def _subscribe_server_side(self, connection: Connection, topics: tuple[str, ...]) -> None:
         for topic in topics:
@@ -361,7 +396,7 @@ class ConnectionManager:
             try:
                 await self._subscribe(connection, topic, None, None)
             except BackendError as exc:
-                logger.warning("budget_ws: subscribing %r to %r failed: %s", connection, topic, exc)
+                _subscribe_failed(connection, topic, exc, server_side=True)
                 connection.close(
                     CloseCode.TRY_AGAIN_LATER, f"could not subscribe to {topic}; try again later"
                 )
@@ -403,7 +438,7 @@ class ConnectionManager:
             await self._subscribe(connection, topic, frame.position, frame.id)
         except BackendError as exc:
             # An outage the docs describe, answered with backend_error: one line, no trace.
-            logger.warning("budget_ws: subscribing %r to %r failed: %s", connection, topic, exc)
+            _subscribe_failed(connection, topic, exc, server_side=False)
             connection.push_control(
                 encode_error(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
             )
@@ -437,7 +472,16 @@ class ConnectionManager:
         try:
             await handler(ClientMessage(connection, event, topic))
         except Exception:
-            logger.exception("handler for %r failed", frame.event)
+            logger.exception(
+                "handler for %r failed",
+                frame.event,
+                extra={
+                    "budget_ws_event": "handler_failed",
+                    "budget_ws_connection_id": connection.id,
+                    "budget_ws_client_event": frame.event,
+                    "budget_ws_topic": topic,
+                },
+            )
             connection.push_control(
                 encode_error(
                     ErrorCode.HANDLER_ERROR,
@@ -483,7 +527,17 @@ class ConnectionManager:
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception:
-            logger.exception("authorize failed for %r on %r", connection, topic)
+            logger.exception(
+                "authorize failed for %r on %r",
+                connection,
+                topic,
+                extra={
+                    "budget_ws_event": "authorize_failed",
+                    "budget_ws_connection_id": connection.id,
+                    "budget_ws_topic": topic,
+                    "budget_ws_action": action,
+                },
+            )
             return False
         return verdict is True
 
@@ -630,6 +684,25 @@ class ConnectionManager:
     def topic_connections(self, topic: str) -> Iterable[Connection]:
         """The local connections subscribed to ``topic``."""
         return self._router.connections(topic)
+
+
+def _subscribe_failed(
+    connection: Connection, topic: str, error: BackendError, *, server_side: bool
+) -> None:
+    """One WARNING line, no traceback: a backend outage is a condition the docs describe."""
+    logger.warning(
+        "budget_ws: subscribing %r to %r failed: %s",
+        connection,
+        topic,
+        error,
+        extra={
+            "budget_ws_event": "subscribe_failed",
+            "budget_ws_connection_id": connection.id,
+            "budget_ws_topic": topic,
+            "budget_ws_error": str(error),
+            "budget_ws_server_side": server_side,
+        },
+    )
 
 
 def _backend_status(backend: Backend) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from typing import TYPE_CHECKING
 
 import anyio
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 __all__ = ["Pacemaker"]
+
+logger = logging.getLogger("budget_ws.connection")
 
 _PING, _CHECK = 0, 1
 
@@ -106,9 +109,20 @@ class Pacemaker:
             self._schedule(now + self._timeout, _CHECK, connection, sent=now)
         elif connection.last_inbound < entry.sent:
             self.remove(connection)
-            connection.close(
-                CloseCode.HEARTBEAT_TIMEOUT, f"no pong within {self._timeout:g} s", drain=False
+            reason = f"no pong within {self._timeout:g} s"
+            logger.info(
+                "budget_ws: connection %s closed with 4001: %s",
+                connection.id,
+                reason,
+                extra={
+                    "budget_ws_event": "heartbeat_timeout",
+                    "budget_ws_connection_id": connection.id,
+                    "budget_ws_close_code": int(CloseCode.HEARTBEAT_TIMEOUT),
+                    "budget_ws_limit": "Heartbeat.timeout",
+                    "budget_ws_limit_value": self._timeout,
+                },
             )
+            connection.close(CloseCode.HEARTBEAT_TIMEOUT, reason, drain=False)
         else:
             # With timeout >= interval the next ping was due already: it goes now.
             self._schedule(max(entry.sent + self._interval, now), _PING, connection)

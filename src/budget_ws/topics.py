@@ -14,7 +14,7 @@ from .protocol import encode_resync, encode_subscribed, position_frame
 
 __all__ = ["TopicRouter"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.topics")
 
 
 @dataclass(eq=False)
@@ -147,8 +147,24 @@ class TopicRouter:
                 # meanwhile waits for the lock and subscribes again instead of racing.
                 try:
                     await self._backend.unsubscribe(topic, self)
+                except BackendError as exc:
+                    # An outage the docs describe: one line, no traceback.
+                    logger.warning(
+                        "budget_ws: unsubscribing %r from the backend failed: %s",
+                        topic,
+                        exc,
+                        extra={
+                            "budget_ws_event": "unsubscribe_failed",
+                            "budget_ws_topic": topic,
+                            "budget_ws_error": str(exc),
+                        },
+                    )
                 except Exception:
-                    logger.exception("unsubscribing %r from the backend failed", topic)
+                    logger.exception(
+                        "unsubscribing %r from the backend failed",
+                        topic,
+                        extra={"budget_ws_event": "unsubscribe_failed", "budget_ws_topic": topic},
+                    )
                 state.subscribed = False
             if not state.connections and not state.reserved and self._topics.get(topic) is state:
                 del self._topics[topic]

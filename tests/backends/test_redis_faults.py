@@ -185,7 +185,7 @@ async def test_a_lost_server_is_logged_as_one_line_naming_the_cause(
         logger.removeHandler(lost)
         logger.removeHandler(retried)
     address = f"127.0.0.1:{own_redis.port}"
-    records = [record for record in caplog.records if record.name == "budget_ws"]
+    records = [record for record in caplog.records if record.name == "budget_ws.backend.redis"]
     [warning] = [record for record in records if record.levelno >= logging.WARNING]
     assert warning.getMessage().startswith("budget_ws: Redis pub/sub connection lost: " + address)
     assert "redis.ConnectionError" in warning.getMessage()

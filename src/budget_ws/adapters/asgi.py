@@ -21,7 +21,11 @@ from ..protocol import SUBPROTOCOL, CloseCode, close_reason, excerpt
 
 __all__ = ["ASGITransport", "WebSocketApp"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.adapters")
+"""Lines about handshakes; the table is in ``docs/reference/logging.md``."""
+
+_REASON_CHARS = 80
+"""Characters of a refusal's reason at most in a log line."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -123,7 +127,8 @@ class WebSocketApp:
             except ManagerClosed:
                 logger.error(
                     "budget_ws: the ConnectionManager is not running; start it in the app's "
-                    "lifespan (see budget_ws.adapters.starlette.lifespan)"
+                    "lifespan (see budget_ws.adapters.starlette.lifespan)",
+                    extra={"budget_ws_event": "manager_not_running"},
                 )
                 await transport.close(CloseCode.INTERNAL_ERROR, "server not ready")
         elif scope["type"] == "lifespan":
@@ -158,12 +163,26 @@ class WebSocketApp:
         handshake = Handshake.from_asgi(scope)
         offered = SUBPROTOCOL in handshake.subprotocols
         compat_topics: tuple[str, ...] | None = None
+        # What was being checked when a HandshakeRejected came: the refusal's kind.
+        check = "subprotocol"
         try:
-            principal = await self._check(handshake, offered)
+            if self.require_subprotocol and not offered and self.compatibility is None:
+                raise HandshakeRejected(
+                    f"subprotocol {SUBPROTOCOL} required", status=400, close_code=1002
+                )
+            check = "origin"
+            if not origin_allowed(handshake, self.allowed_origins):
+                raise HandshakeRejected(f"origin {excerpt(handshake.origin or '')} not allowed")
+            check = "authentication"
+            principal = await self._authenticate(handshake)
             if not offered and self.compatibility is not None:
+                check = "topics"
                 compat_topics = await self._compat_topics(handshake, principal)
         except HandshakeRejected as rejection:
-            await self._refuse(scope, send, rejection, offered, handshake.origin is not None)
+            answer = await self._refuse(
+                scope, send, rejection, offered, handshake.origin is not None
+            )
+            _log_refusal(handshake, check, rejection, answer)
             return False, None, None
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
         return True, principal, compat_topics
@@ -181,19 +200,21 @@ class WebSocketApp:
         except HandshakeRejected:
             raise
         except Exception:
-            logger.exception("the compatibility topics hook failed for %s", handshake.client)
+            logger.exception(
+                "the compatibility topics hook failed for %s",
+                handshake.client,
+                extra={
+                    "budget_ws_event": "topics_hook_failed",
+                    "budget_ws_client": _address(handshake),
+                    "budget_ws_path": handshake.path,
+                },
+            )
             raise HandshakeRejected(
                 "server error choosing topics", status=500, close_code=CloseCode.INTERNAL_ERROR
             ) from None
         return topics
 
-    async def _check(self, handshake: Handshake, offered: bool) -> Any:
-        if self.require_subprotocol and not offered and self.compatibility is None:
-            raise HandshakeRejected(
-                f"subprotocol {SUBPROTOCOL} required", status=400, close_code=1002
-            )
-        if not origin_allowed(handshake, self.allowed_origins):
-            raise HandshakeRejected(f"origin {excerpt(handshake.origin or '')} not allowed")
+    async def _authenticate(self, handshake: Handshake) -> Any:
         if self.authenticate is None:
             return None
         try:
@@ -203,7 +224,15 @@ class WebSocketApp:
         except HandshakeRejected:
             raise
         except Exception:
-            logger.exception("authenticate failed for %s", handshake.client)
+            logger.exception(
+                "authenticate failed for %s",
+                handshake.client,
+                extra={
+                    "budget_ws_event": "authenticate_failed",
+                    "budget_ws_client": _address(handshake),
+                    "budget_ws_path": handshake.path,
+                },
+            )
             raise HandshakeRejected("authentication failed") from None
         return principal
 
@@ -214,7 +243,8 @@ class WebSocketApp:
         rejection: HandshakeRejected,
         offered: bool,
         browser: bool,
-    ) -> None:
+    ) -> str:
+        """Refuse the handshake; return how: ``"http"`` (a status) or ``"close"``."""
         # A browser never sees the status of a refused handshake, only a 1006 it cannot
         # tell from an outage, so its client would retry forever. Browsers (which always
         # send Origin) get the WebSocket accepted and closed with a code that says stop.
@@ -232,10 +262,11 @@ class WebSocketApp:
                     "body": rejection.reason.encode() + b"\n",
                 }
             )
-            return
+            return "http"
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
         reason = close_reason(rejection.reason)
         await send({"type": "websocket.close", "code": rejection.close_code, "reason": reason})
+        return "close"
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -250,3 +281,37 @@ class WebSocketApp:
         await receive()  # lifespan.shutdown
         await self.manager.aclose()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _address(handshake: Handshake) -> str | None:
+    """``host:port`` of the client as the server saw it, for a log line."""
+    if handshake.client is None:
+        return None
+    host, port = handshake.client
+    return f"{host}:{port}"
+
+
+def _log_refusal(
+    handshake: Handshake, check: str, rejection: HandshakeRejected, answer: str
+) -> None:
+    """One INFO line, no traceback: refusing a client is what the checks are for."""
+    client = _address(handshake)
+    reason = excerpt(rejection.reason, _REASON_CHARS)
+    code = rejection.status if answer == "http" else rejection.close_code
+    logger.info(
+        "budget_ws: handshake from %s refused (%s): %s %r",
+        client or "an unknown address",
+        check,
+        code,
+        reason,
+        extra={
+            "budget_ws_event": "handshake_refused",
+            "budget_ws_refusal": check,
+            "budget_ws_answer": answer,
+            "budget_ws_status": rejection.status,
+            "budget_ws_close_code": rejection.close_code,
+            "budget_ws_reason": reason,
+            "budget_ws_client": client,
+            "budget_ws_path": handshake.path,
+        },
+    )

@@ -1,10 +1,11 @@
-"""FastAPI: a router with the WebSocket and client routes, and a manager dependency.
+"""FastAPI: a router with the WebSocket and client routes, health probes, a dependency.
 
 ::
 
     manager = ConnectionManager()
     app = FastAPI(lifespan=lifespan(manager))
     app.include_router(create_router(manager))
+    app.include_router(health_router(manager))
 
     @app.post("/facts")
     async def add_fact(fact: FactIn, manager: Manager) -> None:
@@ -29,9 +30,9 @@ from ..errors import ManagerClosed
 from ..handshake import Authenticate
 from ..manager import ConnectionManager
 from .assets import ClientAssets
-from .starlette import STATE_KEY, lifespan, websocket_route
+from .starlette import STATE_KEY, health_routes, lifespan, websocket_route
 
-__all__ = ["Manager", "create_router", "current_manager", "lifespan"]
+__all__ = ["Manager", "create_router", "current_manager", "health_router", "lifespan"]
 
 
 def create_router(
@@ -62,6 +63,26 @@ def create_router(
         # releases (0.110 among them) copies no mounts, and the client would be missing.
         client = f"{client_path.rstrip('/')}/{{file}}"
         router.routes.append(Route(client, ClientAssets(), name="budget_ws_client"))
+    return router
+
+
+def health_router(
+    manager: ConnectionManager,
+    *,
+    ready_path: str = "/health/ready",
+    live_path: str = "/health/live",
+) -> APIRouter:
+    """An ``APIRouter`` answering a readiness probe at ``ready_path`` and a liveness probe
+    at ``live_path`` (see :class:`~budget_ws.adapters.HealthApp`).
+
+    Readiness is 503 while the manager is not started, draining or closed, or its backend
+    is disconnected; liveness is 503 only once the manager is closed. Neither appears in
+    the OpenAPI schema.
+
+    .. versionadded:: 0.1
+    """
+    router = APIRouter()
+    router.routes.extend(health_routes(manager, ready_path, live_path))
     return router
 
 

@@ -1,4 +1,4 @@
-"""Starlette: a WebSocket route, the client asset route and a lifespan for the manager."""
+"""Starlette: a WebSocket route, the client asset route, health routes and a lifespan."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 try:
-    from starlette.routing import Mount, WebSocketRoute
+    from starlette.routing import Mount, Route, WebSocketRoute
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "budget_ws.adapters.starlette needs Starlette: pip install 'budget-ws[starlette]'"
@@ -18,8 +18,9 @@ from ..handshake import Authenticate
 from ..manager import ConnectionManager
 from .asgi import WebSocketApp
 from .assets import ClientAssets
+from .health import HealthApp
 
-__all__ = ["STATE_KEY", "client_route", "lifespan", "websocket_route"]
+__all__ = ["STATE_KEY", "client_route", "health_routes", "lifespan", "websocket_route"]
 
 STATE_KEY = "budget_ws_manager"
 """The lifespan state key under which the running manager is shared with requests."""
@@ -49,6 +50,27 @@ def websocket_route(
 def client_route(path: str = "/budget-ws", *, name: str | None = "budget_ws_client") -> Mount:
     """A mount serving the browser client: ``{path}/budget-ws.js`` and ``.d.ts``."""
     return Mount(path, app=ClientAssets(), name=name)
+
+
+def health_routes(
+    manager: ConnectionManager,
+    ready_path: str = "/health/ready",
+    live_path: str = "/health/live",
+) -> list[Route]:
+    """A readiness and a liveness route, each a :class:`~budget_ws.adapters.HealthApp`.
+
+    ``GET`` or ``HEAD`` ``ready_path`` answers 200 while the manager runs, is not
+    draining and its backend is connected, else 503; ``live_path`` answers 503 only once
+    the manager is closed. Add them to the app's routes:
+    ``Starlette(routes=[*health_routes(manager), ...])``.
+
+    .. versionadded:: 0.1
+    """
+    # Routes, not Mounts: FastAPI's include_router() of older releases copies no mounts.
+    return [
+        Route(ready_path, HealthApp(manager, check="ready"), name="budget_ws_ready"),
+        Route(live_path, HealthApp(manager, check="live"), name="budget_ws_live"),
+    ]
 
 
 def lifespan(

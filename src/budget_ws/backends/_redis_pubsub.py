@@ -11,10 +11,21 @@ import anyio
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
-__all__ = ["DeadConnection", "Shard", "cause_of", "describe", "with_host"]
+from ..errors import BackendUnavailable
 
-logger = logging.getLogger("budget_ws")
+__all__ = [
+    "DeadConnection",
+    "Shard",
+    "address_of",
+    "cause_of",
+    "describe",
+    "is_outage",
+    "with_host",
+]
+
+logger = logging.getLogger("budget_ws.backend.redis")
 
 
 class Shard:
@@ -48,8 +59,7 @@ class Shard:
         self._client: Any = None
         self._pubsub: Any = None
         self._pong = anyio.Event()
-        parts = urlsplit(url)
-        self.address = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
+        self.address = address_of(url)
         """Where the connection goes, ``host:port`` or a socket path, for log lines."""
 
     async def open(self) -> None:
@@ -125,7 +135,8 @@ class Shard:
             with anyio.move_on_after(self._operation_timeout):
                 await self._pong.wait()
             if not self._pong.is_set():
-                raise DeadConnection(f"no pong from {self._url}")
+                # The address, not the URL: a URL may hold a password, and this is logged.
+                raise DeadConnection(f"no pong from {self.address}")
 
     async def close(self) -> None:
         for resource in (self._pubsub, self._client):
@@ -133,7 +144,20 @@ class Shard:
                 try:
                     await resource.aclose()
                 except Exception:
-                    logger.debug("closing a pub/sub connection failed", exc_info=True)
+                    logger.debug(
+                        "closing a pub/sub connection failed",
+                        exc_info=True,
+                        extra={
+                            "budget_ws_event": "pubsub_close_failed",
+                            "budget_ws_address": self.address,
+                        },
+                    )
+
+
+def address_of(url: str) -> str:
+    """``host:port`` of a Redis URL, or its socket path, for log lines (no credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
 
 
 def with_host(url: str, host: str, port: int) -> str:
@@ -164,6 +188,20 @@ def cause_of(error: BaseException) -> BaseException:
         error = inner[0]
         inner = getattr(error, "exceptions", None)
     return error
+
+
+_OUTAGES = (RedisError, OSError, TimeoutError, DeadConnection, BackendUnavailable)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` is a lost, refused or silent server (logged without a traceback).
+
+    Anything else that breaks the pub/sub connection is a bug, and keeps its traceback.
+    """
+    cause = cause_of(error)
+    if isinstance(cause, ShardLost):
+        cause = cause_of(cause.cause)
+    return isinstance(cause, _OUTAGES)
 
 
 def describe(error: BaseException) -> str:

@@ -18,7 +18,7 @@ from .base import Listener, Position, Recovery
 
 __all__ = ["MemoryBackend"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.backend.memory")
 
 
 class _Topic:
@@ -128,7 +128,12 @@ class MemoryBackend:
             try:
                 listener.deliver(topic, position, payload)
             except Exception:  # one broken listener must not stop the others
-                logger.exception("listener %r failed on topic %r", listener, topic)
+                logger.exception(
+                    "listener %r failed on topic %r",
+                    listener,
+                    topic,
+                    extra={"budget_ws_event": "listener_failed", "budget_ws_topic": topic},
+                )
         await anyio.lowlevel.checkpoint_if_cancelled()
         return position
 

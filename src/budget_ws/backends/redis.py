@@ -36,13 +36,26 @@ from .._runtime import BackgroundTask
 from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
 from ._options import is_seconds, refuse
 from ._redis_calls import TopicCalls
-from ._redis_pubsub import DeadConnection, Shard, cause_of, describe, with_host
+from ._redis_pubsub import (
+    DeadConnection,
+    Shard,
+    ShardLost,
+    address_of,
+    cause_of,
+    describe,
+    is_outage,
+    with_host,
+)
 from ._redis_url import KEY_PREFIX, parse_redis_url
 from .base import Listener, Position, Recovery
 
 __all__ = ["SHARDED_PUBSUB", "HistoryPolicy", "RedisBackend"]
 
-logger = logging.getLogger("budget_ws")
+logger = logging.getLogger("budget_ws.backend.redis")
+"""Lines about Redis connections and gaps; the table is in ``docs/reference/logging.md``."""
+
+_RESYNCED_TOPICS_LOGGED = 20
+"""Topics named at most in the log line of a restored connection."""
 
 SHARDED_PUBSUB = hasattr(aioredis.client.PubSub, "ssubscribe")
 """Whether the installed redis-py has sharded pub/sub on asyncio (8.0 and later), which a
@@ -63,6 +76,15 @@ class HistoryPolicy:
             raise refuse("HistoryPolicy", "size", self.size, "a whole number >= 0")
         if not is_seconds(self.ttl):
             raise refuse("HistoryPolicy", "ttl", self.ttl, "a number of seconds > 0")
+
+
+@dataclass(eq=False)
+class _Outage:
+    """Since when the pub/sub connection is down, for the line that says it is back."""
+
+    started: float
+    attempts: int = 0
+    restored: float | None = None
 
 
 @dataclass(eq=False)
@@ -154,6 +176,7 @@ class RedisBackend:
         self._reconnects = 0
         self._up = anyio.Event()
         self._last_error: BaseException | None = None
+        self._outage: _Outage | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -258,6 +281,7 @@ class RedisBackend:
         with anyio.CancelScope(shield=True):
             if supervisor is not None:
                 await supervisor.stop()
+            self._outage = None  # opened again, it starts with a first connection
             await self._close_shards()
             if self._client is not None:
                 self._calls.client = None
@@ -375,7 +399,16 @@ class RedisBackend:
                     await shard.subscribe(channel)
         except (RedisError, OSError, TimeoutError, DeadConnection) as exc:
             # The health check notices the broken connection; reconnecting subscribes again.
-            logger.warning("budget_ws: subscribing %s failed: %s", topics, exc)
+            logger.warning(
+                "budget_ws: subscribing %s failed: %s",
+                topics,
+                exc,
+                extra={
+                    "budget_ws_event": "pubsub_subscribe_failed",
+                    "budget_ws_topic_names": list(topics),
+                    "budget_ws_error": describe(exc),
+                },
+            )
 
     async def _send_unsubscribe_quietly(self, topic: str) -> None:
         if not self._connected:
@@ -389,7 +422,16 @@ class RedisBackend:
             with anyio.fail_after(self.operation_timeout):
                 await shard.unsubscribe(channel)
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning("budget_ws: unsubscribing %r failed: %s", topic, exc)
+            logger.warning(
+                "budget_ws: unsubscribing %r failed: %s",
+                topic,
+                exc,
+                extra={
+                    "budget_ws_event": "pubsub_unsubscribe_failed",
+                    "budget_ws_topic": topic,
+                    "budget_ws_error": describe(exc),
+                },
+            )
 
     # The supervised listener -----------------------------------------------------------
 
@@ -397,6 +439,8 @@ class RedisBackend:
         """Keep the pub/sub connections alive; after every break, resubscribe, fill gaps."""
         attempt = 0
         while True:
+            if self._outage is not None:
+                self._outage.attempts += 1
             try:
                 if self.cluster and attempt:
                     # Slots may have moved: learn the cluster's current layout first.
@@ -413,13 +457,11 @@ class RedisBackend:
                     self._connected = True
                     self._up.set()
                     attempt = 0
+                    if self._outage is not None:
+                        self._outage.restored = anyio.current_time()
                     task_group.start_soon(self._recover_all)
             except Exception as exc:  # supervised: any failure means reconnect
-                # One line naming the cause, not the task group's ExceptionGroup.
-                if self._connected:
-                    logger.warning("budget_ws: Redis pub/sub connection lost: %s", describe(exc))
-                else:
-                    logger.debug("budget_ws: Redis pub/sub reconnect failed: %s", describe(exc))
+                self._log_failure(exc, attempt)
                 self._last_error = cause_of(exc)
             finally:
                 self._shard_group = None
@@ -439,6 +481,48 @@ class RedisBackend:
             self._reconnects += 1
             low, high = self.reconnect_delay
             await anyio.sleep(random.uniform(low, min(high, low * 2**attempt)))
+
+    def _log_failure(self, error: Exception, attempt: int) -> None:
+        """One line naming the cause, not the task group's ExceptionGroup.
+
+        A lost, refused or silent server is an outage the docs describe: no traceback.
+        Anything else is a bug, logged with its traceback at ERROR.
+        """
+        lost = self._connected
+        if lost and self._outage is None:
+            self._outage = _Outage(started=anyio.current_time())
+        cause = cause_of(error)
+        address = cause.address if isinstance(cause, ShardLost) else address_of(self.url)
+        fields = {
+            "budget_ws_address": address,
+            "budget_ws_error": describe(error),
+            "budget_ws_topics": len(self._subscriptions),
+        }
+        if not is_outage(error):
+            logger.error(
+                "budget_ws: Redis pub/sub connection failed unexpectedly: %s",
+                describe(error),
+                exc_info=error,
+                extra={"budget_ws_event": "pubsub_failed", **fields},
+            )
+        elif lost:
+            logger.warning(
+                "budget_ws: Redis pub/sub connection lost: %s",
+                describe(error),
+                extra={"budget_ws_event": "pubsub_lost", **fields},
+            )
+        else:
+            logger.debug(
+                "budget_ws: Redis pub/sub reconnect failed: %s",
+                describe(error),
+                extra={
+                    "budget_ws_event": "pubsub_reconnect_failed",
+                    "budget_ws_attempt": (
+                        self._outage.attempts if self._outage is not None else attempt + 1
+                    ),
+                    **fields,
+                },
+            )
 
     async def _shard_for(self, channel: str | None) -> Shard:
         """The pub/sub connection for ``channel``, opened (and supervised) on first use."""
@@ -495,11 +579,46 @@ class RedisBackend:
 
     async def _recover_all(self) -> None:
         """After a reconnect: wait for confirmations, then fill each topic's gap."""
+        filled = current = recovered = 0
+        resynced: list[str] = []
         for topic, subscription in list(self._subscriptions.items()):
             if subscription.position is None:
                 continue  # subscribe() is establishing it
             await self._wait_confirmed(topic, subscription)
-            await self._fill(topic, subscription)
+            replayed = await self._fill(topic, subscription)
+            if replayed is None:
+                resynced.append(topic)
+            elif replayed:
+                filled += 1
+                recovered += replayed
+            else:
+                current += 1
+        outage, self._outage = self._outage, None
+        if outage is None or outage.restored is None:
+            return  # the first connection: nothing was lost
+        seconds = outage.restored - outage.started
+        logger.info(
+            "budget_ws: Redis pub/sub connection restored after %.1f s (attempts: %d); "
+            "topics: %d filled from history (%d events), %d told to resync, %d missed nothing",
+            seconds,
+            outage.attempts,
+            filled,
+            recovered,
+            len(resynced),
+            current,
+            extra={
+                "budget_ws_event": "pubsub_restored",
+                "budget_ws_address": address_of(self.url),
+                "budget_ws_outage_seconds": round(seconds, 3),
+                "budget_ws_attempts": outage.attempts,
+                "budget_ws_topics": filled + len(resynced) + current,
+                "budget_ws_topics_filled": filled,
+                "budget_ws_events_recovered": recovered,
+                "budget_ws_topics_resynced": len(resynced),
+                "budget_ws_topics_current": current,
+                "budget_ws_resynced_topic_names": resynced[:_RESYNCED_TOPICS_LOGGED],
+            },
+        )
 
     def _on_message(self, channel: str, data: bytes) -> None:
         topic = self._topic_of(channel)
@@ -527,11 +646,12 @@ class RedisBackend:
                 if self._shard_group is not None:
                     # Under the supervisor: if the fill fails, everything reconnects and
                     # the reconnection fills this topic's gap again.
-                    self._shard_group.start_soon(self._fill, topic, subscription)
+                    self._shard_group.start_soon(self._fill_live_gap, topic, subscription)
                 return
         elif last is not None:
             # Another epoch: Redis lost the topic's state, so nothing can be recovered.
             # Listeners resync to just before this event, then get it.
+            _log_resync(topic, "new_epoch")
             self._notify_resync(topic, subscription, Position(position.offset - 1, position.epoch))
         self._dispatch(topic, subscription, position, payload)
 
@@ -543,27 +663,56 @@ class RedisBackend:
             try:
                 listener.deliver(topic, position, payload)
             except Exception:
-                logger.exception("listener %r failed on topic %r", listener, topic)
+                logger.exception(
+                    "listener %r failed on topic %r",
+                    listener,
+                    topic,
+                    extra={"budget_ws_event": "listener_failed", "budget_ws_topic": topic},
+                )
 
-    async def _fill(self, topic: str, subscription: _Subscription) -> None:
+    async def _fill_live_gap(self, topic: str, subscription: _Subscription) -> None:
+        """Fill a gap pub/sub left while connected (a lost message), and say so."""
+        replayed = await self._fill(topic, subscription)
+        if replayed is None:
+            _log_resync(topic, "history_short")
+        else:
+            logger.debug(
+                "budget_ws: a gap in live events of %r was filled from history (%d events)",
+                topic,
+                replayed,
+                extra={
+                    "budget_ws_event": "gap_filled",
+                    "budget_ws_topic": topic,
+                    "budget_ws_events_recovered": replayed,
+                },
+            )
+
+    async def _fill(self, topic: str, subscription: _Subscription) -> int | None:
         """Deliver what the stream holds after the last delivered event, then the held.
 
         Runs under the supervisor: a failure reconnects everything, and the reconnection
         fills the gap again, so a topic is never left holding.
+
+        Returns:
+            How many events the stream filled the gap with, or None when it could not and
+            the listeners were told to resync.
         """
         if subscription.held is None:
             subscription.held = []
         after = subscription.position
         if after is None:
-            return
+            return 0
         recovery = await self.history(topic, after, max(self._policy(topic).size, 1))
+        replayed: int | None = None
         if recovery.recovered:
+            replayed = len(recovery.items)
             for position, payload in recovery.items:
                 self._dispatch(topic, subscription, position, payload)
         else:
             subscription.position = recovery.position
             self._notify_resync(topic, subscription, recovery.position)
         self._release_held(topic, subscription)
+        return replayed
 
     def _release_held(self, topic: str, subscription: _Subscription) -> None:
         held, subscription.held = subscription.held or [], None
@@ -578,7 +727,28 @@ class RedisBackend:
             try:
                 listener.resync(topic, position)
             except Exception:
-                logger.exception("listener %r failed on topic %r", listener, topic)
+                logger.exception(
+                    "listener %r failed on topic %r",
+                    listener,
+                    topic,
+                    extra={"budget_ws_event": "listener_failed", "budget_ws_topic": topic},
+                )
+
+
+def _log_resync(topic: str, cause: str) -> None:
+    """One WARNING line: Redis lost what a topic's subscribers needed, outside an outage."""
+    logger.warning(
+        "budget_ws: subscribers of %r told to resync: %s",
+        topic,
+        "Redis started the topic over (new epoch)"
+        if cause == "new_epoch"
+        else "the gap in live events is no longer in history",
+        extra={
+            "budget_ws_event": "topic_resync",
+            "budget_ws_topic": topic,
+            "budget_ws_cause": cause,
+        },
+    )
 
 
 def _check_arguments(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
-from tests.support.servers import free_port, wait_listening
+from tests.backends.conftest import RedisServer
 from websockets.asyncio.client import connect as ws_connect
 
 from budget_ws import ConnectionClosed, ConnectionManager, Event
@@ -232,39 +230,13 @@ def test_check_must_name_a_probe() -> None:
         HealthApp(ConnectionManager(), check="alive")  # type: ignore[arg-type]
 
 
-class PasswordRedis:
-    """A redis-server of the test's own on a free loopback port, with a password."""
-
-    PASSWORD = "s3cret-health"
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.PASSWORD}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        executable = shutil.which("redis-server")
-        assert executable, "redis-server is needed (apt-get install redis-server)"
-        self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--requirepass", self.PASSWORD],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_listening(self.port, self.process, timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+PASSWORD = "s3cret-health"
 
 
 @pytest.fixture
-def password_redis() -> Iterator[PasswordRedis]:
-    server = PasswordRedis()
+def password_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with a password that must never reach a body."""
+    server = RedisServer(password=PASSWORD)
     server.start()
     yield server
     server.stop()
@@ -284,7 +256,7 @@ async def probe_until(
 
 @pytest.mark.parametrize("ws_implementation", ["websockets-sansio"])  # HTTP only
 async def test_readiness_follows_the_redis_connection(
-    serve: Any, http: httpx.AsyncClient, password_redis: PasswordRedis
+    serve: Any, http: httpx.AsyncClient, password_redis: RedisServer
 ) -> None:
     backend = RedisBackend(
         password_redis.url,
@@ -315,4 +287,4 @@ async def test_readiness_follows_the_redis_connection(
         assert back.json()["reasons"] == []
         assert back.json()["backend_status"]["reconnects"] >= 1
     for response in (up, down, live, back):
-        assert PasswordRedis.PASSWORD not in response.text
+        assert PASSWORD not in response.text

@@ -33,13 +33,15 @@ CASES = [(name, loop) for name, loops in BACKENDS.items() for loop in loops]
 class RedisServer:
     """A redis-server of the test's own on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self, directory: str | None = None) -> None:
         """Start; with a ``directory``, keep data there across restarts (append-only file)."""
@@ -50,6 +52,8 @@ class RedisServer:
             if directory
             else ["--appendonly", "no"]
         )
+        if self.password:
+            persistence += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              *persistence],

@@ -6,6 +6,7 @@ through a bounded outbox, and clients that reconnect recover what they missed.
 
 from .__about__ import __version__
 from .backends import Backend, Listener, MemoryBackend, Position, Recovery, create_backend
+from .compat import Compatibility
 from .connection import Connection, Transport
 from .errors import (
     BackendError,
@@ -49,6 +50,7 @@ __all__ = [
     "ClientClosed",
     "ClientMessage",
     "CloseCode",
+    "Compatibility",
     "Connection",
     "ConnectionClosed",
     "ConnectionIdInUse",

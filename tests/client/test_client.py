@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -435,3 +436,38 @@ def test_bad_options_are_refused(options: dict[str, Any]) -> None:
 def test_a_bad_url_is_refused() -> None:
     with pytest.raises(InvalidURL):
         connect("ftp://127.0.0.1/ws")
+
+
+async def test_closing_while_frames_keep_arriving_ends_at_once(
+    manager: ConnectionManager,
+) -> None:
+    # asyncio.wait_for() before Python 3.12 returns a message that arrives as its task is
+    # cancelled and loses the cancellation: aclose() then waited for the heartbeat's
+    # silence bound (a Ctrl-C of `tail` hung). Frames arriving all the time make that
+    # moment likely; each close must still end within a second.
+    topic = new_topic()
+    async with running(manager) as server:
+
+        async def publish_steadily() -> None:
+            for n in range(100_000):
+                await server.manager.publish(Tick(n=n), topic=topic)
+                await asyncio.sleep(0)
+
+        publisher = asyncio.create_task(publish_steadily())
+        try:
+            for attempt in range(30):
+                client = connect(server.url, **FAST)
+
+                @client.on(Tick)
+                async def ignore(item: EventReceived) -> None:
+                    pass
+
+                await client.start()
+                await client.subscribe(topic)
+                await asyncio.sleep(0.002 * (attempt % 5))
+                async with asyncio.timeout(1):
+                    await client.aclose()
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..protocol import excerpt
 from ..server_frames import (
     ErrorFrame,
 )
@@ -58,7 +59,17 @@ class Handlers:
     async def error(self, frame: ErrorFrame) -> None:
         """Call the error handlers; without any, log the frame (never drop it silently)."""
         if not self._errors:
-            logger.warning("error from the server: %s", frame)
+            logger.warning(
+                "budget_ws: error frame from the server, and no error handler: %s: %s",
+                frame.code,
+                excerpt(frame.message, 200),
+                extra={
+                    "budget_ws_event": "client_error_frame",
+                    "budget_ws_error_code": frame.code,
+                    "budget_ws_error_message": excerpt(frame.message, 200),
+                    "budget_ws_topic": frame.topic,
+                },
+            )
         for handler in list(self._errors):
             await _call(handler, frame)
 
@@ -67,4 +78,17 @@ async def _call(handler: Callable[[Any], Awaitable[None]], argument: Any) -> Non
     try:
         await handler(argument)
     except Exception:
-        logger.exception("handler %r failed", handler)
+        # Its qualified name, not its repr: a bound method's repr holds its object's.
+        name = getattr(handler, "__qualname__", type(handler).__qualname__)
+        event_name = argument.name if isinstance(argument, EventReceived) else None
+        logger.exception(
+            "budget_ws: handler %s failed (%s)",
+            name,
+            event_name or ("resync" if isinstance(argument, Resync) else "error frame"),
+            extra={
+                "budget_ws_event": "client_handler_failed",
+                "budget_ws_handler": name,
+                "budget_ws_event_name": event_name,
+                "budget_ws_topic": argument.topic,
+            },
+        )

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+import anyio
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
 
@@ -18,9 +20,10 @@ from ..server_frames import ServerFrame, Welcome, decode_server_frames
 from ._backoff import Backoff
 from ._websocket import Unreachable, open_websocket
 
-__all__ = ["DEFAULT_SILENCE", "FrameHandler", "Link", "Listener"]
+__all__ = ["DEFAULT_SILENCE", "FrameHandler", "Link", "Listener", "logged_url"]
 
 logger = logging.getLogger("budget_ws.client")
+"""The client's lines; the table is in ``docs/reference/logging.md``."""
 
 DEFAULT_SILENCE = 20.0
 """Longest server silence (s) before the welcome frame tells the real heartbeat."""
@@ -28,6 +31,20 @@ DEFAULT_SILENCE = 20.0
 
 FrameHandler = Callable[[ClientConnection, ServerFrame], Awaitable[None]]
 """Handles one frame read from a connection (a welcome frame: call :meth:`Link.welcomed`)."""
+
+
+def logged_url(url: str) -> str:
+    """``url`` as log lines show it: without credentials, query string or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # pragma: no cover - client_url() checked it
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 class Listener(Protocol):
@@ -150,7 +167,7 @@ class Link:
         if self._task is not None:
             raise ClientClosed(None, "a Client is started once")
         self._task = asyncio.create_task(
-            self._run(handle, listener), name=f"budget_ws client {self.url}"
+            self._run(handle, listener), name=f"budget_ws client {logged_url(self.url)}"
         )
 
     async def stop(self) -> bool:
@@ -198,6 +215,7 @@ class Link:
         failures = 0
         try:
             while True:
+                fields: dict[str, Any]
                 try:
                     websocket = await open_websocket(
                         self.url,
@@ -208,6 +226,13 @@ class Link:
                     )
                 except Unreachable as exc:
                     reason = f"connection failed: {exc}"
+                    fields = {
+                        "budget_ws_event": "client_connect_failed",
+                        "budget_ws_error": str(exc),
+                    }
+                except ServerProtocolError as exc:  # e.g. no budget-ws.v1 subprotocol
+                    self._protocol_error(exc)
+                    raise
                 else:
                     code, reason, welcomed = await self._serve(websocket, handle, listener)
                     if self._stopping:  # aclose() from a handler
@@ -215,6 +240,11 @@ class Link:
                     if code in FINAL_CLOSE_CODES:
                         listener.finished(self.finish(ClientClosed(code, reason)))
                         return
+                    fields = {
+                        "budget_ws_event": "client_disconnected",
+                        "budget_ws_close_code": int(code),
+                        "budget_ws_close_reason": reason,
+                    }
                     reason = f"connection closed ({code}{': ' + reason if reason else ''})"
                     if welcomed:
                         failures = 0
@@ -224,13 +254,47 @@ class Link:
                     listener.finished(self.finish(gave_up))
                     return
                 delay = self._backoff.next_delay()
-                logger.info("%s; reconnecting in %.2f s", reason, delay)
+                # The first failure in a row is worth a line; the next ones are DEBUG.
+                logger.log(
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "budget_ws: %s: %s; reconnecting in %.2f s (attempt %d)",
+                    logged_url(self.url),
+                    reason,
+                    delay,
+                    failures,
+                    extra={
+                        **fields,
+                        "budget_ws_url": logged_url(self.url),
+                        "budget_ws_attempt": failures,
+                        "budget_ws_retry_in": delay,
+                    },
+                )
                 await asyncio.sleep(delay)
         except ClientClosed as exc:
             listener.finished(self.finish(exc))
         except Exception as exc:  # a bug: surface it rather than hang the app
-            logger.exception("the connection loop failed")
+            logger.exception(
+                "budget_ws: the connection loop failed (client of %s)",
+                logged_url(self.url),
+                extra={
+                    "budget_ws_event": "client_loop_failed",
+                    "budget_ws_url": logged_url(self.url),
+                },
+            )
             listener.finished(self.finish(exc))
+
+    def _protocol_error(self, exc: ServerProtocolError) -> None:
+        logger.warning(
+            "budget_ws: %s broke the protocol: %s; closing with 1002",
+            logged_url(self.url),
+            exc,
+            extra={
+                "budget_ws_event": "client_protocol_error",
+                "budget_ws_url": logged_url(self.url),
+                "budget_ws_close_code": int(CloseCode.PROTOCOL_ERROR),
+                "budget_ws_error": str(exc),
+            },
+        )
 
     async def _serve(
         self, websocket: ClientConnection, handle: FrameHandler, listener: Listener
@@ -249,10 +313,26 @@ class Link:
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(
-                        websocket.recv(), silence + self.heartbeat_slack
+                    # Not asyncio.wait_for: before Python 3.12, a message arriving as the
+                    # task is cancelled is returned and the cancellation lost, and stop()
+                    # would wait for the next frame (seen as a Ctrl-C that hung `tail`).
+                    message: str | bytes | None = None
+                    with anyio.move_on_after(silence + self.heartbeat_slack):
+                        message = await websocket.recv()
+                    if message is None:
+                        raise TimeoutError
+                except TimeoutError:
+                    logger.info(
+                        "budget_ws: %s sent nothing for %.1f s; closing with 4001",
+                        logged_url(self.url),
+                        silence + self.heartbeat_slack,
+                        extra={
+                            "budget_ws_event": "client_heartbeat_timeout",
+                            "budget_ws_url": logged_url(self.url),
+                            "budget_ws_close_code": int(CloseCode.HEARTBEAT_TIMEOUT),
+                            "budget_ws_silence": silence + self.heartbeat_slack,
+                        },
                     )
-                except asyncio.TimeoutError:
                     # A dead link answers nothing, not even a close: don't wait for it.
                     self._close_later(websocket, CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                     return CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout (client side)", welcomed
@@ -271,7 +351,7 @@ class Link:
                             welcomed = True
                         await handle(websocket, frame)
                 except ServerProtocolError as exc:
-                    logger.warning("%s; closing with 1002", exc)
+                    self._protocol_error(exc)
                     await websocket.close(CloseCode.PROTOCOL_ERROR, close_reason(str(exc)))
                     raise
         except asyncio.CancelledError:
@@ -287,7 +367,16 @@ class Link:
         self._open = True
         self._backoff.reset()
         self._notify()
-        logger.info("connected to %s (%s)", self.url, welcome.connection_id)
+        logger.info(
+            "budget_ws: connected to %s (connection %s)",
+            logged_url(self.url),
+            welcome.connection_id,
+            extra={
+                "budget_ws_event": "client_connected",
+                "budget_ws_url": logged_url(self.url),
+                "budget_ws_connection_id": welcome.connection_id,
+            },
+        )
 
     def _close_later(self, websocket: ClientConnection, code: int, reason: str) -> None:
         task = asyncio.create_task(websocket.close(code, reason))

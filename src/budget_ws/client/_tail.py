@@ -128,6 +128,13 @@ def _cookie(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+class _NoticeFormatter(logging.Formatter):
+    """The command names itself: without the lines' own ``budget_ws: `` prefix."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("tail: budget_ws: ", "tail: ", 1)
+
+
 @contextlib.contextmanager
 def _notices(enabled: bool) -> Iterator[None]:
     """The client's connection notices on standard error, while the command runs."""
@@ -135,11 +142,11 @@ def _notices(enabled: bool) -> Iterator[None]:
         yield
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("python -m budget_ws tail: %(message)s"))
+    handler.setFormatter(_NoticeFormatter("python -m budget_ws tail: %(message)s"))
     logger = logging.getLogger("budget_ws.client")
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # every reconnect attempt, not only the first
     try:
         yield
     finally:

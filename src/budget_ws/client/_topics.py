@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ..errors import ClientClosed, EventValidationError, SubscriptionRefused
 from ..events import EventRegistry
 from ..position import Position
-from ..protocol import ErrorCode, encode_subscribe, encode_unsubscribe
+from ..protocol import ErrorCode, encode_subscribe, encode_unsubscribe, excerpt
 from ..server_frames import (
     ErrorFrame,
     EventFrame,
@@ -151,7 +151,16 @@ class Topics:
             try:
                 typed = self.registry.validate(frame.event, frame.data)
             except EventValidationError as exc:
-                logger.warning("%s", exc)
+                logger.warning(
+                    "budget_ws: %s; handed out without a typed event",
+                    exc,
+                    extra={
+                        "budget_ws_event": "client_event_invalid",
+                        "budget_ws_event_name": frame.event,
+                        "budget_ws_topic": topic,
+                        "budget_ws_error": str(exc),
+                    },
+                )
         await self._route(EventReceived(frame.event, frame.data, topic, frame.position, typed))
 
     async def _on_subscribed(self, frame: Subscribed) -> None:
@@ -195,6 +204,18 @@ class Topics:
             delay = random.uniform(0, self._max_delay)
             self._retries[topic] = asyncio.create_task(self._retry_subscribe(topic, delay))
             return
+        logger.info(
+            "budget_ws: subscribing to %r was refused (%s): %s",
+            topic,
+            frame.code,
+            excerpt(frame.message, 200),
+            extra={
+                "budget_ws_event": "client_subscribe_refused",
+                "budget_ws_topic": topic,
+                "budget_ws_error_code": frame.code,
+                "budget_ws_error_message": excerpt(frame.message, 200),
+            },
+        )
         self._forget(topic, SubscriptionRefused(frame.code, topic, frame.message))
 
     async def _retry_subscribe(self, topic: str, delay: float) -> None:
@@ -206,6 +227,18 @@ class Topics:
 
     async def _route(self, item: Item) -> None:
         """Hand ``item`` to exactly one place: its subscription, handlers, or the stream."""
+        if isinstance(item, Resync):
+            logger.info(
+                "budget_ws: resync of topic %r (%s) at offset %d",
+                item.topic,
+                item.why,
+                item.position.offset,
+                extra={
+                    "budget_ws_event": "client_resync",
+                    "budget_ws_topic": item.topic,
+                    "budget_ws_cause": item.why,
+                },
+            )
         state = self._topics.get(item.topic) if item.topic is not None else None
         if state is not None and state.feed is not None:
             await state.feed.put(item)

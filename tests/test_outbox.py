@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from budget_ws import OutboxLimits, SlowConsumerPolicy
-from budget_ws.outbox import Outbox
+from budget_ws.metrics import Histogram
+from budget_ws.outbox import Outbox, TimedOutbox
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +110,56 @@ def test_offer_queues_what_fits_and_leaves_the_policy_to_put() -> None:
     assert (len(outbox), outbox.dropped) == (2, 0)
     assert outbox.put("c")  # put applies the policy
     assert (len(outbox), outbox.dropped) == (2, 1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed_outbox(limits: OutboxLimits) -> tuple[TimedOutbox, Histogram, Histogram, FakeClock]:
+    latency, fill, clock = Histogram((1.0, 2.0, 3.0)), Histogram((0, 10, 100)), FakeClock()
+    return TimedOutbox(limits, latency, fill, clock), latency, fill, clock
+
+
+async def test_a_timed_outbox_times_each_event_frame_from_queue_to_write() -> None:
+    # Batches of at most two 3-character frames: the queue is taken in two messages.
+    outbox, latency, fill, clock = timed_outbox(OutboxLimits(max_batch_bytes=7))
+    for frame in ("aaa", "bbb", "ccc"):
+        assert outbox.offer(frame, 3)
+        clock.now += 1.0
+    outbox.put_urgent(["ctl"])
+    assert await outbox.get_message() == ("ctl", 1)
+    outbox.sent()  # control frames are not timed, but the fill is
+    assert await outbox.get_message() == ("aaa\nbbb", 2)
+    clock.now = 3.5
+    outbox.sent()  # ages 3.5 and 2.5
+    assert await outbox.get_message() == ("ccc", 1)
+    outbox.sent()  # age 1.5
+    assert latency.snapshot().cumulative == (0, 1, 2, 3)
+    assert latency.snapshot().sum == pytest.approx(7.5)
+    # Waiting when taken: 12 characters, then 9 (the urgent frame gone), then 3.
+    assert fill.snapshot().cumulative == (0, 2, 3, 3)
+
+
+async def test_a_timed_outbox_keeps_its_times_in_step_when_frames_are_dropped() -> None:
+    limits = OutboxLimits(max_messages=2, policy=SlowConsumerPolicy.DROP_OLDEST)
+    outbox, latency, _, clock = timed_outbox(limits)
+    for age, frame in enumerate(("old", "mid", "new")):
+        clock.now = float(age)
+        assert outbox.put(frame)
+    assert outbox.dropped == 1
+    clock.now = 2.5
+    assert await outbox.get_message() == ("mid\nnew", 2)
+    outbox.sent()  # "mid" queued at 1.0, "new" at 2.0: ages 1.5 and 0.5
+    assert latency.snapshot().cumulative == (1, 2, 2, 2)
+    outbox.put("x")
+    outbox.clear()
+    outbox.put("y")
+    clock.now = 5.0
+    assert await outbox.get_message() == ("y", 1)
+    outbox.sent()  # "y" queued at 2.5: its own time, not the cleared frame's
+    assert latency.snapshot().cumulative == (1, 2, 3, 3)

@@ -13,10 +13,12 @@ import anyio
 from ._runtime import current_async_library
 from .errors import ConnectionClosed
 from .limits import Limits, OutboxLimits, RateLimiter
-from .outbox import Outbox
+from .metrics import Metrics
+from .outbox import Outbox, TimedOutbox
 from .protocol import (
     ClientFrame,
     CloseCode,
+    ErrorCode,
     Ping,
     Pong,
     ProtocolViolation,
@@ -60,17 +62,6 @@ class Transport(Protocol):
         """Close the WebSocket with ``code`` and ``reason``."""
 
 
-class _Counters:
-    """Totals shared by the connections of one manager, for ``stats()``."""
-
-    __slots__ = ("delivered", "dropped", "slow_consumers")
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.dropped = 0
-        self.slow_consumers = 0
-
-
 FrameHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
 
 
@@ -87,12 +78,12 @@ class Connection:
         "_cancel_scope",
         "_close_code",
         "_close_reason",
-        "_counters",
         "_finished",
         "_finished_event",
         "_half_full",
         "_last_inbound",
         "_limits",
+        "_metrics",
         "_outbox",
         "_peer_closed",
         "id",
@@ -110,7 +101,7 @@ class Connection:
         connection_id: str | None = None,
         limits: Limits,
         outbox_limits: OutboxLimits,
-        counters: _Counters | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id: str = connection_id or uuid.uuid4().hex
         """Identifier of the connection, unique within the process."""
@@ -122,9 +113,14 @@ class Connection:
         self.topics: set[str] = set()
         """Topics this connection is subscribed to (read-only for applications)."""
         self._limits = limits
-        self._outbox = Outbox(outbox_limits)
+        self._metrics = metrics = metrics or Metrics()
+        latency, fill = metrics.delivery_latency, metrics.outbox_fill
+        self._outbox = (
+            Outbox(outbox_limits)
+            if latency is None or fill is None
+            else TimedOutbox(outbox_limits, latency, fill)
+        )
         self._half_full = outbox_limits.max_messages // 2
-        self._counters = counters or _Counters()
         self._cancel_scope: anyio.CancelScope | None = None
         self._close_code: int | None = None
         self._close_reason = ""
@@ -198,8 +194,22 @@ class Connection:
         if not self._outbox.put_urgent(frames):
             self._slow_consumer("control", "slow consumer: control frames piled up")
 
+    def reject(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: int | str | None = None,
+        *,
+        topic: str | None = None,
+        details: list[dict[str, object]] | None = None,
+    ) -> None:
+        """Answer a client frame with an ``error`` frame (the connection stays open), and
+        count it in the manager's metrics by its code."""
+        self._metrics.frames_rejected[code.value] += 1
+        self.push_control(encode_error(code, message, request_id, topic=topic, details=details))
+
     def _slow_consumer(self, queue: str, reason: str) -> None:
-        self._counters.slow_consumers += 1
+        self._metrics.slow_consumers += 1
         outbox = self._outbox
         logger.warning(
             "budget_ws: slow consumer: connection %s closed with 4000, %d frames (%d bytes) "
@@ -320,7 +330,9 @@ class Connection:
                     extra={"budget_ws_event": "close_failed", "budget_ws_connection_id": self.id},
                 )
             finally:
-                self._counters.dropped += self._outbox.dropped
+                metrics = self._metrics
+                metrics.closes[self._close_code] += 1
+                metrics.dropped += self._outbox.dropped
                 self._outbox.clear()
                 if logger.isEnabledFor(logging.DEBUG):
                     self._log_closed(anyio.current_time() - opened)
@@ -373,7 +385,8 @@ class Connection:
     async def _write_loop(self) -> None:
         outbox = self._outbox
         transport = self.transport
-        counters = self._counters
+        metrics = self._metrics
+        timed = outbox if isinstance(outbox, TimedOutbox) else None
         try:
             while True:
                 item = await outbox.get_message()
@@ -383,7 +396,9 @@ class Connection:
                 del item  # an idle writer must not pin its last batch
                 await transport.send_text(message)
                 del message
-                counters.delivered += count
+                metrics.delivered += count
+                if timed is not None:
+                    timed.sent()
         except ConnectionClosed:
             self._peer_closed = True
         except Exception:
@@ -446,7 +461,7 @@ class Connection:
             try:
                 frame = decode_client_frame(raw)
             except ProtocolViolation as exc:
-                self.push_control(encode_error(exc.code, exc.message, exc.id))
+                self.reject(exc.code, exc.message, exc.id)
                 continue
             if isinstance(frame, Pong):
                 continue

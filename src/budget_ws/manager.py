@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -15,7 +16,7 @@ import anyio.lowlevel
 
 from ._runtime import BackgroundTask
 from .backends import Backend, Position, create_backend
-from .connection import Connection, Transport, _Counters
+from .connection import Connection, Transport
 from .errors import (
     BackendError,
     ConnectionIdInUse,
@@ -27,7 +28,9 @@ from .errors import (
 )
 from .events import Event, EventRegistry, default_registry
 from .limits import Heartbeat, Limits, OutboxLimits, validate_topic
+from .metrics import Metrics
 from .pacemaker import Pacemaker
+from .propagation import Tracer, attach_context
 from .protocol import (
     ClientEvent,
     ClientFrame,
@@ -35,7 +38,6 @@ from .protocol import (
     ErrorCode,
     Subscribe,
     Unsubscribe,
-    encode_error,
     encode_event,
     encode_unsubscribed,
     encode_welcome,
@@ -123,6 +125,8 @@ class ConnectionManager:
         on_connect: Awaited with each new connection before it reads its first frame
             (e.g. to subscribe it to topics server-side).
         on_disconnect: Awaited with each connection after it has closed.
+        tracer: Traces publishing and fan-out, such as
+            :class:`budget_ws.tracing.OpenTelemetryTracer`; untraced by default.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class ConnectionManager:
         max_connections: int | None = None,
         on_connect: ConnectionHook | None = None,
         on_disconnect: ConnectionHook | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.backend: Backend = create_backend(backend) if isinstance(backend, str) else backend
         self.registry = registry if registry is not None else default_registry
@@ -149,13 +154,18 @@ class ConnectionManager:
         self._authorize = authorize
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._tracer = tracer
         self._handlers: dict[str, Callable[[ClientMessage[Any]], Awaitable[None]]] = {}
         self._connections: dict[str, Connection] = {}
-        self._router = TopicRouter(self.backend, max_replay=self.outbox_limits.max_replay)
-        self._counters = _Counters()
+        self._metrics = Metrics()
+        self._router = TopicRouter(
+            self.backend,
+            max_replay=self.outbox_limits.max_replay,
+            metrics=self._metrics,
+            tracer=tracer,
+        )
         self._pacemaker = Pacemaker(self.heartbeat)
         self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
-        self._published = 0
         self._state: Literal["new", "running", "closing", "closed"] = "new"
         self._idle = anyio.Event()
         self._idle.set()
@@ -315,7 +325,7 @@ class ConnectionManager:
                 if one_frame_per_message
                 else self.outbox_limits
             ),
-            counters=self._counters,
+            metrics=self._metrics,
         )
         if self._state != "running":
             if self._state == "new":
@@ -339,10 +349,12 @@ class ConnectionManager:
                     "budget_ws_limit_value": self.max_connections,
                 },
             )
+            self._metrics.handshake_refusals["max_connections"] += 1
             connection.close(CloseCode.TRY_AGAIN_LATER, "server full; try again later")
             await connection.run(self._handle_frame)
             return
         self._connections[connection.id] = connection
+        self._metrics.connections_opened += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         if answers_pings:
             self._pacemaker.add(connection)
@@ -425,13 +437,11 @@ class ConnectionManager:
             return
         limit = self.limits.max_topics_per_connection
         if topic not in connection.topics and len(connection.topics) >= limit:
-            connection.push_control(
-                encode_error(
-                    ErrorCode.TOO_MANY_TOPICS,
-                    f"a connection may hold {limit} topics",
-                    frame.id,
-                    topic=topic,
-                )
+            connection.reject(
+                ErrorCode.TOO_MANY_TOPICS,
+                f"a connection may hold {limit} topics",
+                frame.id,
+                topic=topic,
             )
             return
         try:
@@ -439,19 +449,15 @@ class ConnectionManager:
         except BackendError as exc:
             # An outage the docs describe, answered with backend_error: one line, no trace.
             _subscribe_failed(connection, topic, exc, server_side=False)
-            connection.push_control(
-                encode_error(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
-            )
+            connection.reject(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
 
     async def _client_event(self, connection: Connection, frame: ClientEvent) -> None:
         handler = self._handlers.get(frame.event)
         if handler is None:
-            connection.push_control(
-                encode_error(
-                    ErrorCode.UNKNOWN_EVENT,
-                    f"the server accepts no event named {frame.event!r}",
-                    frame.id,
-                )
+            connection.reject(
+                ErrorCode.UNKNOWN_EVENT,
+                f"the server accepts no event named {frame.event!r}",
+                frame.id,
             )
             return
         topic = frame.topic
@@ -462,12 +468,10 @@ class ConnectionManager:
         try:
             event = self.registry.validate(frame.event, frame.data)
         except EventValidationError as exc:
-            connection.push_control(
-                encode_error(ErrorCode.INVALID_EVENT, str(exc), frame.id, details=exc.errors)
-            )
+            connection.reject(ErrorCode.INVALID_EVENT, str(exc), frame.id, details=exc.errors)
             return
         except UnknownEvent as exc:
-            connection.push_control(encode_error(ErrorCode.UNKNOWN_EVENT, str(exc), frame.id))
+            connection.reject(ErrorCode.UNKNOWN_EVENT, str(exc), frame.id)
             return
         try:
             await handler(ClientMessage(connection, event, topic))
@@ -482,12 +486,10 @@ class ConnectionManager:
                     "budget_ws_topic": topic,
                 },
             )
-            connection.push_control(
-                encode_error(
-                    ErrorCode.HANDLER_ERROR,
-                    f"the server failed to handle {frame.event!r}",
-                    frame.id,
-                )
+            connection.reject(
+                ErrorCode.HANDLER_ERROR,
+                f"the server failed to handle {frame.event!r}",
+                frame.id,
             )
 
     async def _topic_allowed(
@@ -498,13 +500,8 @@ class ConnectionManager:
             return False
         if await self._allowed(connection, topic, action):
             return True
-        connection.push_control(
-            encode_error(
-                ErrorCode.FORBIDDEN,
-                f"not allowed to {action} to {topic!r}",
-                request_id,
-                topic=topic,
-            )
+        connection.reject(
+            ErrorCode.FORBIDDEN, f"not allowed to {action} to {topic!r}", request_id, topic=topic
         )
         return False
 
@@ -515,7 +512,7 @@ class ConnectionManager:
         try:
             validate_topic(topic, self.limits.max_topic_length)
         except InvalidTopic as exc:
-            connection.push_control(encode_error(ErrorCode.INVALID_TOPIC, str(exc), request_id))
+            connection.reject(ErrorCode.INVALID_TOPIC, str(exc), request_id)
             return False
         return True
 
@@ -598,13 +595,41 @@ class ConnectionManager:
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
         payload = self._encode(event, extra=len(topic) + _POSITION_FIELDS)
-        position = await self.backend.publish(topic, payload)
-        self._published += 1
+        metrics = self._metrics
+        try:
+            if self._tracer is not None:
+                position = await self._publish_traced(self._tracer, event, topic, payload)
+            elif metrics.publish_latency is not None:
+                started = time.perf_counter()
+                position = await self.backend.publish(topic, payload)
+                metrics.publish_latency.observe(time.perf_counter() - started)
+            else:
+                position = await self.backend.publish(topic, payload)
+        except BackendError:
+            metrics.publish_failures += 1
+            raise
+        metrics.published += 1
         if self._router.take_crowded():
             # Frames pile up in some outbox: let the writers run before the next event,
             # so a burst larger than an outbox is not mistaken for slow consumers.
             await anyio.lowlevel.checkpoint()
         return position
+
+    async def _publish_traced(
+        self, tracer: Tracer, event: Event, topic: str, payload: bytes
+    ) -> Position:
+        with tracer.publish(topic, event.event_name) as span:
+            traceparent = span.traceparent
+            if traceparent is not None:
+                payload = attach_context(payload, traceparent)
+            latency = self._metrics.publish_latency
+            with span.backend():
+                started = time.perf_counter()
+                position = await self.backend.publish(topic, payload)
+                if latency is not None:
+                    latency.observe(time.perf_counter() - started)
+            span.published(position)
+            return position
 
     async def position(self, topic: str) -> Position:
         """The topic's latest position.
@@ -664,19 +689,25 @@ class ConnectionManager:
 
     # Introspection ---------------------------------------------------------------------
 
+    @property
+    def metrics(self) -> Metrics:
+        """Counters and timings of this manager, for exporters such as
+        :mod:`budget_ws.prometheus` (see ``docs/reference/metrics.md``)."""
+        return self._metrics
+
     def stats(self) -> Stats:
         """Return counters and gauges of this manager."""
         connections = list(self._connections.values())
-        counters = self._counters
+        metrics = self._metrics
         return Stats(
             connections=len(connections),
             topics=len(self._router),
             queued_frames=sum(connection.queued_frames for connection in connections),
             queued_bytes=sum(connection.queued_bytes for connection in connections),
-            published=self._published,
-            delivered=counters.delivered,
-            dropped=counters.dropped + sum(c.dropped_frames for c in connections),
-            slow_consumer_disconnects=counters.slow_consumers,
+            published=metrics.published,
+            delivered=metrics.delivered,
+            dropped=metrics.dropped + sum(c.dropped_frames for c in connections),
+            slow_consumer_disconnects=metrics.slow_consumers,
             backend=repr(self.backend),
             backend_status=_backend_status(self.backend),
         )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import anyio
 
 from ._runtime import current_async_library
 from .limits import OutboxLimits, SlowConsumerPolicy
+from .metrics import Histogram
 from .protocol import FRAME_SEPARATOR
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "TimedOutbox"]
 
 
 class _Future(asyncio.Future[None]):
@@ -154,10 +156,13 @@ class Outbox:
         if size > self._max_bytes:
             self.dropped += 1
             return True
-        self._frames.append(frame)
-        self._size += size
+        self._append(frame, size)
         self._wake()
         return True
+
+    def _append(self, frame: str, size: int) -> None:
+        self._frames.append(frame)
+        self._size += size
 
     def _wake(self) -> None:
         # Wake the writer once per batch, not once per frame.
@@ -225,6 +230,9 @@ class Outbox:
                 self._wakeup = None
         if self._urgent:
             return self._take_urgent(self._urgent)
+        return self._take_events()
+
+    def _take_events(self) -> tuple[str, int]:
         frames = self._frames
         if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
             # Everything queued fits in one message: one join, no per-frame loop.
@@ -262,3 +270,84 @@ class Outbox:
         if count == 1:
             return batch[0], 1, size
         return FRAME_SEPARATOR.join(batch), count, size
+
+
+class TimedOutbox(Outbox):
+    """An outbox that remembers when each event frame was queued, to time its delivery.
+
+    Used instead of :class:`Outbox` while the manager measures timings: each frame queued
+    costs a clock read and a list append more. Urgent frames (control frames and
+    replays) are not timed: they were not published just now.
+    """
+
+    __slots__ = ("_clock", "_fill", "_fill_histogram", "_latency", "_sending", "_times")
+
+    def __init__(
+        self,
+        limits: OutboxLimits,
+        latency: Histogram,
+        fill: Histogram,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        super().__init__(limits)
+        self._latency = latency
+        self._fill_histogram = fill
+        self._times: list[float] = []
+        # The queue times of the event frames in the message being written, if any.
+        self._sending: list[float] | None = None
+        self._fill = 0
+        self._clock = clock
+
+    def offer(self, frame: str, size: int) -> int:
+        # Outbox.offer, repeated rather than called: this runs once per delivery.
+        frames = self._frames
+        queued = len(frames)
+        if queued >= self._max_messages or self._size + size > self._max_bytes:
+            return 0
+        frames.append(frame)
+        self._times.append(self._clock())
+        self._size += size
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+        return queued + 1
+
+    def _append(self, frame: str, size: int) -> None:
+        super()._append(frame, size)
+        self._times.append(self._clock())
+
+    def _drop_oldest(self, room: int) -> None:
+        before = len(self._frames)
+        super()._drop_oldest(room)
+        del self._times[: before - len(self._frames)]
+
+    def clear(self) -> None:
+        super().clear()
+        self._times.clear()
+        self._sending = None
+
+    def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
+        self._fill = self.size
+        return super()._take_urgent(urgent)
+
+    def _take_events(self) -> tuple[str, int]:
+        self._fill = self.size
+        message, count = super()._take_events()
+        times = self._times
+        if count == len(times):
+            self._sending = times
+            self._times = []
+        else:
+            self._sending = times[:count]
+            del times[:count]
+        return message, count
+
+    def sent(self) -> None:
+        """Count the message just written: the age of each event frame in it, and the
+        bytes that were waiting when the writer took it."""
+        self._fill_histogram.observe(self._fill)
+        sending = self._sending
+        if sending is not None:
+            self._sending = None
+            self._latency.observe_ages(sending, self._clock())

@@ -20,6 +20,7 @@ import pydantic_core
 
 from .events import Event
 from .position import Position
+from .propagation import split_context
 
 __all__ = [
     "FINAL_CLOSE_CODES",
@@ -321,8 +322,11 @@ def encode_event(event: Event) -> bytes:
 def position_frame(payload: bytes, topic: str, position: Position) -> str:
     """Turn an event payload into the frame of one topic, carrying its position.
 
-    Done once per event per worker, whatever the number of clients.
+    Done once per event per worker, whatever the number of clients. A trace context the
+    payload carries (see :mod:`budget_ws.propagation`) is left out.
     """
+    if payload[-2] == 0x22:  # '"': the payload ends with a trace context, not with "}}"
+        payload = split_context(payload)[0]
     suffix = (
         f',"topic":{json.dumps(topic, ensure_ascii=False)},"offset":{position.offset},'
         f'"epoch":{json.dumps(position.epoch, ensure_ascii=False)}}}'

@@ -10,6 +10,8 @@ import anyio
 from .backends import Backend, Position
 from .connection import Connection, fan_out
 from .errors import BackendError
+from .metrics import Metrics
+from .propagation import Tracer, split_context
 from .protocol import encode_resync, encode_subscribed, position_frame
 
 __all__ = ["TopicRouter"]
@@ -47,11 +49,22 @@ class TopicRouter:
         backend: Where topics are subscribed and history is read.
         max_replay: Most events replayed to one resuming connection; a larger gap is not
             recovered.
+        metrics: Where resyncs are counted.
+        tracer: Told of each fan-out, with the trace context the event carries.
     """
 
-    def __init__(self, backend: Backend, max_replay: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        max_replay: int,
+        *,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self._backend = backend
         self._max_replay = max_replay
+        self._metrics = metrics or Metrics()
+        self._tracer = tracer
         self._topics: dict[str, _Topic] = {}
         self._crowded = False
 
@@ -186,12 +199,15 @@ class TopicRouter:
                 recipients = recipients - sent_already
         if fan_out(recipients, frame):
             self._crowded = True
+        if self._tracer is not None:
+            self._tracer.fan_out(topic, position, len(recipients), split_context(payload)[1])
 
     def resync(self, topic: str, position: Position) -> None:
         """Tell every local subscriber of ``topic`` that events were lost."""
         state = self._topics.get(topic)
         if state is None:
             return
+        self._metrics.resyncs += 1
         frame = encode_resync(topic, position)
         # Clients start over from the resync's position: every later event is new to them.
         state.floors.clear()

@@ -125,6 +125,7 @@ class WebSocketApp:
                         one_frame_per_message=True,
                     )
             except ManagerClosed:
+                self.manager.metrics.handshake_refusals["not_running"] += 1
                 logger.error(
                     "budget_ws: the ConnectionManager is not running; start it in the app's "
                     "lifespan (see budget_ws.adapters.starlette.lifespan)",
@@ -183,6 +184,7 @@ class WebSocketApp:
                 scope, send, rejection, offered, handshake.origin is not None
             )
             _log_refusal(handshake, check, rejection, answer)
+            self.manager.metrics.handshake_refusals[check] += 1
             return False, None, None
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
         return True, principal, compat_topics

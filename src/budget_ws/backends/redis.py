@@ -174,6 +174,8 @@ class RedisBackend:
         self._supervisor: BackgroundTask | None = None
         self._connected = False
         self._reconnects = 0
+        self._gaps_filled = 0
+        self._events_recovered = 0
         self._up = anyio.Event()
         self._last_error: BaseException | None = None
         self._outage: _Outage | None = None
@@ -294,11 +296,17 @@ class RedisBackend:
             await self._up.wait()
 
     def status(self) -> dict[str, Any]:
-        """State of the pub/sub connection, for ``ConnectionManager.stats()``."""
+        """State of the pub/sub connection, for ``ConnectionManager.stats()``.
+
+        ``gaps_filled`` counts the topics whose missed events (after a reconnect, or a
+        message pub/sub lost) the stream filled in, ``events_recovered`` those events.
+        """
         return {
             "connected": self._connected,
             "reconnects": self._reconnects,
             "topics": len(self._subscriptions),
+            "gaps_filled": self._gaps_filled,
+            "events_recovered": self._events_recovered,
         }
 
     # Keys ------------------------------------------------------------------------------
@@ -706,6 +714,9 @@ class RedisBackend:
         replayed: int | None = None
         if recovery.recovered:
             replayed = len(recovery.items)
+            if replayed:
+                self._gaps_filled += 1
+                self._events_recovered += replayed
             for position, payload in recovery.items:
                 self._dispatch(topic, subscription, position, payload)
         else:

@@ -1,0 +1,229 @@
+"""What a manager counts of its own activity, for exporters to read when they are scraped.
+
+The core imports no metrics library: it keeps plain counters and bucket counts here, and
+an exporter (:mod:`budget_ws.prometheus`) turns them into its own types on demand. Counting
+is always on, since it happens off the delivery path (a connection opening or closing, a
+refusal, a rejected frame). Timings (publish-to-write latency, publish latency, outbox
+fill) cost a clock read per delivery and are off until :meth:`Metrics.enable_timings`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_LATENCY_BUCKETS",
+    "DEFAULT_SIZE_BUCKETS",
+    "Histogram",
+    "HistogramSnapshot",
+    "Metrics",
+]
+
+DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+"""Upper bounds, in seconds, of the latency buckets (an implicit ``+Inf`` follows)."""
+
+DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
+    0,
+    1_024,
+    4_096,
+    16_384,
+    65_536,
+    262_144,
+    1_048_576,
+    4_194_304,
+)
+"""Upper bounds, in bytes, of the outbox fill buckets (an implicit ``+Inf`` follows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """A histogram as an exporter reads it: cumulative counts per upper bound."""
+
+    bounds: tuple[float, ...]
+    """Upper bounds, ascending; ``+Inf`` is implied after the last."""
+    cumulative: tuple[int, ...]
+    """Observations at or below each bound, then the total (one more entry than bounds)."""
+    sum: float
+    """Sum of all observed values."""
+
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        return self.cumulative[-1]
+
+    def since(self, earlier: HistogramSnapshot) -> HistogramSnapshot:
+        """What was observed after ``earlier``, a snapshot of the same histogram."""
+        if earlier.bounds != self.bounds:
+            raise ValueError("snapshots of histograms with different bounds")
+        return HistogramSnapshot(
+            self.bounds,
+            tuple(now - then for now, then in zip(self.cumulative, earlier.cumulative)),
+            self.sum - earlier.sum,
+        )
+
+    def quantile(self, q: float) -> float | None:
+        """Estimate the ``q`` quantile (0 to 1), as PromQL's ``histogram_quantile`` does.
+
+        Interpolates linearly inside the bucket that holds it; a quantile in the ``+Inf``
+        bucket is reported as the last bound. None when nothing was observed.
+        """
+        if not 0 <= q <= 1:
+            raise ValueError(f"a quantile is between 0 and 1, not {q}")
+        total = self.count
+        if total == 0:
+            return None
+        rank = q * total
+        lower, below = 0.0, 0
+        for bound, cumulative in zip(self.bounds, self.cumulative):
+            if cumulative >= rank and cumulative > below:
+                return lower + (bound - lower) * (rank - below) / (cumulative - below)
+            lower, below = bound, cumulative
+        return self.bounds[-1]
+
+
+class Histogram:
+    """Counts of observations per bucket, kept in plain Python for a cheap hot path.
+
+    Buckets include their upper bound (``value <= bound``), as Prometheus's ``le`` does.
+    """
+
+    __slots__ = ("_counts", "_sum", "bounds")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        ordered = tuple(float(bound) for bound in bounds)
+        if not ordered or list(ordered) != sorted(set(ordered)):
+            raise ValueError("histogram bounds must be distinct and ascending")
+        self.bounds = ordered
+        self._counts = [0] * (len(ordered) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        self._counts[bisect_left(self.bounds, value)] += 1
+        self._sum += value
+
+    def observe_ages(self, times: Sequence[float], now: float) -> None:
+        """Count ``now - t`` for every ``t`` in ``times``, which must be ascending.
+
+        A batch of frames written in one message shares its write time, and its queue
+        times are in order: one bisection per bucket counts the whole batch, so a burst
+        costs per message, not per frame.
+        """
+        count = len(times)
+        if count == 1:
+            self.observe(now - times[0])
+            return
+        counts = self._counts
+        below = 0  # frames in the buckets counted so far
+        for index, bound in enumerate(self.bounds):
+            # Ages <= bound are the times >= now - bound, at the end of the list.
+            within = count - bisect_left(times, now - bound)
+            counts[index] += within - below
+            below = within
+        counts[-1] += count - below
+        self._sum += now * count - sum(times)
+
+    def snapshot(self) -> HistogramSnapshot:
+        """The counts so far, cumulative, as exporters want them."""
+        cumulative: list[int] = []
+        total = 0
+        for value in self._counts:
+            total += value
+            cumulative.append(total)
+        return HistogramSnapshot(self.bounds, tuple(cumulative), self._sum)
+
+
+class Metrics:
+    """Counters of one :class:`~budget_ws.ConnectionManager`, read by exporters.
+
+    The manager and its connections update them; applications read them (see
+    ``docs/reference/metrics.md`` for what each means). Reading is safe from another
+    thread: a scrape may see one counter a step ahead of another, never a broken value.
+    """
+
+    __slots__ = (
+        "closes",
+        "connections_opened",
+        "delivered",
+        "delivery_latency",
+        "dropped",
+        "frames_rejected",
+        "handshake_refusals",
+        "outbox_fill",
+        "publish_failures",
+        "publish_latency",
+        "published",
+        "resyncs",
+        "slow_consumers",
+    )
+
+    def __init__(self) -> None:
+        self.connections_opened = 0
+        """Connections the manager started serving."""
+        self.closes: Counter[int] = Counter()
+        """Connections that ended, by close code (4001 is a heartbeat timeout)."""
+        self.handshake_refusals: Counter[str] = Counter()
+        """Clients refused before they were served, by the check that refused them."""
+        self.frames_rejected: Counter[str] = Counter()
+        """Client frames answered with an error frame, by its error code."""
+        self.published = 0
+        """Events published through this manager."""
+        self.publish_failures = 0
+        """``publish()`` calls that failed because the backend did (``BackendError``)."""
+        self.delivered = 0
+        """Frames written to client transports (events, replays and control frames)."""
+        self.dropped = 0
+        """Frames dropped by the drop-oldest policy on connections that have ended."""
+        self.slow_consumers = 0
+        """Connections closed because their outbox overflowed."""
+        self.resyncs = 0
+        """Times a topic's local subscribers were told to resync (events were lost)."""
+        self.delivery_latency: Histogram | None = None
+        """Seconds from an event's fan-out on this worker to its write, per live frame."""
+        self.publish_latency: Histogram | None = None
+        """Seconds ``publish()`` waited for the backend, per successful publish."""
+        self.outbox_fill: Histogram | None = None
+        """Bytes waiting in a connection's outbox each time its writer takes a message."""
+
+    @property
+    def heartbeat_timeouts(self) -> int:
+        """Connections closed because they did not answer a ping (close code 4001)."""
+        return self.closes[4001]
+
+    @property
+    def timed(self) -> bool:
+        """Whether timings are being measured."""
+        return self.delivery_latency is not None
+
+    def enable_timings(
+        self,
+        latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
+        size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
+    ) -> None:
+        """Start measuring latencies and outbox fill; exporters call it.
+
+        Applies to connections opened from now on. Costs a clock read and a list append
+        per delivery, and a few bisections per written message. Calling it again keeps
+        the histograms that exist.
+        """
+        if self.delivery_latency is None:
+            self.delivery_latency = Histogram(latency_buckets)
+            self.publish_latency = Histogram(latency_buckets)
+            self.outbox_fill = Histogram(size_buckets)

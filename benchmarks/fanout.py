@@ -41,8 +41,10 @@ from budget_ws import (
     MemoryBackend,
     OutboxLimits,
 )
+from budget_ws.propagation import Tracer
 
 from .naive import NaiveConnectionManager
+from .provenance import PACKAGES, describe, environment, load_average
 
 __all__ = [
     "BudgetFactCreated",
@@ -54,19 +56,29 @@ __all__ = [
     "main",
     "measure_memory",
     "measure_throughput",
+    "results_document",
+    "summarise",
+    "verdicts",
 ]
 
 T = TypeVar("T")
 
-Contender = Literal["budget_ws", "naive"]
+Contender = Literal["budget_ws", "observed", "metrics", "tracing", "naive"]
 Mode = Literal["burst", "paced"]
 Probe = Literal["rss", "traced"]
 
-CONTENDERS: tuple[Contender, ...] = ("budget_ws", "naive")
+CONTENDERS: tuple[Contender, ...] = ("budget_ws", "observed", "naive")
+EXTRA_CONTENDERS: tuple[Contender, ...] = ("metrics", "tracing")
+"""On demand (``--contenders``): budget_ws with metrics only, or with tracing only."""
 MODES: tuple[Mode, ...] = ("burst", "paced")
 PROBES: tuple[Probe, ...] = ("rss", "traced")
 TOPIC = "budget:42"
 TARGET_RATIO = 10.0
+OBSERVED_TARGETS: dict[Mode, float] = {"paced": 1.10, "burst": 1.20}
+"""Most CPU per delivery that metrics and tracing may cost, as a multiple of budget_ws's
+own: 10 % more in a steady stream (paced), 20 % in a burst."""
+OBSERVABILITY_PACKAGES = ("prometheus-client", "opentelemetry-api", "opentelemetry-sdk")
+"""Recorded beside ``provenance.PACKAGES``: what the instrumented contenders run."""
 DELIVERY_TIMEOUT = 600.0
 """Seconds a timed run may take before it is reported as failed (never hang)."""
 
@@ -268,9 +280,19 @@ Serving = Callable[[list[CountingTransport], Tally, Workload], AbstractAsyncCont
 
 @asynccontextmanager
 async def _serve_budget_ws(
-    transports: list[CountingTransport], tally: Tally, workload: Workload
+    transports: list[CountingTransport],
+    tally: Tally,
+    workload: Workload,
+    *,
+    metrics: bool = False,
+    tracing: bool = False,
 ) -> AsyncIterator[Publish]:
-    """Connect every transport to a ConnectionManager, subscribed server-side to TOPIC."""
+    """Connect every transport to a ConnectionManager, subscribed server-side to TOPIC.
+
+    ``metrics``: with every timing measured and a Prometheus collector registered;
+    ``tracing``: with OpenTelemetry tracing through an SDK tracer provider with no
+    exporter attached. Both: as an instrumented production app runs.
+    """
     frame_bytes = workload.payload_bytes + 256
 
     async def subscribe(connection: budget_ws.Connection) -> None:
@@ -286,7 +308,14 @@ async def _serve_budget_ws(
         ),
         heartbeat=Heartbeat(interval=3600.0, timeout=3600.0),
         on_connect=subscribe,
+        tracer=_tracer() if tracing else None,
     )
+    if metrics:
+        from prometheus_client import CollectorRegistry
+
+        from budget_ws.prometheus import instrument
+
+        instrument(manager, CollectorRegistry())
     events = workload.typed
 
     def publish(index: int) -> Coroutine[Any, Any, object]:
@@ -306,6 +335,14 @@ async def _serve_budget_ws(
             yield publish
         finally:
             await manager.aclose()
+
+
+def _tracer() -> Tracer:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from budget_ws.tracing import OpenTelemetryTracer
+
+    return OpenTelemetryTracer(TracerProvider())
 
 
 @asynccontextmanager
@@ -332,7 +369,13 @@ async def _serve_naive(
                 await transport.close()
 
 
-SERVING: dict[Contender, Serving] = {"budget_ws": _serve_budget_ws, "naive": _serve_naive}
+SERVING: dict[Contender, Serving] = {
+    "budget_ws": _serve_budget_ws,
+    "observed": functools.partial(_serve_budget_ws, metrics=True, tracing=True),
+    "metrics": functools.partial(_serve_budget_ws, metrics=True),
+    "tracing": functools.partial(_serve_budget_ws, tracing=True),
+    "naive": _serve_naive,
+}
 
 
 @dataclass
@@ -345,6 +388,8 @@ class TimedRun:
     events: int
     seconds: float
     """From the first publish until the last connection received the last frame."""
+    cpu_seconds: float
+    """CPU time this process used meanwhile (user and system, every thread)."""
     publish_loop_seconds: float
     """From the first publish until the last publish() returned."""
     publish_call_median: float
@@ -375,6 +420,10 @@ class TimedRun:
     def deliveries_per_second(self) -> float:
         return self.connections * self.events / self.seconds
 
+    @property
+    def cpu_us_per_delivery(self) -> float:
+        return self.cpu_seconds / (self.connections * self.events) * 1e6
+
 
 async def _timed_fanout(
     contender: Contender,
@@ -394,6 +443,7 @@ async def _timed_fanout(
     sends = 0
     gc.collect()
     clock = time.perf_counter
+    cpu_start = time.process_time()
     start = clock()
     with _GarbageCollections() as collections, anyio.fail_after(DELIVERY_TIMEOUT):
         for index in range(events):
@@ -409,12 +459,14 @@ async def _timed_fanout(
         published = clock()
         await tally.done.wait()
     end = clock()
+    cpu_end = time.process_time()
     return TimedRun(
         contender=contender,
         connections=connections,
         mode=mode,
         events=events,
         seconds=end - start,
+        cpu_seconds=cpu_end - cpu_start,
         publish_loop_seconds=published - start,
         publish_call_median=statistics.median(calls),
         publish_call_max=max(calls),
@@ -612,15 +664,26 @@ def _environment(backend: str) -> dict[str, Any]:
     }
 
 
-def _summarise(
-    runs: list[TimedRun], memory: list[MemoryProbe], args: argparse.Namespace
+def summarise(
+    runs: Sequence[TimedRun],
+    memory: Sequence[MemoryProbe],
+    connections_tried: Sequence[int],
+    modes: Sequence[Mode],
+    events: int,
 ) -> list[dict[str, Any]]:
+    """One row per contender, N and mode: medians and spreads over the repeats, ratios.
+
+    An ``observed`` row also carries the target it is held to (``cpu_ratio_target``, from
+    ``OBSERVED_TARGETS``) and whether it met it (``target_met``: within the target, and
+    both it and budget_ws delivered every frame).
+    """
     rows: list[dict[str, Any]] = []
-    for connections in args.connections:
-        for mode in args.modes:
+    for connections in connections_tried:
+        for mode in modes:
             medians: dict[str, float] = {}
+            cpu: dict[str, float] = {}
             group_rows: list[dict[str, Any]] = []
-            for contender in CONTENDERS:
+            for contender in CONTENDERS + EXTRA_CONTENDERS:
                 group = [
                     run
                     for run in runs
@@ -630,13 +693,17 @@ def _summarise(
                     continue
                 rate = Spread.of([run.deliveries_per_second for run in group])
                 medians[contender] = rate.median
+                cpu[contender] = statistics.median(run.cpu_us_per_delivery for run in group)
                 row: dict[str, Any] = {
                     "contender": contender,
                     "connections": connections,
                     "mode": mode,
-                    "events": args.events,
+                    "events": events,
                     "repeats": len(group),
                     "deliveries_per_second": asdict(rate),
+                    "cpu_us_per_delivery": asdict(
+                        Spread.of([run.cpu_us_per_delivery for run in group])
+                    ),
                     "publish_call_ms": asdict(
                         Spread.of([run.publish_call_median * 1e3 for run in group])
                     ),
@@ -673,8 +740,81 @@ def _summarise(
             if "budget_ws" in medians and "naive" in medians:
                 for row in group_rows:
                     row["ratio_budget_ws_to_naive"] = medians["budget_ws"] / medians["naive"]
+            if "budget_ws" in cpu:
+                baseline = next(row for row in group_rows if row["contender"] == "budget_ws")
+                for row in group_rows:
+                    if row["contender"] in ("observed", *EXTRA_CONTENDERS):
+                        # CPU per delivery with instrumentation on, over budget_ws's own.
+                        row["cpu_ratio_to_budget_ws"] = cpu[row["contender"]] / cpu["budget_ws"]
+                    if row["contender"] == "observed":
+                        limit = OBSERVED_TARGETS[mode]
+                        row["cpu_ratio_target"] = limit
+                        row["target_met"] = (
+                            row["cpu_ratio_to_budget_ws"] <= limit
+                            and row["complete"]
+                            and baseline["complete"]
+                        )
             rows.extend(group_rows)
     return rows
+
+
+def _scenario(mode: Mode) -> str:
+    return "steady (paced)" if mode == "paced" else mode
+
+
+def verdicts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The observability targets, one per N and mode where observed and budget_ws both ran.
+
+    Each says what metrics and tracing cost in CPU per delivery, as a multiple of
+    budget_ws's own in the same run, against ``OBSERVED_TARGETS``; it is met only when
+    both delivered every frame too.
+    """
+    found = []
+    for row in rows:
+        if "target_met" not in row:
+            continue
+        ratio, limit = row["cpu_ratio_to_budget_ws"], row["cpu_ratio_target"]
+        check = (
+            f"observed CPU/delivery {ratio:.3f} x budget_ws's <= {limit:g} "
+            f"({100 * (ratio - 1):+.1f} % <= +{100 * (limit - 1):.0f} %)"
+        )
+        if row["cpu_ratio_to_budget_ws"] <= limit and not row["target_met"]:
+            check += ", but not every frame was delivered"
+        label = (
+            f"in-memory fanout {row['connections']} x {row['events']} events, "
+            f"{_scenario(row['mode'])}"
+        )
+        found.append({"label": label, "check": check, "met": row["target_met"]})
+    return found
+
+
+def results_document(
+    env: dict[str, Any],
+    settings: dict[str, Any],
+    runs: Sequence[TimedRun],
+    memory: Sequence[MemoryProbe],
+) -> dict[str, Any]:
+    """The JSON of a run (``--json``, ``--json-file``), the form ``benchmarks.report`` reads.
+
+    Args:
+        env: ``provenance.environment("fanout", ...)`` with ``load_after`` added.
+        settings: ``connections``, ``events``, ``payload_bytes``, ``frame_bytes``,
+            ``repeat`` and ``modes`` of the run.
+        runs: Every timed run.
+        memory: Every memory probe.
+    """
+    rows = summarise(runs, memory, settings["connections"], settings["modes"], settings["events"])
+    return {
+        "environment": env,
+        "loadavg_end": env["load_after"],
+        "settings": settings,
+        "rows": rows,
+        "runs": [
+            {**asdict(run), "deliveries_per_second": run.deliveries_per_second} for run in runs
+        ],
+        "memory": [asdict(item) for item in memory],
+        "verdicts": verdicts(rows),
+    }
 
 
 def _format_spread(spread: dict[str, float] | None, digits: int) -> str:
@@ -710,6 +850,7 @@ def _print_report(report: dict[str, Any]) -> None:
     env = report["environment"]
     settings = report["settings"]
     rows: list[dict[str, Any]] = report["rows"]
+    print(describe(env))
     print(
         f"Python {env['python']} ({env['implementation']}), anyio {env['anyio']} on "
         f"{env['anyio_backend']}, pydantic {env['pydantic']}, budget_ws {env['budget_ws']} "
@@ -727,8 +868,21 @@ def _print_report(report: dict[str, Any]) -> None:
         "median (min-max)"
     )
     print()
+    print(
+        "observed = budget_ws with metrics timings, a Prometheus collector and OpenTelemetry "
+        "tracing (SDK provider, no exporter)"
+    )
     _print_table(
-        ["contender", "N", "mode", "deliveries/s", "budget_ws/naive", "RSS KiB/conn"],
+        [
+            "contender",
+            "N",
+            "mode",
+            "deliveries/s",
+            "CPU us/delivery",
+            "budget_ws/naive",
+            "CPU/budget_ws's",
+            "RSS KiB/conn",
+        ],
         [
             [
                 row["contender"],
@@ -736,9 +890,11 @@ def _print_report(report: dict[str, Any]) -> None:
                 row["mode"],
                 _format_spread(row["deliveries_per_second"], 0)
                 + ("" if row["complete"] else " INCOMPLETE"),
+                _format_spread(row["cpu_us_per_delivery"], 2),
                 f"{row['ratio_budget_ws_to_naive']:.2f}x"
                 if row["contender"] == "budget_ws" and "ratio_budget_ws_to_naive" in row
                 else "",
+                f"{row['cpu_ratio_to_budget_ws']:.3f}x" if "cpu_ratio_to_budget_ws" in row else "",
                 _format_spread(row.get("rss_idle_kib_per_connection"), 2),
             ]
             for row in rows
@@ -799,6 +955,15 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     print()
     for row in rows:
+        observed = row.get("cpu_ratio_to_budget_ws")
+        if row["contender"] == "observed" and observed is not None:
+            limit = OBSERVED_TARGETS[row["mode"]]
+            verdict = "met" if observed <= limit else "NOT met"
+            print(
+                f"target: metrics and tracing cost <= {limit - 1:.0%} more CPU per delivery at "
+                f"N={row['connections']:,} ({row['mode']}): {observed - 1:+.1%}, {verdict}"
+            )
+    for row in rows:
         ratio = row.get("ratio_budget_ws_to_naive")
         if row["contender"] == "budget_ws" and ratio is not None and row["connections"] >= 10_000:
             verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
@@ -848,7 +1013,13 @@ def _parser() -> argparse.ArgumentParser:
         default=list(MODES),
         help="burst: publish back to back; paced: yield to the loop between events",
     )
-    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=CONTENDERS + EXTRA_CONTENDERS,
+        default=list(CONTENDERS),
+        help="observed: budget_ws with metrics and tracing; metrics, tracing: with one of them",
+    )
     parser.add_argument(
         "--memory",
         nargs="*",
@@ -867,7 +1038,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json-file", type=Path, metavar="PATH", help="also write the JSON results to PATH"
     )
-    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=CONTENDERS + EXTRA_CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--probe", choices=PROBES, default="rss", help=argparse.SUPPRESS)
     return parser
 
@@ -910,7 +1081,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asdict(result)))
         return 0
 
-    environment = _environment(args.anyio_backend)
+    parameters = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("json", "json_file", "child", "probe")
+    }
+    parameters["observed_targets"] = OBSERVED_TARGETS
+    # The standard header of every results file, and this benchmark's own fields beside it.
+    env = environment("fanout", parameters, (*PACKAGES, *OBSERVABILITY_PACKAGES))
+    env |= _environment(args.anyio_backend)
     runs: list[TimedRun] = []
     memory: list[MemoryProbe] = []
     for connections in args.connections:
@@ -928,7 +1107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for run in batch:
                     _progress(
                         f"{contender:<9} N={connections:<6} {run.mode:<5} repeat {repeat + 1}: "
-                        f"{run.deliveries_per_second:>13,.0f} deliveries/s"
+                        f"{run.deliveries_per_second:>13,.0f} deliveries/s, "
+                        f"{run.cpu_us_per_delivery:.3f} us CPU each"
                         + ("" if run.complete else " INCOMPLETE")
                     )
                 for probe in args.memory:
@@ -940,23 +1120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{item.peak_per_connection / 1024:.2f} at peak"
                     )
 
-    report = {
-        "environment": environment,
-        "loadavg_end": os.getloadavg(),
-        "settings": {
-            "connections": args.connections,
-            "events": args.events,
-            "payload_bytes": args.payload_bytes,
-            "frame_bytes": _frame_bytes(workload),
-            "repeat": args.repeat,
-            "modes": args.modes,
-        },
-        "rows": _summarise(runs, memory, args),
-        "runs": [
-            {**asdict(run), "deliveries_per_second": run.deliveries_per_second} for run in runs
-        ],
-        "memory": [asdict(item) for item in memory],
+    env["load_after"] = load_average()
+    settings = {
+        "connections": args.connections,
+        "events": args.events,
+        "payload_bytes": args.payload_bytes,
+        "frame_bytes": _frame_bytes(workload),
+        "repeat": args.repeat,
+        "modes": args.modes,
     }
+    report = results_document(env, settings, runs, memory)
     if args.json_file is not None:
         args.json_file.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:

@@ -45,9 +45,11 @@ def load(directory: Path) -> Results:
             results.peers.append((path.stem, data))
         elif benchmark == "hostile":
             results.hostile.append((path.stem, data))
+        elif benchmark == "fanout":
+            results.fanout.append((path.stem, data))
         else:
             raise ReportError(
-                f"{path}: not a results file of benchmarks.peers, cross_worker or hostile"
+                f"{path}: not a results file of benchmarks.peers, cross_worker, hostile or fanout"
             )
     if not results.all():
         raise ReportError(f"no results files in {directory}: run python -m benchmarks.suite")

@@ -1,6 +1,6 @@
 """Every run behind ``docs/performance.md``, with the page's parameters, into results files.
 
-Run it with ``python -m benchmarks.suite`` (about 20 minutes on 2 cores), then
+Run it with ``python -m benchmarks.suite`` (about 25 minutes on 2 cores), then
 ``python -m benchmarks.report`` to rewrite the page's tables from the files. Each run is
 an ordinary benchmark command, printed before it starts, so any one can be rerun alone.
 Other work on the machine skews the figures: before each run this waits (bounded) for
@@ -37,6 +37,9 @@ HOSTILE = {"hostile": [], "hostile-wsproto": ["--ws", "wsproto"]}
 """The hostile-client runs, by results file name; each once more with ``--before``."""
 BEFORE_FIXES = "8e634c6"
 """The last commit before the fixes the hostile runs check (issue 10, items 7 and 8)."""
+OBSERVED_REPEAT = 6
+"""Runs per figure of ``fanout-observed``: about 5 minutes on 2 cores, an even count so
+that each contender goes first as often as last (``fanout.py`` alternates the order)."""
 
 
 def runs(results: Path, large: int, settings_connections: int,
@@ -60,6 +63,11 @@ def runs(results: Path, large: int, settings_connections: int,
                                str(settings_connections), *options]))  # fmt: skip
     planned.append(("cross_worker", [sys.executable, "-m", "benchmarks.cross_worker",
                                      "--private-redis"]))  # fmt: skip
+    planned.append(("fanout-observed", [sys.executable, "-m", "benchmarks.fanout",
+                                        "--contenders", "budget_ws", "observed", "metrics",
+                                        "tracing", "--connections", "1000", "10000",
+                                        "--events", "100", "--repeat", str(OBSERVED_REPEAT),
+                                        "--memory"]))  # fmt: skip
     hostile = [sys.executable, "-m", "benchmarks.hostile"]
     for name, options in HOSTILE.items():
         planned.append((name, [*hostile, *options]))

@@ -18,6 +18,10 @@ KEPT_UP = 1.5
 """Events per message up to which a steady run counts as kept up with (nothing queued)."""
 SETTINGS_ORDER = ("websockets-sansio", "wsproto", "websockets")
 PEERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor")
+INSTRUMENTED = {"observed": "observed", "metrics": "metrics only", "tracing": "tracing only"}
+"""The fan-out contenders with instrumentation on, by their name on the page."""
+FANOUT_MODES = {"burst": "burst", "paced": "steady"}
+"""``fanout.py``'s modes by their name on the page: paced is one event per message."""
 ResultsFile = tuple[str, dict[str, Any]]
 """(file stem, its JSON)."""
 
@@ -33,9 +37,12 @@ class Results:
     cross_worker: list[ResultsFile] = field(default_factory=list)
     hostile: list[ResultsFile] = field(default_factory=list)
     """``hostile.py`` runs: healthy clients quiet and beside hostile ones."""
+    fanout: list[ResultsFile] = field(default_factory=list)
+    """``fanout.py`` runs: in-memory fan-out in one process, budget_ws with and without
+    metrics and tracing."""
 
     def all(self) -> list[ResultsFile]:
-        return [*self.peers, *self.settings, *self.cross_worker, *self.hostile]
+        return [*self.peers, *self.settings, *self.cross_worker, *self.hostile, *self.fanout]
 
     def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return [(stem, result) for stem, data in self.peers for result in data["results"]
@@ -498,6 +505,63 @@ def hostile(results: Results) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# In-memory fan-out: what metrics and tracing cost
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" + ("" if count == 1 else "s")
+
+
+def _spread(spread: dict[str, float] | None, complete: bool = True) -> str:
+    """Median (min-max) of repeated measurements; an incomplete run says so."""
+    if spread is None:
+        return "-"
+    text = f"{spread['median']:.2f} ({spread['low']:.2f}-{spread['high']:.2f})"
+    return text if complete else text + " (incomplete)"
+
+
+def _over(row: dict[str, Any] | None) -> str:
+    ratio = row.get("cpu_ratio_to_budget_ws") if row else None
+    return "-" if ratio is None else f"{100 * (ratio - 1):+.1f} %"
+
+
+def observability(results: Results) -> str:
+    if not results.fanout:
+        return "*(no in-memory fan-out results)*"
+    parts = []
+    for stem, data in results.fanout:
+        settings = data["settings"]
+        by: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+        for row in data["rows"]:
+            by.setdefault((row["connections"], row["mode"]), {})[row["contender"]] = row
+        order = sorted(by, key=lambda key: (key[0], list(FANOUT_MODES).index(key[1])))
+        rows = []
+        for connections, mode in order:
+            group = by[connections, mode]
+            ours, observed = group.get("budget_ws"), group.get("observed")
+            cells = [_spread(r["cpu_us_per_delivery"], r["complete"]) if r else "-"
+                     for r in (ours, *(group.get(name) for name in INSTRUMENTED))]  # fmt: skip
+            target, met = "-", "-"
+            if observed and "cpu_ratio_target" in observed:
+                target = f"≤ +{100 * (observed['cpu_ratio_target'] - 1):.0f} %"
+                met = "yes" if observed["target_met"] else "**no**"
+            rows.append([
+                f"{connections:,}", FANOUT_MODES.get(mode, mode),
+                f"{ours['frames_per_message']:.1f}" if ours else "-",
+                *cells, *(_over(group.get(name)) for name in INSTRUMENTED), target, met,
+            ])  # fmt: skip
+        header = ["connections", "scenario", "events per message (budget_ws)", "budget_ws µs",
+                  *(f"{name} µs" for name in INSTRUMENTED.values()),
+                  *(f"{name} over budget_ws" for name in INSTRUMENTED.values()),
+                  "target for observed", "met"]  # fmt: skip
+        lead = (f"`{stem}.json`: {settings['events']} events of {settings['payload_bytes']:,} B "
+                f"on one topic, CPU µs per delivery, median (min-max) of "
+                f"{_runs(settings['repeat'])}:")  # fmt: skip
+        parts.append(lead + "\n\n" + _table(header, rows, right=2))
+    return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------
 # What was checked, and where the figures came from
 
 
@@ -512,6 +576,13 @@ def verdicts(results: Results) -> str:
 
 def _parameters(data: dict[str, Any]) -> str:
     p = data["environment"]["parameters"]
+    if data["environment"]["benchmark"] == "fanout":
+        counts = ", ".join(f"{n:,}" for n in p["connections"])
+        modes = " and ".join(FANOUT_MODES.get(mode, mode) for mode in p["modes"])
+        return (f"in-memory fan-out in one process: {counts} connections {TIMES} "
+                f"{p['events']} events {TIMES} {p['payload_bytes']:,} B, {modes}; "
+                f"{', '.join(p['contenders'])}; {_runs(p['repeat'])} per figure (median); "
+                f"{p['anyio_backend']}")  # fmt: skip
     if data["environment"]["benchmark"] == "cross_worker":
         return (f"scenarios {', '.join(p['scenario'])}; {p['duration']:g} s per steady run; "
                 f"{p['client_processes']} client processes")  # fmt: skip
@@ -536,14 +607,16 @@ def _parameters(data: dict[str, Any]) -> str:
 def provenance(results: Results) -> str:
     rows = []
     machines = set()
-    versions = set()
+    versions: dict[str, list[str]] = {}
     for stem, data in results.all():
         env = data["environment"]
         machine = env["machine"]
         machines.add(f"{machine['cpus']} CPUs ({machine['cpu_model']}), "
                      f"{machine['memory_gib']} GiB, {machine['system']}, "
                      f"Python {env['python']}")  # fmt: skip
-        versions.add(", ".join(f"{name} {value}" for name, value in env["versions"].items()))
+        for name, value in env["versions"].items():
+            if value not in versions.setdefault(name, []):
+                versions[name].append(value)
         load = f"{env['load_before'][0]:.2f} → {env.get('load_after', ['?'])[0]}"
         rows.append([f"`{stem}.json`", env["date"].replace("T", " ")[:16], _commit(env["library"]),
                      _commit(env["harness"]), load, _parameters(data)])  # fmt: skip
@@ -556,7 +629,8 @@ def provenance(results: Results) -> str:
         text += (f"\n\nThe files measured {len(states)} different library states (see the "
                  "table): compare figures within one file, never across files.")  # fmt: skip
     text += "\n\nMachine: " + "; ".join(sorted(machines)) + "."
-    text += "\n\nVersions: " + "; ".join(sorted(versions)) + "."
+    text += "\n\nVersions: " + ", ".join(f"{name} {' / '.join(values)}"
+                                          for name, values in versions.items()) + "."  # fmt: skip
     return text
 
 
@@ -572,6 +646,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "redis": redis,
     "redis-cpu": redis_cpu,
     "hostile": hostile,
+    "observability": observability,
     "verdicts": verdicts,
 }
 """Every generated block of the page, by the name its markers carry."""

@@ -31,7 +31,8 @@ def test_every_exported_name_exists() -> None:
 def test_core_imports_no_web_framework() -> None:
     code = (
         "import sys, budget_ws, budget_ws.testing;"
-        "bad = [m for m in ('starlette', 'fastapi', 'redis', 'uvicorn', 'websockets')"
+        "bad = [m for m in ('starlette', 'fastapi', 'redis', 'uvicorn', 'websockets',"
+        " 'prometheus_client', 'opentelemetry')"
         " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

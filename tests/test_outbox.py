@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from budget_ws import OutboxLimits, SlowConsumerPolicy
-from budget_ws.metrics import Histogram
+from budget_ws.metrics import Metrics
 from budget_ws.outbox import Outbox, TimedOutbox
 
 pytestmark = pytest.mark.anyio
@@ -112,54 +112,50 @@ def test_offer_queues_what_fits_and_leaves_the_policy_to_put() -> None:
     assert (len(outbox), outbox.dropped) == (2, 1)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+def timed_outbox(limits: OutboxLimits) -> tuple[TimedOutbox, Metrics]:
+    metrics = Metrics()
+    metrics.enable_timings()
+    return TimedOutbox(limits, metrics), metrics
 
 
-def timed_outbox(limits: OutboxLimits) -> tuple[TimedOutbox, Histogram, Histogram, FakeClock]:
-    latency, fill, clock = Histogram((1.0, 2.0, 3.0)), Histogram((0, 10, 100)), FakeClock()
-    return TimedOutbox(limits, latency, fill, clock), latency, fill, clock
-
-
-async def test_a_timed_outbox_times_each_event_frame_from_queue_to_write() -> None:
+async def test_a_timed_outbox_dates_each_message_by_its_oldest_event_frame() -> None:
     # Batches of at most two 3-character frames: the queue is taken in two messages.
-    outbox, latency, fill, clock = timed_outbox(OutboxLimits(max_batch_bytes=7))
-    for frame in ("aaa", "bbb", "ccc"):
+    outbox, metrics = timed_outbox(OutboxLimits(max_batch_bytes=7))
+    for stamp, frame in enumerate(("aaa", "bbb", "ccc")):
+        metrics.queued_at = float(stamp + 1)
         assert outbox.offer(frame, 3)
-        clock.now += 1.0
     outbox.put_urgent(["ctl"])
     assert await outbox.get_message() == ("ctl", 1)
-    outbox.sent()  # control frames are not timed, but the fill is
+    assert outbox.urgent_taken  # control frames are not timed
+    outbox.urgent_taken = False
     assert await outbox.get_message() == ("aaa\nbbb", 2)
-    clock.now = 3.5
-    outbox.sent()  # ages 3.5 and 2.5
+    assert (outbox.urgent_taken, outbox.since) == (False, 1.0)
+    # "ccc" was queued at 3.0, but all the outbox knows is that nothing waiting is older
+    # than 1.0: an upper bound of its wait.
     assert await outbox.get_message() == ("ccc", 1)
-    outbox.sent()  # age 1.5
-    assert latency.snapshot().cumulative == (0, 1, 2, 3)
-    assert latency.snapshot().sum == pytest.approx(7.5)
-    # Waiting when taken: 12 characters, then 9 (the urgent frame gone), then 3.
-    assert fill.snapshot().cumulative == (0, 2, 3, 3)
+    assert outbox.since == 1.0
+    # Empty again: the next frame brings the time of its own fan-out.
+    metrics.queued_at = 9.0
+    assert outbox.offer("ddd", 3)
+    metrics.queued_at = 10.0
+    assert outbox.offer("eee", 3)
+    assert await outbox.get_message() == ("ddd\neee", 2)
+    assert outbox.since == 9.0
 
 
-async def test_a_timed_outbox_keeps_its_times_in_step_when_frames_are_dropped() -> None:
+async def test_a_timed_outbox_dates_frames_put_by_the_slow_path_and_forgets_cleared_ones() -> None:
     limits = OutboxLimits(max_messages=2, policy=SlowConsumerPolicy.DROP_OLDEST)
-    outbox, latency, _, clock = timed_outbox(limits)
-    for age, frame in enumerate(("old", "mid", "new")):
-        clock.now = float(age)
-        assert outbox.put(frame)
-    assert outbox.dropped == 1
-    clock.now = 2.5
-    assert await outbox.get_message() == ("mid\nnew", 2)
-    outbox.sent()  # "mid" queued at 1.0, "new" at 2.0: ages 1.5 and 0.5
-    assert latency.snapshot().cumulative == (1, 2, 2, 2)
+    outbox, metrics = timed_outbox(limits)
+    metrics.queued_at = 4.0
     outbox.put("x")
     outbox.clear()
-    outbox.put("y")
-    clock.now = 5.0
+    metrics.queued_at = 5.0
+    for frame in ("old", "mid", "new"):  # the third goes in by dropping the oldest
+        assert outbox.put(frame)
+    assert outbox.dropped == 1
+    assert await outbox.get_message() == ("mid\nnew", 2)
+    assert outbox.since == 5.0
+    metrics.queued_at = 6.0
+    outbox.put("y")  # into an empty queue (no room was needed): stamped now
     assert await outbox.get_message() == ("y", 1)
-    outbox.sent()  # "y" queued at 2.5: its own time, not the cleared frame's
-    assert latency.snapshot().cumulative == (1, 2, 3, 3)
+    assert outbox.since == 6.0

@@ -8,6 +8,10 @@ themselves. The page carries the topic's position it was rendered at and subscri
 it, so an event published while the page was on its way is replayed, not lost. Run it with
 ``python -m family_budget`` from ``examples/`` or with
 ``uvicorn --factory --app-dir examples family_budget.app:app_factory``.
+
+For operators, ``/metrics`` serves the manager's metrics to Prometheus and ``/ops`` shows
+the same numbers as a page (see :mod:`family_budget.ops`); both answer only from this
+machine.
 """
 
 from __future__ import annotations
@@ -25,15 +29,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from budget_ws import Action, BackendError, ConnectionManager, Handshake, HandshakeRejected
 from budget_ws.adapters import client_url
 from budget_ws.adapters.fastapi import Manager, create_router, lifespan
+from budget_ws.prometheus import metrics_app
 
 from .db import Database, Totals, User
 from .events import ArticleUpdated, FactCreated, FactDeleted, FactUpdated, budget_topic
 from .forms import ArticleName, FactForm, InvalidInput
+from .ops import (
+    LOCAL_ONLY,
+    LocalOnly,
+    Readings,
+    close_reason,
+    is_local,
+    milliseconds,
+    per_second,
+)
 
 __all__ = ["app_factory", "create_app"]
 
@@ -44,6 +60,9 @@ WS_PATH = "/ws"
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.trim_blocks = templates.env.lstrip_blocks = True
 templates.env.filters["money"] = lambda amount: f"{amount:,.2f}"
+templates.env.filters.update(
+    milliseconds=milliseconds, per_second=per_second, close_reason=close_reason
+)
 templates.env.globals.update(client_url=client_url(), ws_path=WS_PATH)
 
 
@@ -82,13 +101,16 @@ def create_app(database: str | None = None, backend: str | None = None) -> FastA
 
     manager = ConnectionManager(backend or default_backend(), authorize=authorize)
     manager_lifespan = lifespan(manager)
+    # Its own registry: several apps in one process (tests) would clash in the global one.
+    prometheus = metrics_app(manager, registry=CollectorRegistry())
+    readings = Readings(manager)
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         db.open()
         try:
             async with manager_lifespan(app) as state:
-                yield {**state, "database": db}
+                yield {**state, "database": db, "readings": readings}
         finally:
             db.close()
 
@@ -101,6 +123,8 @@ def create_app(database: str | None = None, backend: str | None = None) -> FastA
     )
     app.include_router(create_router(manager, path=WS_PATH, authenticate=authenticate))
     app.include_router(router)
+    # A route rather than a mount: a mount answers `/metrics` with a redirect to `/metrics/`.
+    app.router.routes.append(Route("/metrics", LocalOnly(prometheus), name="metrics"))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(HTTPException, http_error)
@@ -126,6 +150,17 @@ def get_database(request: Request) -> Database:
 
 
 Db = Annotated[Database, Depends(get_database)]
+
+
+def get_readings(request: Request) -> Readings:
+    if not is_local(request.scope.get("client")):
+        raise HTTPException(403, LOCAL_ONLY)
+    readings: Readings = request.state.readings
+    return readings
+
+
+OpsReadings = Annotated[Readings, Depends(get_readings)]
+"""The manager's numbers, for requests from this machine only (403 for others)."""
 
 
 async def get_user(db: Db, demo_user: Annotated[str | None, Cookie()] = None) -> User:
@@ -447,3 +482,22 @@ async def fact_form_error(
     context = await budget_context(db, user, **form)
     template = "_edit_fact.html" if "editing" in form else "_new_fact.html"
     return render(request, template, context, status=400)
+
+
+# The operator page: no login, from this machine only (see ops.py) -----------------------
+
+
+@router.get("/ops")
+async def ops_page(request: Request, readings: OpsReadings) -> HTMLResponse:
+    return render(request, "ops.html", {"report": readings.report()})
+
+
+@router.get("/ops/stats")
+async def ops_stats(request: Request, readings: OpsReadings) -> HTMLResponse:
+    """The page's numbers as a fragment, which the page re-fetches every second."""
+    return render(request, "_ops.html", {"report": readings.report()})
+
+
+@router.get("/ops/stats.json")
+async def ops_stats_json(readings: OpsReadings) -> dict[str, Any]:
+    return readings.report()

@@ -69,6 +69,20 @@ class InvalidLimit(BudgetWSError, ValueError):
     """
 
 
+class InvalidMetric(BudgetWSError, ValueError):
+    """Histogram bounds that are not distinct and ascending, a quantile outside 0 to 1, or
+    snapshots of different histograms compared."""
+
+
+class PrometheusSetupError(BudgetWSError, ValueError):
+    """Prometheus metrics were set up in a way that would export duplicate or wrong series
+    (see :mod:`budget_ws.prometheus`); the message says what to change."""
+
+
+class InvalidTraceContext(BudgetWSError, ValueError):
+    """A tracer gave a trace context that is not a version-00 W3C ``traceparent``."""
+
+
 class ConnectionIdInUse(BudgetWSError, ValueError):
     """``serve()`` was given a connection whose id another live connection has.
 

@@ -82,6 +82,8 @@ class Stats:
     """Connections being served now."""
     topics: int
     """Topics with at least one local subscriber."""
+    subscriptions: int
+    """Subscriptions of the connections being served (one per connection and topic)."""
     queued_frames: int
     """Frames waiting in all outboxes."""
     queued_bytes: int
@@ -702,6 +704,7 @@ class ConnectionManager:
         return Stats(
             connections=len(connections),
             topics=len(self._router),
+            subscriptions=sum(len(connection.topics) for connection in connections),
             queued_frames=sum(connection.queued_frames for connection in connections),
             queued_bytes=sum(connection.queued_bytes for connection in connections),
             published=metrics.published,

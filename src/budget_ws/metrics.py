@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import InvalidMetric
+
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "DEFAULT_SIZE_BUCKETS",
@@ -39,7 +41,7 @@ DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds, in seconds, of the latency buckets (an implicit ``+Inf`` follows)."""
 
-DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
+DEFAULT_SIZE_BUCKETS: tuple[int, ...] = (
     0,
     1_024,
     4_096,
@@ -69,12 +71,18 @@ class HistogramSnapshot:
         return self.cumulative[-1]
 
     def since(self, earlier: HistogramSnapshot) -> HistogramSnapshot:
-        """What was observed after ``earlier``, a snapshot of the same histogram."""
+        """What was observed after ``earlier``, a snapshot of the same histogram.
+
+        Raises:
+            InvalidMetric: ``earlier`` has other bounds.
+        """
         if earlier.bounds != self.bounds:
-            raise ValueError("snapshots of histograms with different bounds")
+            raise InvalidMetric("snapshots of histograms with different bounds")
         return HistogramSnapshot(
             self.bounds,
-            tuple(now - then for now, then in zip(self.cumulative, earlier.cumulative)),
+            tuple(
+                now - then for now, then in zip(self.cumulative, earlier.cumulative, strict=True)
+            ),
             self.sum - earlier.sum,
         )
 
@@ -83,15 +91,18 @@ class HistogramSnapshot:
 
         Interpolates linearly inside the bucket that holds it; a quantile in the ``+Inf``
         bucket is reported as the last bound. None when nothing was observed.
+
+        Raises:
+            InvalidMetric: ``q`` is outside 0 to 1.
         """
         if not 0 <= q <= 1:
-            raise ValueError(f"a quantile is between 0 and 1, not {q}")
+            raise InvalidMetric(f"a quantile is between 0 and 1, not {q}")
         total = self.count
         if total == 0:
             return None
         rank = q * total
         lower, below = 0.0, 0
-        for bound, cumulative in zip(self.bounds, self.cumulative):
+        for bound, cumulative in zip(self.bounds, self.cumulative[:-1], strict=True):
             if cumulative >= rank and cumulative > below:
                 return lower + (bound - lower) * (rank - below) / (cumulative - below)
             lower, below = bound, cumulative
@@ -102,52 +113,43 @@ class Histogram:
     """Counts of observations per bucket, kept in plain Python for a cheap hot path.
 
     Buckets include their upper bound (``value <= bound``), as Prometheus's ``le`` does.
+    A connection's writer updates :attr:`counts` and :attr:`sum` in place, without a
+    method call per message; everyone else reads them through :meth:`snapshot`.
     """
 
-    __slots__ = ("_counts", "_sum", "bounds")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
-        ordered = tuple(float(bound) for bound in bounds)
+        # Kept as given: int bounds for int values compare faster than floats would.
+        ordered = tuple(bounds)
         if not ordered or list(ordered) != sorted(set(ordered)):
-            raise ValueError("histogram bounds must be distinct and ascending")
+            raise InvalidMetric("histogram bounds must be distinct and ascending")
         self.bounds = ordered
-        self._counts = [0] * (len(ordered) + 1)
-        self._sum = 0.0
+        self.counts = [0] * (len(ordered) + 1)
+        """Observations per bucket, the last one above every bound (not cumulative)."""
+        self.sum: float = 0
+        """Sum of all observed values (an int while they all are)."""
 
     def observe(self, value: float) -> None:
         """Count one value."""
-        self._counts[bisect_left(self.bounds, value)] += 1
-        self._sum += value
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
-    def observe_ages(self, times: Sequence[float], now: float) -> None:
-        """Count ``now - t`` for every ``t`` in ``times``, which must be ascending.
-
-        A batch of frames written in one message shares its write time, and its queue
-        times are in order: one bisection per bucket counts the whole batch, so a burst
-        costs per message, not per frame.
-        """
-        count = len(times)
-        if count == 1:
-            self.observe(now - times[0])
-            return
-        counts = self._counts
-        below = 0  # frames in the buckets counted so far
-        for index, bound in enumerate(self.bounds):
-            # Ages <= bound are the times >= now - bound, at the end of the list.
-            within = count - bisect_left(times, now - bound)
-            counts[index] += within - below
-            below = within
-        counts[-1] += count - below
-        self._sum += now * count - sum(times)
+    def observe_many(self, value: float, count: int) -> None:
+        """Count ``value`` ``count`` times: the frames of one message share their age."""
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.sum += value * count
 
     def snapshot(self) -> HistogramSnapshot:
         """The counts so far, cumulative, as exporters want them."""
         cumulative: list[int] = []
         total = 0
-        for value in self._counts:
+        for value in self.counts:
             total += value
             cumulative.append(total)
-        return HistogramSnapshot(self.bounds, tuple(cumulative), self._sum)
+        return HistogramSnapshot(
+            tuple(float(bound) for bound in self.bounds), tuple(cumulative), float(self.sum)
+        )
 
 
 class Metrics:
@@ -170,6 +172,7 @@ class Metrics:
         "publish_failures",
         "publish_latency",
         "published",
+        "queued_at",
         "resyncs",
         "slow_consumers",
     )
@@ -196,11 +199,16 @@ class Metrics:
         self.resyncs = 0
         """Times a topic's local subscribers were told to resync (events were lost)."""
         self.delivery_latency: Histogram | None = None
-        """Seconds from an event's fan-out on this worker to its write, per live frame."""
+        """Seconds from an event's fan-out on this worker to its write, per live frame
+        (a frame written in one message with others counts the oldest one's wait)."""
         self.publish_latency: Histogram | None = None
         """Seconds ``publish()`` waited for the backend, per successful publish."""
         self.outbox_fill: Histogram | None = None
-        """Bytes waiting in a connection's outbox each time its writer takes a message."""
+        """Bytes waiting in a connection's outbox each time its writer takes a message that
+        joins several frames: the backlogs clients let form."""
+        self.queued_at = 0.0
+        """``time.perf_counter()`` of the fan-out under way, while timings are measured:
+        the queue time of the frames it puts into empty outboxes."""
 
     @property
     def heartbeat_timeouts(self) -> int:
@@ -219,9 +227,9 @@ class Metrics:
     ) -> None:
         """Start measuring latencies and outbox fill; exporters call it.
 
-        Applies to connections opened from now on. Costs a clock read and a list append
-        per delivery, and a few bisections per written message. Calling it again keeps
-        the histograms that exist.
+        Applies to connections opened from now on. Costs a clock read per fan-out and per
+        written message, and a bisection per message. Calling it again keeps the
+        histograms that exist.
         """
         if self.delivery_latency is None:
             self.delivery_latency = Histogram(latency_buckets)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import anyio
 
 from ._runtime import current_async_library
 from .limits import OutboxLimits, SlowConsumerPolicy
-from .metrics import Histogram
+from .metrics import Metrics
 from .protocol import FRAME_SEPARATOR
 
 __all__ = ["Outbox", "TimedOutbox"]
@@ -65,6 +64,8 @@ class Outbox:
         "_urgent_size",
         "_wakeup",
         "dropped",
+        "taken_fill",
+        "urgent_taken",
     )
 
     def __init__(self, limits: OutboxLimits) -> None:
@@ -86,6 +87,10 @@ class Outbox:
         self._finished = False
         self.dropped = 0
         """Frames discarded by the drop-oldest policy."""
+        self.taken_fill = 0
+        """Characters that were waiting when :meth:`get_message` last took a message."""
+        self.urgent_taken = False
+        """Set when :meth:`get_message` takes urgent frames; whoever reads it clears it."""
 
     def __len__(self) -> int:
         urgent = self._urgent
@@ -228,11 +233,9 @@ class Outbox:
                 await wakeup.wait()
             finally:
                 self._wakeup = None
+        self.taken_fill = self._size + self._urgent_size
         if self._urgent:
             return self._take_urgent(self._urgent)
-        return self._take_events()
-
-    def _take_events(self) -> tuple[str, int]:
         frames = self._frames
         if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
             # Everything queued fits in one message: one join, no per-frame loop.
@@ -246,6 +249,7 @@ class Outbox:
         return message, count
 
     def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
+        self.urgent_taken = True
         message, count, size = self._take_batch(urgent)
         self._urgent_size -= size
         if not urgent:
@@ -273,30 +277,26 @@ class Outbox:
 
 
 class TimedOutbox(Outbox):
-    """An outbox that remembers when each event frame was queued, to time its delivery.
+    """An outbox that knows how long the frames it hands out have waited, for metrics.
 
-    Used instead of :class:`Outbox` while the manager measures timings: each frame queued
-    costs a clock read and a list append more. Urgent frames (control frames and
-    replays) are not timed: they were not published just now.
+    Used instead of :class:`Outbox` while the manager measures timings. Reading the clock
+    for every frame would cost more than the rest of a delivery in a burst, so the outbox
+    keeps one time, :attr:`since`: when its first waiting event frame was queued, which
+    the fan-out under way stamps once for every subscriber (``Metrics.queued_at``). Every
+    event frame of a message is then as old as the oldest one it could hold: an upper
+    bound of its own wait, exact when each message carries one frame (a steady stream).
+    Urgent frames (control frames and replays) are not timed: they were not published
+    just now.
     """
 
-    __slots__ = ("_clock", "_fill", "_fill_histogram", "_latency", "_sending", "_times")
+    __slots__ = ("_metrics", "since")
 
-    def __init__(
-        self,
-        limits: OutboxLimits,
-        latency: Histogram,
-        fill: Histogram,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
+    def __init__(self, limits: OutboxLimits, metrics: Metrics) -> None:
         super().__init__(limits)
-        self._latency = latency
-        self._fill_histogram = fill
-        self._times: list[float] = []
-        # The queue times of the event frames in the message being written, if any.
-        self._sending: list[float] | None = None
-        self._fill = 0
-        self._clock = clock
+        self._metrics = metrics
+        self.since = 0.0
+        """When the oldest waiting event frame was queued; read it as soon as
+        :meth:`get_message` returns, before the next frame is queued."""
 
     def offer(self, frame: str, size: int) -> int:
         # Outbox.offer, repeated rather than called: this runs once per delivery.
@@ -304,8 +304,9 @@ class TimedOutbox(Outbox):
         queued = len(frames)
         if queued >= self._max_messages or self._size + size > self._max_bytes:
             return 0
+        if not queued:
+            self.since = self._metrics.queued_at
         frames.append(frame)
-        self._times.append(self._clock())
         self._size += size
         wakeup = self._wakeup
         if wakeup is not None:
@@ -314,40 +315,6 @@ class TimedOutbox(Outbox):
         return queued + 1
 
     def _append(self, frame: str, size: int) -> None:
+        if not self._frames:
+            self.since = self._metrics.queued_at
         super()._append(frame, size)
-        self._times.append(self._clock())
-
-    def _drop_oldest(self, room: int) -> None:
-        before = len(self._frames)
-        super()._drop_oldest(room)
-        del self._times[: before - len(self._frames)]
-
-    def clear(self) -> None:
-        super().clear()
-        self._times.clear()
-        self._sending = None
-
-    def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
-        self._fill = self.size
-        return super()._take_urgent(urgent)
-
-    def _take_events(self) -> tuple[str, int]:
-        self._fill = self.size
-        message, count = super()._take_events()
-        times = self._times
-        if count == len(times):
-            self._sending = times
-            self._times = []
-        else:
-            self._sending = times[:count]
-            del times[:count]
-        return message, count
-
-    def sent(self) -> None:
-        """Count the message just written: the age of each event frame in it, and the
-        bytes that were waiting when the writer took it."""
-        self._fill_histogram.observe(self._fill)
-        sending = self._sending
-        if sending is not None:
-            self._sending = None
-            self._latency.observe_ages(sending, self._clock())

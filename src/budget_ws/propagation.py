@@ -15,6 +15,7 @@ import re
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from .errors import InvalidTraceContext
 from .position import Position
 
 __all__ = ["PublishSpan", "Tracer", "attach_context", "split_context"]
@@ -57,10 +58,10 @@ def attach_context(payload: bytes, traceparent: str) -> bytes:
     """The event payload with ``traceparent`` as its last member.
 
     Raises:
-        ValueError: ``traceparent`` is not a version-00 W3C traceparent.
+        InvalidTraceContext: ``traceparent`` is not a version-00 W3C traceparent.
     """
     if not _TRACEPARENT.match(traceparent):
-        raise ValueError(f"not a W3C traceparent: {traceparent!r}")
+        raise InvalidTraceContext(f"not a W3C traceparent: {traceparent!r}")
     return payload[:-1] + _FIELD + traceparent.encode("ascii") + b'"}'
 
 

@@ -325,7 +325,7 @@ def position_frame(payload: bytes, topic: str, position: Position) -> str:
     Done once per event per worker, whatever the number of clients. A trace context the
     payload carries (see :mod:`budget_ws.propagation`) is left out.
     """
-    if payload[-2] == 0x22:  # '"': the payload ends with a trace context, not with "}}"
+    if payload.endswith(b'"}'):  # a trace context, not the data object's "}}"
         payload = split_context(payload)[0]
     suffix = (
         f',"topic":{json.dumps(topic, ensure_ascii=False)},"offset":{position.offset},'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import anyio
@@ -190,6 +191,9 @@ class TopicRouter:
         if state is None:
             return
         frame = position_frame(payload, topic, position)
+        metrics = self._metrics
+        if metrics.delivery_latency is not None:
+            metrics.queued_at = time.perf_counter()
         for buffer in state.recovering.values():
             buffer.append((position, frame))
         recipients = state.connections

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:  # `benchmarks` lives beside `src`, not in the pac
     sys.path.insert(0, str(ROOT))
 
 cross_worker = importlib.import_module("benchmarks.cross_worker")
+fanout = importlib.import_module("benchmarks.fanout")
 peers = importlib.import_module("benchmarks.peers")
 provenance = importlib.import_module("benchmarks.provenance")
 report = importlib.import_module("benchmarks.report")
@@ -59,6 +60,39 @@ def peer_results() -> list[Any]:
     return results
 
 
+FANOUT_CPU_US = {("budget_ws", "burst"): 1.0, ("observed", "burst"): 1.1,
+                 ("metrics", "burst"): 1.05, ("tracing", "burst"): 1.02,
+                 ("budget_ws", "paced"): 2.0, ("observed", "paced"): 2.5,
+                 ("metrics", "paced"): 2.2, ("tracing", "paced"): 2.0}  # fmt: skip
+"""CPU µs per delivery of the made-up fan-out runs: the burst within its target (+10 %
+<= +20 %), the steady stream not (+25 % > +10 %)."""
+
+
+def fanout_document() -> dict[str, Any]:
+    connections, events = 10, 4
+    runs = [
+        fanout.TimedRun(
+            contender, connections, mode, events, seconds=0.01,
+            cpu_seconds=cpu * connections * events / 1e6, publish_loop_seconds=0.005,
+            publish_call_median=1e-4, publish_call_max=2e-4, publish_alone_median=1e-4,
+            suspensions_per_publish=0, sends_by_publish=0, gc_seconds=0.0,
+            gc_full_collections=0, frames=connections * events,
+            messages=connections * (1 if mode == "burst" else events), complete=True,
+        )
+        for (contender, mode), cpu in FANOUT_CPU_US.items()
+    ]  # fmt: skip
+    parameters = {"connections": [connections], "events": events, "payload_bytes": 200,
+                  "repeat": 1, "modes": ["burst", "paced"], "anyio_backend": "asyncio",
+                  "contenders": ["budget_ws", "observed", "metrics", "tracing"], "memory": [],
+                  "observed_targets": fanout.OBSERVED_TARGETS}  # fmt: skip
+    packages = (*provenance.PACKAGES, *fanout.OBSERVABILITY_PACKAGES)
+    env = provenance.environment("fanout", parameters, packages) | {"load_after": [0.1, 0.1, 0.1]}
+    settings = {"connections": [connections], "events": events, "payload_bytes": 200,
+                "frame_bytes": {"budget_ws": 289, "naive": 239}, "repeat": 1,
+                "modes": ["burst", "paced"]}  # fmt: skip
+    return fanout.results_document(env, settings, runs, [])
+
+
 def write_results(directory: Path) -> None:
     env = provenance.environment("peers", PEER_PARAMETERS) | {"load_after": [0.1, 0.1, 0.1]}
     found = peer_results()
@@ -75,6 +109,7 @@ def write_results(directory: Path) -> None:
                 "runs": [asdict(run) | {"complete": run.complete, "mode": run.mode}],
                 "verdicts": cross_worker.verdicts([run])}  # fmt: skip
     (directory / "cross_worker.json").write_text(json.dumps(document))
+    (directory / "fanout-observed.json").write_text(json.dumps(fanout_document()))
 
 
 @pytest.fixture
@@ -101,6 +136,25 @@ def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> 
     assert "`peers.json`" in text
     assert "`cross_worker.json`" in text
     assert "per-message deflate off" in text  # the settings table
+    # What metrics and tracing cost: burst and steady, each over budget_ws, and the target.
+    block = text.split("<!-- begin: observability -->")[1].split("<!-- end: observability")[0]
+    assert "`fanout-observed.json`: 4 events of 200 B" in block
+    assert "median (min-max) of 1 run:" in block
+    assert (
+        "| 10 | burst | 4.0 | 1.00 (1.00-1.00) | 1.10 (1.10-1.10) | 1.05 (1.05-1.05) "
+        "| 1.02 (1.02-1.02) | +10.0 % | +5.0 % | +2.0 % | ≤ +20 % | yes |"
+    ) in block
+    assert (
+        "| 10 | steady | 1.0 | 2.00 (2.00-2.00) | 2.50 (2.50-2.50) | 2.20 (2.20-2.20) "
+        "| 2.00 (2.00-2.00) | +25.0 % | +10.0 % | +0.0 % | ≤ +10 % | **no** |"
+    ) in block
+    assert "| `fanout-observed.json` |" in text  # provenance
+    assert "in-memory fan-out in one process: 10 connections" in text
+    assert "| `fanout-observed` | in-memory fanout 10 x 4 events, burst |" in text  # verdicts
+    # One versions line, each package once, the fan-out's own packages included.
+    versions = text.split("Versions: ")[1].split("\n")[0]
+    assert versions.count("budget-ws ") == 1
+    assert "opentelemetry-sdk " in versions
     # The prose outside the blocks is left as it was.
     assert (
         text.split("<!-- begin: provenance -->")[0]

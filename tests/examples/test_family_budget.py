@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -21,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.servers import free_port
+from tests.support.servers import free_port, running_demo, stop, wait_listening
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
@@ -32,43 +30,10 @@ HTMX = {"HX-Request": "true"}
 PROTOCOLS = [Subprotocol("budget-ws.v1")]
 
 
-def wait_for_port(process: subprocess.Popen[Any], port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "family_budget.app:app_factory", "--factory",
-        "--app-dir", str(EXAMPLES), "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "BUDGET_DEMO_DB": ":memory:", "BUDGET_WS_BACKEND": "memory://"}
-    with subprocess.Popen(command, env=env) as process:
-        try:
-            wait_for_port(process, port)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop(process)
+    with running_demo() as url:
+        yield url
 
 
 def client_for(base_url: str, user: str | None) -> httpx.Client:
@@ -603,7 +568,7 @@ def test_the_demo_runs_with_one_command(command: list[str], cwd: Path, tmp_path:
             assert process.stdout is not None
             first_line = process.stdout.readline()
             assert first_line.strip() == f"Family budget demo on http://127.0.0.1:{port}/"
-            wait_for_port(process, port)
+            wait_listening(port, process)
             with client_for(f"http://127.0.0.1:{port}", "alice") as client:
                 assert "Smith family" in client.get("/budgets/1").text
         finally:

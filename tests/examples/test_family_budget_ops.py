@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -22,7 +19,7 @@ import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.support.servers import free_port, stop, wait_listening
+from tests.support.servers import running_demo
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
@@ -51,19 +48,8 @@ def ops(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 @pytest.fixture
 def base_url() -> Iterator[str]:
     """A fresh demo (its own database, manager and metrics) in a uvicorn process."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "family_budget.app:app_factory", "--factory",
-        "--app-dir", str(EXAMPLES), "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "BUDGET_DEMO_DB": ":memory:", "BUDGET_WS_BACKEND": "memory://"}
-    with subprocess.Popen(command, env=env) as process:
-        try:
-            wait_listening(port, process)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop(process)
+    with running_demo() as url:
+        yield url
 
 
 @pytest.fixture

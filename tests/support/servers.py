@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import uvicorn
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def free_port() -> int:
@@ -45,6 +50,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def running_demo() -> Iterator[str]:
+    """The family-budget demo (a database in memory, the memory backend) in a uvicorn
+    process of its own; yields its base URL."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "family_budget.app:app_factory", "--factory",
+        "--app-dir", str(EXAMPLES), "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "BUDGET_DEMO_DB": ":memory:", "BUDGET_WS_BACKEND": "memory://"}
+    with subprocess.Popen(command, env=env) as process:
+        try:
+            wait_listening(port, process)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
 
 
 @asynccontextmanager

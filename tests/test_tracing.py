@@ -268,13 +268,23 @@ async def test_an_event_without_context_starts_a_trace_of_its_own(
     assert trace_ids(fan_out)[0] != trace_ids(recorder.span("unrelated"))[0]
 
 
+@pytest.mark.parametrize(
+    "unusable",
+    [
+        "00-" + "0" * 32 + "-" + "0" * 16 + "-01",  # well-formed, but W3C's invalid ids
+        "00-" + "0x" + "1" * 30 + "-" + "1" * 16 + "-01",  # int() would take it
+        "00-" + "A" * 32 + "-" + "1" * 16 + "-01",  # uppercase: not version 00's form
+        "01-" + "1" * 32 + "-" + "1" * 16 + "-01",  # a version this does not know
+        "00-" + "1" * 32 + "_" + "1" * 16 + "-01",  # three parts
+    ],
+    ids=["zero-ids", "0x", "uppercase", "version-01", "three-parts"],
+)
 async def test_an_unusable_context_starts_a_trace_of_its_own(
-    traced: ConnectionManager, recorder: Recorder
+    traced: ConnectionManager, recorder: Recorder, unusable: str
 ) -> None:
-    # Well-formed, but W3C reserves all-zero ids as invalid.
-    zeros = "00-" + "0" * 32 + "-" + "0" * 16 + "-01"
-    payload = encode_event(FactCreated(id=1))[:-1] + f',"traceparent":"{zeros}"}}'.encode()
-    assert split_context(payload)[1] == zeros
+    assert len(unusable) == 55
+    payload = encode_event(FactCreated(id=1))[:-1] + f',"traceparent":"{unusable}"}}'.encode()
+    assert split_context(payload)[1] == unusable
     async with connect(traced) as client:
         await client.subscribe("t")
         await traced.backend.publish("t", payload)

@@ -64,8 +64,6 @@ class Outbox:
         "_urgent_size",
         "_wakeup",
         "dropped",
-        "taken_fill",
-        "urgent_taken",
     )
 
     def __init__(self, limits: OutboxLimits) -> None:
@@ -87,10 +85,6 @@ class Outbox:
         self._finished = False
         self.dropped = 0
         """Frames discarded by the drop-oldest policy."""
-        self.taken_fill = 0
-        """Characters that were waiting when :meth:`get_message` last took a message."""
-        self.urgent_taken = False
-        """Set when :meth:`get_message` takes urgent frames; whoever reads it clears it."""
 
     def __len__(self) -> int:
         urgent = self._urgent
@@ -233,9 +227,11 @@ class Outbox:
                 await wakeup.wait()
             finally:
                 self._wakeup = None
-        self.taken_fill = self._size + self._urgent_size
         if self._urgent:
             return self._take_urgent(self._urgent)
+        return self._take_events()
+
+    def _take_events(self) -> tuple[str, int]:
         frames = self._frames
         if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
             # Everything queued fits in one message: one join, no per-frame loop.
@@ -249,7 +245,6 @@ class Outbox:
         return message, count
 
     def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
-        self.urgent_taken = True
         message, count, size = self._take_batch(urgent)
         self._urgent_size -= size
         if not urgent:
@@ -289,7 +284,7 @@ class TimedOutbox(Outbox):
     just now.
     """
 
-    __slots__ = ("_metrics", "since")
+    __slots__ = ("_metrics", "since", "taken_fill", "urgent_taken")
 
     def __init__(self, limits: OutboxLimits, metrics: Metrics) -> None:
         super().__init__(limits)
@@ -297,6 +292,10 @@ class TimedOutbox(Outbox):
         self.since = 0.0
         """When the oldest waiting event frame was queued; read it as soon as
         :meth:`get_message` returns, before the next frame is queued."""
+        self.taken_fill = 0
+        """Characters that were waiting when :meth:`get_message` last took a message."""
+        self.urgent_taken = False
+        """Set when :meth:`get_message` takes urgent frames; the writer clears it."""
 
     def offer(self, frame: str, size: int) -> int:
         # Outbox.offer, repeated rather than called: this runs once per delivery.
@@ -318,3 +317,20 @@ class TimedOutbox(Outbox):
         if not self._frames:
             self.since = self._metrics.queued_at
         super()._append(frame, size)
+
+    async def get_message(self) -> tuple[str, int] | None:
+        # Outbox.get_message, repeated rather than extended: its waiting loop runs once per
+        # message, and an untimed outbox must not pay for what only this one records.
+        while not self._frames and not self._urgent:
+            if self._finished:
+                return None
+            wakeup = self._wakeup = self._waiter()
+            try:
+                await wakeup.wait()
+            finally:
+                self._wakeup = None
+        self.taken_fill = self._size + self._urgent_size
+        if self._urgent:
+            self.urgent_taken = True
+            return self._take_urgent(self._urgent)
+        return self._take_events()

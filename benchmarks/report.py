@@ -47,10 +47,11 @@ def load(directory: Path) -> Results:
             results.hostile.append((path.stem, data))
         elif benchmark == "fanout":
             results.fanout.append((path.stem, data))
+        elif benchmark == "instructions":
+            results.instructions.append((path.stem, data))
         else:
-            raise ReportError(
-                f"{path}: not a results file of benchmarks.peers, cross_worker, hostile or fanout"
-            )
+            raise ReportError(f"{path}: not a results file of benchmarks.peers, cross_worker, "
+                              "hostile, fanout or instructions")  # fmt: skip
     if not results.all():
         raise ReportError(f"no results files in {directory}: run python -m benchmarks.suite")
     return results

@@ -68,6 +68,7 @@ def runs(results: Path, large: int, settings_connections: int,
                                         "tracing", "--connections", "1000", "10000",
                                         "--events", "100", "--repeat", str(OBSERVED_REPEAT),
                                         "--memory"]))  # fmt: skip
+    planned.append(("instructions", [sys.executable, "-m", "benchmarks.instructions"]))
     hostile = [sys.executable, "-m", "benchmarks.hostile"]
     for name, options in HOSTILE.items():
         planned.append((name, [*hostile, *options]))

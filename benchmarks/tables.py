@@ -40,9 +40,12 @@ class Results:
     fanout: list[ResultsFile] = field(default_factory=list)
     """``fanout.py`` runs: in-memory fan-out in one process, budget_ws with and without
     metrics and tracing."""
+    instructions: list[ResultsFile] = field(default_factory=list)
+    """``instructions.py`` runs: the same fan-out's instructions per delivery (callgrind)."""
 
     def all(self) -> list[ResultsFile]:
-        return [*self.peers, *self.settings, *self.cross_worker, *self.hostile, *self.fanout]
+        return [*self.peers, *self.settings, *self.cross_worker, *self.hostile, *self.fanout,
+                *self.instructions]  # fmt: skip
 
     def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return [(stem, result) for stem, data in self.peers for result in data["results"]
@@ -561,6 +564,50 @@ def observability(results: Results) -> str:
     return "\n\n".join(parts)
 
 
+def _instructions_over(row: dict[str, Any] | None) -> str:
+    ratio = row.get("ratio_to_budget_ws") if row else None
+    return "-" if ratio is None else f"{100 * (ratio - 1):+.1f} %"
+
+
+def instructions(results: Results) -> str:
+    if not results.instructions:
+        return "*(no instruction counts)*"
+    parts = []
+    for stem, data in results.instructions:
+        settings = data["settings"]
+        low, high = settings["events"]
+        by: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+        for row in data["rows"]:
+            by.setdefault((row["connections"], row["mode"]), {})[row["contender"]] = row
+        order = sorted(by, key=lambda key: (key[0], list(FANOUT_MODES).index(key[1])))
+        rows = []
+        for connections, mode in order:
+            group = by[connections, mode]
+            cells = []
+            for name in ("budget_ws", *INSTRUMENTED):
+                row = group.get(name)
+                cell = "-" if row is None else f"{row['instructions_per_delivery']:,.0f}"
+                cells.append(cell if row is None or row["complete"] else cell + " (incomplete)")
+            observed = group.get("observed")
+            target, met = "-", "-"
+            if observed and "ratio_target" in observed:
+                target = f"≤ +{100 * (observed['ratio_target'] - 1):.0f} %"
+                met = "yes" if observed["target_met"] else "**no**"
+            rows.append([f"{connections:,}", FANOUT_MODES.get(mode, mode), *cells,
+                         *(_instructions_over(group.get(name)) for name in INSTRUMENTED),
+                         target, met])  # fmt: skip
+        header = ["connections", "scenario", "budget_ws",
+                  *(name for name in INSTRUMENTED.values()),
+                  *(f"{name} over budget_ws" for name in INSTRUMENTED.values()),
+                  "target for observed", "met"]  # fmt: skip
+        lead = (f"`{stem}.json`: {settings['payload_bytes']:,} B events on one topic, "
+                f"instructions per delivery counted by callgrind: (the whole process's "
+                f"instructions with {high} events - with {low}) ÷ (connections {TIMES} "
+                f"{high - low}):")  # fmt: skip
+        parts.append(lead + "\n\n" + _table(header, rows, right=2))
+    return "\n\n".join(parts)
+
+
 # --------------------------------------------------------------------------------------
 # What was checked, and where the figures came from
 
@@ -576,6 +623,13 @@ def verdicts(results: Results) -> str:
 
 def _parameters(data: dict[str, Any]) -> str:
     p = data["environment"]["parameters"]
+    if data["environment"]["benchmark"] == "instructions":
+        counts = ", ".join(f"{n:,}" for n in p["connections"])
+        modes = " and ".join(FANOUT_MODES.get(mode, mode) for mode in p["modes"])
+        low, high = p["events"]
+        return (f"in-memory fan-out under callgrind: {counts} connections {TIMES} {low} and "
+                f"{high} events {TIMES} {p['payload_bytes']:,} B, {modes}; "
+                f"{', '.join(p['contenders'])}; one run per count")  # fmt: skip
     if data["environment"]["benchmark"] == "fanout":
         counts = ", ".join(f"{n:,}" for n in p["connections"])
         modes = " and ".join(FANOUT_MODES.get(mode, mode) for mode in p["modes"])
@@ -647,6 +701,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "redis-cpu": redis_cpu,
     "hostile": hostile,
     "observability": observability,
+    "instructions": instructions,
     "verdicts": verdicts,
 }
 """Every generated block of the page, by the name its markers carry."""

@@ -229,9 +229,6 @@ class Outbox:
                 self._wakeup = None
         if self._urgent:
             return self._take_urgent(self._urgent)
-        return self._take_events()
-
-    def _take_events(self) -> tuple[str, int]:
         frames = self._frames
         if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
             # Everything queued fits in one message: one join, no per-frame loop.
@@ -319,8 +316,8 @@ class TimedOutbox(Outbox):
         super()._append(frame, size)
 
     async def get_message(self) -> tuple[str, int] | None:
-        # Outbox.get_message, repeated rather than extended: its waiting loop runs once per
-        # message, and an untimed outbox must not pay for what only this one records.
+        # Outbox.get_message, repeated rather than extended: it runs once per message, and
+        # an untimed outbox must not pay a call more, nor for what only this one records.
         while not self._frames and not self._urgent:
             if self._finished:
                 return None
@@ -333,4 +330,13 @@ class TimedOutbox(Outbox):
         if self._urgent:
             self.urgent_taken = True
             return self._take_urgent(self._urgent)
-        return self._take_events()
+        frames = self._frames
+        if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
+            count = len(frames)
+            message = frames[0] if count == 1 else FRAME_SEPARATOR.join(frames)
+            frames.clear()
+            self._size = 0
+            return message, count
+        message, count, size = self._take_batch(frames)
+        self._size -= size
+        return message, count

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:  # `benchmarks` lives beside `src`, not in the pac
 
 cross_worker = importlib.import_module("benchmarks.cross_worker")
 fanout = importlib.import_module("benchmarks.fanout")
+instructions = importlib.import_module("benchmarks.instructions")
 peers = importlib.import_module("benchmarks.peers")
 provenance = importlib.import_module("benchmarks.provenance")
 report = importlib.import_module("benchmarks.report")
@@ -93,6 +94,32 @@ def fanout_document() -> dict[str, Any]:
     return fanout.results_document(env, settings, runs, [])
 
 
+INSTRUCTIONS_PER_DELIVERY = {("budget_ws", "burst"): 4000, ("observed", "burst"): 4700,
+                             ("metrics", "burst"): 4100, ("tracing", "burst"): 4500,
+                             ("budget_ws", "paced"): 34000, ("observed", "paced"): 38000,
+                             ("metrics", "paced"): 36000, ("tracing", "paced"): 35000}  # fmt: skip
+"""Instructions per delivery of the made-up callgrind runs: the burst within its target
+(+17.5 % <= +20 %), the steady stream not (+11.8 % > +10 %)."""
+
+
+def instructions_document() -> dict[str, Any]:
+    connections, low, high, setup = 10, 2, 4, 1_000_000_000
+    runs = [
+        instructions.CallgrindRun(contender, mode, connections, events,
+                                  setup + per_delivery * connections * events, complete=True)
+        for (contender, mode), per_delivery in INSTRUCTIONS_PER_DELIVERY.items()
+        for events in (low, high)
+    ]  # fmt: skip
+    parameters = {"connections": [connections], "events": [low, high], "payload_bytes": 200,
+                  "modes": ["burst", "paced"],
+                  "contenders": ["budget_ws", "observed", "metrics", "tracing"],
+                  "observed_targets": fanout.OBSERVED_TARGETS}  # fmt: skip
+    env = provenance.environment("instructions", parameters) | {"load_after": [0.1, 0.1, 0.1]}
+    settings = {key: parameters[key] for key in ("connections", "events", "payload_bytes",
+                                                  "modes", "contenders")}  # fmt: skip
+    return instructions.results_document(env, settings, runs)
+
+
 def write_results(directory: Path) -> None:
     env = provenance.environment("peers", PEER_PARAMETERS) | {"load_after": [0.1, 0.1, 0.1]}
     found = peer_results()
@@ -110,6 +137,7 @@ def write_results(directory: Path) -> None:
                 "verdicts": cross_worker.verdicts([run])}  # fmt: skip
     (directory / "cross_worker.json").write_text(json.dumps(document))
     (directory / "fanout-observed.json").write_text(json.dumps(fanout_document()))
+    (directory / "instructions.json").write_text(json.dumps(instructions_document()))
 
 
 @pytest.fixture
@@ -148,6 +176,23 @@ def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> 
         "| 10 | steady | 1.0 | 2.00 (2.00-2.00) | 2.50 (2.50-2.50) | 2.20 (2.20-2.20) "
         "| 2.00 (2.00-2.00) | +25.0 % | +10.0 % | +0.0 % | ≤ +10 % | **no** |"
     ) in block
+    # The same work in instructions per delivery, over budget_ws, against the same targets.
+    block = text.split("<!-- begin: instructions -->")[1].split("<!-- end: instructions")[0]
+    assert "`instructions.json`: 200 B events on one topic" in block
+    assert "with 4 events - with 2) ÷ (connections \N{MULTIPLICATION SIGN} 2)" in block
+    assert (
+        "| 10 | burst | 4,000 | 4,700 | 4,100 | 4,500 | +17.5 % | +2.5 % | +12.5 % "
+        "| ≤ +20 % | yes |"
+    ) in block
+    assert (
+        "| 10 | steady | 34,000 | 38,000 | 36,000 | 35,000 | +11.8 % | +5.9 % | +2.9 % "
+        "| ≤ +10 % | **no** |"
+    ) in block
+    assert "| `instructions.json` |" in text  # provenance
+    assert (
+        "in-memory fan-out under callgrind: 10 connections \N{MULTIPLICATION SIGN} 2 and 4 events"
+    ) in text
+    assert "| `instructions` | in-memory fanout 10 x 2/4 events, burst, callgrind |" in text
     assert "| `fanout-observed.json` |" in text  # provenance
     assert "in-memory fan-out in one process: 10 connections" in text
     assert "| `fanout-observed` | in-memory fanout 10 x 4 events, burst |" in text  # verdicts

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -251,7 +252,14 @@ async def open_stalled(stack: AsyncExitStack, url: str, port: int) -> Client:
     return client
 
 
-@pytest.mark.parametrize("ws_implementation", ["websockets-sansio"])
+# The outbox fills only where the server's send waits for the socket: uvicorn's
+# websockets-sansio implementation does from 0.53, wsproto's on every version we support
+# (see tests/adapters/test_compat.py).
+UVICORN = tuple(int(part) for part in uvicorn.__version__.split(".")[:2])
+SEND_WAITS = "websockets-sansio" if UVICORN >= (0, 53) else "wsproto"
+
+
+@pytest.mark.parametrize("ws_implementation", [SEND_WAITS])
 async def test_a_client_that_stops_reading_is_counted_as_a_slow_consumer(
     serve: Any, http: httpx.AsyncClient
 ) -> None:
@@ -353,6 +361,8 @@ async def test_a_lost_pubsub_link_and_a_redis_restart_are_counted(
 
                 # Redis restarts empty: publishing fails while it is down, and the topic's
                 # subscribers are told to resync once it is back (its history is gone).
+                # Publishes retried during the cut may have failed too: count from here.
+                failures = filled("budget_ws_publish_failures_total")
                 private_redis.stop()
                 await scrape_until(http, address, lambda s: s("budget_ws_backend_connected") == 0)
                 with pytest.raises(BackendUnavailable):
@@ -363,7 +373,7 @@ async def test_a_lost_pubsub_link_and_a_redis_restart_are_counted(
                     http, address, lambda s: s("budget_ws_backend_connected") == 1
                 )
                 assert restarted("budget_ws_resyncs_total") == 1
-                assert restarted("budget_ws_publish_failures_total") == 1
+                assert restarted("budget_ws_publish_failures_total") == failures + 1
                 assert restarted("budget_ws_backend_reconnects_total") > filled(
                     "budget_ws_backend_reconnects_total"
                 )

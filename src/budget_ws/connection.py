@@ -438,7 +438,11 @@ class Connection:
                     break
                 message, count = item
                 del item
-                since, queued = outbox.since, outbox.taken_fill  # before more is queued
+                since = outbox.since  # before another frame is queued
+                if count > 1:  # a backlog: what waited is this message and what is left
+                    queued = len(message) - count + 1 + outbox.size
+                    fill_counts[bisect_left(fill_bounds, queued)] += 1
+                    fill.sum += queued
                 await transport.send_text(message)
                 del message
                 metrics.delivered += count
@@ -448,9 +452,6 @@ class Connection:
                     age = clock() - since
                     latency_counts[bisect_left(latency_bounds, age)] += count
                     latency.sum += age * count
-                if count > 1:  # a backlog: several frames waited for this message
-                    fill_counts[bisect_left(fill_bounds, queued)] += 1
-                    fill.sum += queued
         except Exception as exc:
             self._send_failed(exc)
         self._cancel()

@@ -281,7 +281,7 @@ class TimedOutbox(Outbox):
     just now.
     """
 
-    __slots__ = ("_metrics", "since", "taken_fill", "urgent_taken")
+    __slots__ = ("_metrics", "since", "urgent_taken")
 
     def __init__(self, limits: OutboxLimits, metrics: Metrics) -> None:
         super().__init__(limits)
@@ -289,8 +289,6 @@ class TimedOutbox(Outbox):
         self.since = 0.0
         """When the oldest waiting event frame was queued; read it as soon as
         :meth:`get_message` returns, before the next frame is queued."""
-        self.taken_fill = 0
-        """Characters that were waiting when :meth:`get_message` last took a message."""
         self.urgent_taken = False
         """Set when :meth:`get_message` takes urgent frames; the writer clears it."""
 
@@ -315,28 +313,6 @@ class TimedOutbox(Outbox):
             self.since = self._metrics.queued_at
         super()._append(frame, size)
 
-    async def get_message(self) -> tuple[str, int] | None:
-        # Outbox.get_message, repeated rather than extended: it runs once per message, and
-        # an untimed outbox must not pay a call more, nor for what only this one records.
-        while not self._frames and not self._urgent:
-            if self._finished:
-                return None
-            wakeup = self._wakeup = self._waiter()
-            try:
-                await wakeup.wait()
-            finally:
-                self._wakeup = None
-        self.taken_fill = self._size + self._urgent_size
-        if self._urgent:
-            self.urgent_taken = True
-            return self._take_urgent(self._urgent)
-        frames = self._frames
-        if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
-            count = len(frames)
-            message = frames[0] if count == 1 else FRAME_SEPARATOR.join(frames)
-            frames.clear()
-            self._size = 0
-            return message, count
-        message, count, size = self._take_batch(frames)
-        self._size -= size
-        return message, count
+    def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
+        self.urgent_taken = True
+        return super()._take_urgent(urgent)

@@ -48,15 +48,6 @@ def test_bounds_must_be_distinct_and_ascending(bounds: tuple[float, ...]) -> Non
         Histogram(bounds)
 
 
-def test_the_frames_of_one_message_count_once_each_with_its_age() -> None:
-    histogram = Histogram(BOUNDS)
-    histogram.observe_many(0.005, 3)
-    histogram.observe_many(2.0, 1)
-    snapshot = histogram.snapshot()
-    assert snapshot.cumulative == (0, 3, 3, 3, 4)
-    assert snapshot.sum == pytest.approx(2.015)
-
-
 def test_timings_are_off_until_enabled_and_enabling_twice_keeps_them() -> None:
     metrics = Metrics()
     assert not metrics.timed

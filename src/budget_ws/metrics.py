@@ -4,7 +4,8 @@ The core imports no metrics library: it keeps plain counters and bucket counts h
 an exporter (:mod:`budget_ws.prometheus`) turns them into its own types on demand. Counting
 is always on, since it happens off the delivery path (a connection opening or closing, a
 refusal, a rejected frame). Timings (publish-to-write latency, publish latency, outbox
-fill) cost a clock read per delivery and are off until :meth:`Metrics.enable_timings`.
+fill) cost a clock read per fan-out and per written message, and are off until
+:meth:`Metrics.enable_timings`.
 """
 
 from __future__ import annotations
@@ -134,11 +135,6 @@ class Histogram:
         """Count one value."""
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
-
-    def observe_many(self, value: float, count: int) -> None:
-        """Count ``value`` ``count`` times: the frames of one message share their age."""
-        self.counts[bisect_left(self.bounds, value)] += count
-        self.sum += value * count
 
     def snapshot(self) -> HistogramSnapshot:
         """The counts so far, cumulative, as exporters want them."""

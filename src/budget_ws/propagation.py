@@ -18,11 +18,12 @@ from typing import Protocol
 from .errors import InvalidTraceContext
 from .position import Position
 
-__all__ = ["PublishSpan", "Tracer", "attach_context", "split_context"]
+__all__ = ["TRACEPARENT", "PublishSpan", "Tracer", "attach_context", "split_context"]
 
 _FIELD = b',"traceparent":"'
-# version-trace_id-parent_id-flags, lowercase hex (W3C Trace Context, version 00).
-_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+"""A W3C ``traceparent`` of version 00, to match whole: lowercase hex trace id, parent
+(span) id and flags, as groups."""
 _TRACEPARENT_LENGTH = 55
 _SUFFIX_LENGTH = len(_FIELD) + _TRACEPARENT_LENGTH + 2  # closing '"' and '}'
 
@@ -60,7 +61,7 @@ def attach_context(payload: bytes, traceparent: str) -> bytes:
     Raises:
         InvalidTraceContext: ``traceparent`` is not a version-00 W3C traceparent.
     """
-    if not _TRACEPARENT.match(traceparent):
+    if TRACEPARENT.fullmatch(traceparent) is None:
         raise InvalidTraceContext(f"not a W3C traceparent: {traceparent!r}")
     return payload[:-1] + _FIELD + traceparent.encode("ascii") + b'"}'
 

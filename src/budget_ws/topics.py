@@ -190,6 +190,11 @@ class TopicRouter:
         state = self._topics.get(topic)
         if state is None:
             return
+        tracer = self._tracer
+        traceparent = None
+        if tracer is not None:
+            # Split once here; position_frame would otherwise take the context off again.
+            payload, traceparent = split_context(payload)
         frame = position_frame(payload, topic, position)
         metrics = self._metrics
         if metrics.delivery_latency is not None:
@@ -203,8 +208,8 @@ class TopicRouter:
                 recipients = recipients - sent_already
         if fan_out(recipients, frame):
             self._crowded = True
-        if self._tracer is not None:
-            self._tracer.fan_out(topic, position, len(recipients), split_context(payload)[1])
+        if tracer is not None:
+            tracer.fan_out(topic, position, len(recipients), traceparent)
 
     def resync(self, topic: str, position: Position) -> None:
         """Tell every local subscriber of ``topic`` that events were lost."""

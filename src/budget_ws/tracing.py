@@ -22,7 +22,6 @@ span records the delivery as a child of that publish span, in the same trace.
 
 from __future__ import annotations
 
-import re
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import Token
 from types import TracebackType
@@ -36,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - checked in a subprocess by the 
 
 from .__about__ import __version__
 from .position import Position
-from .propagation import PublishSpan
+from .propagation import TRACEPARENT, PublishSpan
 
 __all__ = [
     "BACKEND_SPAN",
@@ -97,9 +96,9 @@ class OpenTelemetryTracer:
     def publish(self, topic: str, event_name: str) -> AbstractContextManager[PublishSpan]:
         """The span of one ``publish()`` of ``event_name`` to ``topic``.
 
-        Entered, it is the current span: the backend span, and spans of instrumented
-        libraries the backend calls, are its children. An exception inside it marks it
-        failed.
+        Its backend span is made current around the backend's call, so spans of
+        instrumented libraries the backend calls are its grandchildren. An exception
+        inside it marks it failed.
         """
         span = self._tracer.start_span(
             PUBLISH_SPAN,
@@ -177,17 +176,17 @@ class _CurrentSpan:
         _end(self._span, exc)
 
 
-class _Publishing(_CurrentSpan):
+class _Publishing:
     """The span of one ``publish()``: a :class:`~budget_ws.propagation.PublishSpan`.
 
     Not made current itself: the backend span, its child, is what the backend's own
     instrumented calls run under, and one context switch per publish is cheaper than two.
     """
 
-    __slots__ = ("_topic", "_tracer", "traceparent")
+    __slots__ = ("_span", "_topic", "_tracer", "traceparent")
 
     def __init__(self, tracer: trace.Tracer, span: trace.Span, topic: str) -> None:
-        super().__init__(span)
+        self._span = span
         self._tracer = tracer
         self._topic = topic
         span_context = span.get_span_context()
@@ -267,9 +266,6 @@ _UNTRACED = _Untraced()
 _ROOT = context.Context()
 
 
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
 def _remote_parent(traceparent: str) -> context.Context:
     """The context of the remote publish span a ``traceparent`` names.
 
@@ -277,7 +273,7 @@ def _remote_parent(traceparent: str) -> context.Context:
     for a fraction of its cost; anything malformed, or all-zero ids, give the empty
     context.
     """
-    match = _TRACEPARENT.fullmatch(traceparent)
+    match = TRACEPARENT.fullmatch(traceparent)
     if match is None:
         return _ROOT
     trace_id, span_id, flags = match.groups()

@@ -32,8 +32,9 @@ class ManagerCollector(Collector):
 
     Values are exact at scrape time in a single process. Prefer :func:`instrument`, which
     also turns the timings on. Counters never go down: a counter the manager reports lower
-    than it did at an earlier scrape (a closing connection can be counted twice for a
-    moment) is exported at its highest value so far.
+    than it did at an earlier scrape (a scrape from another thread can catch an ending
+    connection's dropped frames between the connection and the manager's total) is
+    exported at its highest value so far.
 
     .. versionadded:: 0.1
 
@@ -105,7 +106,8 @@ def instrument(
     """Export a manager's metrics from ``registry``: turn the timings on, add a collector.
 
     Call it before the manager serves: only connections opened from then on are timed.
-    Timings cost a clock read per delivery; counting is free of per-delivery work.
+    Timings cost a clock read per fan-out and per written message; counting is free of
+    per-delivery work.
 
     .. versionadded:: 0.1
 

@@ -758,8 +758,26 @@ def summarise(
     return rows
 
 
-def _scenario(mode: Mode) -> str:
+def scenario_name(mode: str) -> str:
+    """How a verdict names a mode: paced is the steady case."""
     return "steady (paced)" if mode == "paced" else mode
+
+
+def observed_verdict(
+    label: str, measure: str, ratio: float, limit: float, met: bool
+) -> dict[str, Any]:
+    """One observability target's verdict, in the shape every results file uses.
+
+    ``ratio`` is observed's ``measure`` over budget_ws's, ``limit`` its target; ``met``
+    also needs every frame delivered, which the check says when it alone failed.
+    """
+    check = (
+        f"observed {measure} {ratio:.3f} x budget_ws's <= {limit:g} "
+        f"({100 * (ratio - 1):+.1f} % <= +{100 * (limit - 1):.0f} %)"
+    )
+    if ratio <= limit and not met:
+        check += ", but not every frame was delivered"
+    return {"label": label, "check": check, "met": met}
 
 
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -769,23 +787,18 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     budget_ws's own in the same run, against ``OBSERVED_TARGETS``; it is met only when
     both delivered every frame too.
     """
-    found = []
-    for row in rows:
-        if "target_met" not in row:
-            continue
-        ratio, limit = row["cpu_ratio_to_budget_ws"], row["cpu_ratio_target"]
-        check = (
-            f"observed CPU/delivery {ratio:.3f} x budget_ws's <= {limit:g} "
-            f"({100 * (ratio - 1):+.1f} % <= +{100 * (limit - 1):.0f} %)"
-        )
-        if row["cpu_ratio_to_budget_ws"] <= limit and not row["target_met"]:
-            check += ", but not every frame was delivered"
-        label = (
+    return [
+        observed_verdict(
             f"in-memory fanout {row['connections']} x {row['events']} events, "
-            f"{_scenario(row['mode'])}"
+            f"{scenario_name(row['mode'])}",
+            "CPU/delivery",
+            row["cpu_ratio_to_budget_ws"],
+            row["cpu_ratio_target"],
+            row["target_met"],
         )
-        found.append({"label": label, "check": check, "met": row["target_met"]})
-    return found
+        for row in rows
+        if "target_met" in row
+    ]
 
 
 def results_document(

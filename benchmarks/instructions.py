@@ -33,6 +33,8 @@ from .fanout import (
     OBSERVED_TARGETS,
     Contender,
     Mode,
+    observed_verdict,
+    scenario_name,
 )
 from .provenance import PACKAGES, describe, environment, load_average
 
@@ -154,30 +156,20 @@ def summarise(runs: Sequence[CallgrindRun], low: int, high: int) -> list[dict[st
     return rows
 
 
-def _scenario(mode: str) -> str:
-    return "steady (paced)" if mode == "paced" else mode
-
-
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The observability targets of ``fanout.py``, held against instructions per delivery."""
-    found = []
-    for row in rows:
-        if "target_met" not in row:
-            continue
-        ratio, limit = row["ratio_to_budget_ws"], row["ratio_target"]
-        check = (
-            f"observed instructions/delivery {ratio:.3f} x budget_ws's <= {limit:g} "
-            f"({100 * (ratio - 1):+.1f} % <= +{100 * (limit - 1):.0f} %)"
+    return [
+        observed_verdict(
+            f"in-memory fanout {row['connections']} x {row['events'][0]}/{row['events'][1]} "
+            f"events, {scenario_name(row['mode'])}, callgrind",
+            "instructions/delivery",
+            row["ratio_to_budget_ws"],
+            row["ratio_target"],
+            row["target_met"],
         )
-        if ratio <= limit and not row["target_met"]:
-            check += ", but not every frame was delivered"
-        low, high = row["events"]
-        label = (
-            f"in-memory fanout {row['connections']} x {low}/{high} events, "
-            f"{_scenario(row['mode'])}, callgrind"
-        )
-        found.append({"label": label, "check": check, "met": row["target_met"]})
-    return found
+        for row in rows
+        if "target_met" in row
+    ]
 
 
 def results_document(env: dict[str, Any], settings: dict[str, Any],

@@ -523,9 +523,27 @@ def _spread(spread: dict[str, float] | None, complete: bool = True) -> str:
     return text if complete else text + " (incomplete)"
 
 
-def _over(row: dict[str, Any] | None) -> str:
-    ratio = row.get("cpu_ratio_to_budget_ws") if row else None
+def _over(row: dict[str, Any] | None, key: str) -> str:
+    """A contender's ``key`` ratio over budget_ws, as a percentage."""
+    ratio = row.get(key) if row else None
     return "-" if ratio is None else f"{100 * (ratio - 1):+.1f} %"
+
+
+def _by_scenario(rows: Iterable[dict[str, Any]]) -> list[tuple[int, str, dict[str, Any]]]:
+    """The rows of one results file grouped by N and mode, each group by contender."""
+    by: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault((row["connections"], row["mode"]), {})[row["contender"]] = row
+    order = sorted(by, key=lambda key: (key[0], list(FANOUT_MODES).index(key[1])))
+    return [(connections, mode, by[connections, mode]) for connections, mode in order]
+
+
+def _target(observed: dict[str, Any] | None, key: str) -> tuple[str, str]:
+    """The target observed is held to (its ``key`` entry), and whether it was met."""
+    if not observed or key not in observed:
+        return "-", "-"
+    return (f"≤ +{100 * (observed[key] - 1):.0f} %",
+            "yes" if observed["target_met"] else "**no**")  # fmt: skip
 
 
 def observability(results: Results) -> str:
@@ -534,24 +552,16 @@ def observability(results: Results) -> str:
     parts = []
     for stem, data in results.fanout:
         settings = data["settings"]
-        by: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
-        for row in data["rows"]:
-            by.setdefault((row["connections"], row["mode"]), {})[row["contender"]] = row
-        order = sorted(by, key=lambda key: (key[0], list(FANOUT_MODES).index(key[1])))
         rows = []
-        for connections, mode in order:
-            group = by[connections, mode]
-            ours, observed = group.get("budget_ws"), group.get("observed")
+        for connections, mode, group in _by_scenario(data["rows"]):
+            ours = group.get("budget_ws")
             cells = [_spread(r["cpu_us_per_delivery"], r["complete"]) if r else "-"
                      for r in (ours, *(group.get(name) for name in INSTRUMENTED))]  # fmt: skip
-            target, met = "-", "-"
-            if observed and "cpu_ratio_target" in observed:
-                target = f"≤ +{100 * (observed['cpu_ratio_target'] - 1):.0f} %"
-                met = "yes" if observed["target_met"] else "**no**"
             rows.append([
                 f"{connections:,}", FANOUT_MODES.get(mode, mode),
-                f"{ours['frames_per_message']:.1f}" if ours else "-",
-                *cells, *(_over(group.get(name)) for name in INSTRUMENTED), target, met,
+                f"{ours['frames_per_message']:.1f}" if ours else "-", *cells,
+                *(_over(group.get(name), "cpu_ratio_to_budget_ws") for name in INSTRUMENTED),
+                *_target(group.get("observed"), "cpu_ratio_target"),
             ])  # fmt: skip
         header = ["connections", "scenario", "events per message (budget_ws)", "budget_ws µs",
                   *(f"{name} µs" for name in INSTRUMENTED.values()),
@@ -564,11 +574,6 @@ def observability(results: Results) -> str:
     return "\n\n".join(parts)
 
 
-def _instructions_over(row: dict[str, Any] | None) -> str:
-    ratio = row.get("ratio_to_budget_ws") if row else None
-    return "-" if ratio is None else f"{100 * (ratio - 1):+.1f} %"
-
-
 def instructions(results: Results) -> str:
     if not results.instructions:
         return "*(no instruction counts)*"
@@ -576,26 +581,16 @@ def instructions(results: Results) -> str:
     for stem, data in results.instructions:
         settings = data["settings"]
         low, high = settings["events"]
-        by: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
-        for row in data["rows"]:
-            by.setdefault((row["connections"], row["mode"]), {})[row["contender"]] = row
-        order = sorted(by, key=lambda key: (key[0], list(FANOUT_MODES).index(key[1])))
         rows = []
-        for connections, mode in order:
-            group = by[connections, mode]
+        for connections, mode, group in _by_scenario(data["rows"]):
             cells = []
             for name in ("budget_ws", *INSTRUMENTED):
                 row = group.get(name)
                 cell = "-" if row is None else f"{row['instructions_per_delivery']:,.0f}"
                 cells.append(cell if row is None or row["complete"] else cell + " (incomplete)")
-            observed = group.get("observed")
-            target, met = "-", "-"
-            if observed and "ratio_target" in observed:
-                target = f"≤ +{100 * (observed['ratio_target'] - 1):.0f} %"
-                met = "yes" if observed["target_met"] else "**no**"
             rows.append([f"{connections:,}", FANOUT_MODES.get(mode, mode), *cells,
-                         *(_instructions_over(group.get(name)) for name in INSTRUMENTED),
-                         target, met])  # fmt: skip
+                         *(_over(group.get(name), "ratio_to_budget_ws") for name in INSTRUMENTED),
+                         *_target(group.get("observed"), "ratio_target")])  # fmt: skip
         header = ["connections", "scenario", "budget_ws",
                   *(name for name in INSTRUMENTED.values()),
                   *(f"{name} over budget_ws" for name in INSTRUMENTED.values()),

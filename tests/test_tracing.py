@@ -6,6 +6,7 @@ global provider is never set.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from budget_ws import (
     MemoryBackend,
     Position,
 )
+from budget_ws.backends import Listener
 from budget_ws.backends.redis import RedisBackend
 from budget_ws.propagation import split_context
 from budget_ws.protocol import (
@@ -82,8 +84,48 @@ def recorder() -> Iterator[Recorder]:
     recorder.provider.shutdown()
 
 
+class FromElsewhere:
+    """Delivers as a networked backend's reader task does: in a context of its own."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        contextvars.Context().run(self.listener.deliver, topic, position, payload)
+
+    def resync(self, topic: str, position: Position) -> None:
+        self.listener.resync(topic, position)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FromElsewhere) and other.listener == self.listener
+
+    def __hash__(self) -> int:
+        return hash(self.listener)
+
+
+class RoundTripBackend(MemoryBackend):
+    """The memory backend as a tracer sees a networked one (Redis): a round trip to trace,
+    and deliveries that do not happen inside the publishing task."""
+
+    in_process = False
+
+    async def subscribe(self, topic: str, listener: Listener) -> None:
+        await super().subscribe(topic, FromElsewhere(listener))
+
+    async def unsubscribe(self, topic: str, listener: Listener) -> None:
+        await super().unsubscribe(topic, FromElsewhere(listener))
+
+
 @pytest.fixture
 async def traced(recorder: Recorder) -> AsyncIterator[ConnectionManager]:
+    """A traced manager on a backend with a round trip: every span there is."""
+    tracer = OpenTelemetryTracer(recorder.provider)
+    async with ConnectionManager(RoundTripBackend(), tracer=tracer, heartbeat=QUIET) as manager:
+        yield manager
+
+
+@pytest.fixture
+async def traced_in_process(recorder: Recorder) -> AsyncIterator[ConnectionManager]:
     tracer = OpenTelemetryTracer(recorder.provider)
     async with ConnectionManager(MemoryBackend(), tracer=tracer, heartbeat=QUIET) as manager:
         yield manager
@@ -184,6 +226,68 @@ async def test_the_fan_out_span_counts_the_recipients(
     assert len(recorder.spans(PUBLISH_SPAN)) == 2
 
 
+async def test_an_in_process_backend_gets_one_span_that_counts_the_recipients(
+    traced_in_process: ConnectionManager, recorder: Recorder
+) -> None:
+    manager = traced_in_process
+    async with connect(manager) as first, connect(manager) as second:
+        await first.subscribe("t")
+        await second.subscribe("t")
+        with recorder.provider.get_tracer("test").start_as_current_span("POST /facts"):
+            position = await manager.publish(FactCreated(id=1), topic="t")
+            await manager.publish(FactCreated(id=2), topic="nobody-listens")
+        await first.receive_event()
+    # No round trip to trace, and the fan-out happened inside publish(): one span each.
+    assert recorder.spans(BACKEND_SPAN) == recorder.spans(FAN_OUT_SPAN) == []
+    publish, unheard = recorder.spans(PUBLISH_SPAN)
+    assert parent_ids(publish) == trace_ids(recorder.span("POST /facts"))
+    assert publish.kind is SpanKind.PRODUCER
+    assert dict(publish.attributes or {}) == {
+        "messaging.system": "budget_ws",
+        "messaging.destination.name": "t",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "budget_ws.event": "test_tracing_fact_created",
+        "budget_ws.offset": 1,
+        "budget_ws.epoch": position.epoch,
+        "budget_ws.recipients": 2,
+    }
+    assert "budget_ws.recipients" not in (unheard.attributes or {})  # no subscriber here
+
+
+class ContextCopyingListener(RecordingListener):
+    """Keeps the context of each delivery, as a task started from there would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[contextvars.Context] = []
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        self.contexts.append(contextvars.copy_context())
+        super().deliver(topic, position, payload)
+
+
+async def test_a_fan_out_after_the_publish_span_ended_gets_a_span_of_its_own(
+    recorder: Recorder,
+) -> None:
+    """A task started inside ``publish()`` keeps that context after the publish span
+    ended: a fan-out from there is not folded into the ended span, and not lost."""
+    tracer = OpenTelemetryTracer(recorder.provider)
+    listener = ContextCopyingListener()
+    async with ConnectionManager(MemoryBackend(), tracer=tracer, heartbeat=QUIET) as manager:
+        await manager.backend.subscribe("t", listener)
+        position = await manager.publish(FactCreated(id=1), topic="t")
+    ((_, _, payload),) = listener.delivered
+    traceparent = split_context(payload)[1]
+    listener.contexts[0].run(tracer.fan_out, "t", position, 3, traceparent)
+    publish = recorder.span(PUBLISH_SPAN)
+    fan_out = recorder.span(FAN_OUT_SPAN)
+    assert parent_ids(fan_out) == trace_ids(publish)
+    assert fan_out.attributes is not None
+    assert fan_out.attributes["budget_ws.recipients"] == 3
+    assert "budget_ws.recipients" not in (publish.attributes or {})
+
+
 async def test_replayed_history_carries_no_context_to_the_client(
     traced: ConnectionManager,
 ) -> None:
@@ -206,7 +310,7 @@ async def test_replayed_history_carries_no_context_to_the_client(
     assert replayed["data"] == {"id": 1}
 
 
-class FailingBackend(MemoryBackend):
+class FailingBackend(RoundTripBackend):
     async def publish(self, topic: str, payload: bytes) -> Position:
         raise BackendUnavailable("the backend is down; retry later")
 
@@ -229,7 +333,7 @@ async def test_a_failed_publish_marks_its_spans_as_errors(recorder: Recorder) ->
     assert "budget_ws.offset" not in (recorder.span(PUBLISH_SPAN).attributes or {})
 
 
-class StalledBackend(MemoryBackend):
+class StalledBackend(RoundTripBackend):
     def __init__(self) -> None:
         super().__init__()
         self.entered = anyio.Event()
@@ -296,7 +400,7 @@ async def test_fan_out_spans_of_untraced_events_can_be_left_out(recorder: Record
     tracer = OpenTelemetryTracer(recorder.provider, untraced_fan_out=False)
     assert tracer.untraced_fan_out is False
     async with (
-        ConnectionManager(MemoryBackend(), tracer=tracer, heartbeat=QUIET) as manager,
+        ConnectionManager(RoundTripBackend(), tracer=tracer, heartbeat=QUIET) as manager,
         connect(manager) as client,
     ):
         await client.subscribe("t")

@@ -7,6 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
@@ -47,6 +48,7 @@ from .topics import TopicRouter
 __all__ = ["Action", "ClientMessage", "ConnectionManager", "Stats"]
 
 logger = logging.getLogger("budget_ws.manager")
+_NO_SPAN = nullcontext()  # reusable: it holds no state
 """Lines about connections as a whole, topics and the app's hooks; see
 ``docs/reference/logging.md``."""
 
@@ -157,6 +159,8 @@ class ConnectionManager:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._tracer = tracer
+        # No round trip to trace when the backend delivers inside publish(), in-process.
+        self._backend_in_process = bool(getattr(self.backend, "in_process", False))
         self._handlers: dict[str, Callable[[ClientMessage[Any]], Awaitable[None]]] = {}
         self._connections: dict[str, Connection] = {}
         self._metrics = Metrics()
@@ -625,7 +629,7 @@ class ConnectionManager:
             if traceparent is not None:
                 payload = attach_context(payload, traceparent)
             latency = self._metrics.publish_latency
-            with span.backend():
+            with _NO_SPAN if self._backend_in_process else span.backend():
                 started = time.perf_counter()
                 position = await self.backend.publish(topic, payload)
                 if latency is not None:

@@ -15,7 +15,9 @@ Each ``publish()`` opens a ``budget_ws publish`` span (a child of the current sp
 as the HTTP request's) around a ``budget_ws backend publish`` span. The W3C
 ``traceparent`` of the publish span travels with the event through the backend (see
 :mod:`budget_ws.propagation`), so on every worker with subscribers a ``budget_ws fan_out``
-span records the delivery as a child of that publish span, in the same trace.
+span records the delivery as a child of that publish span, in the same trace. With an
+in-process backend (the memory backend) the publish span is the only one: it records the
+fan-out, which happens inside it.
 
 .. versionadded:: 0.1
 """
@@ -23,7 +25,7 @@ span records the delivery as a child of that publish span, in the same trace.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import Token
+from contextvars import ContextVar, Token
 from types import TracebackType
 
 try:
@@ -71,6 +73,11 @@ class OpenTelemetryTracer:
     - ``budget_ws fan_out`` (CONSUMER): the event reached this worker's subscribers of the
       topic; a child of the publish span, on whichever worker published it. An event that
       arrives without a trace context (its publisher was untraced) starts a new trace.
+
+    An in-process backend (``in_process``, such as the memory backend) has no round trip
+    and delivers inside ``publish()``: its events get the publish span only, which
+    records the recipients. The SDK spends tens of microseconds on each span; these two
+    would only repeat the publish span's time.
 
     With the API's default no-op provider (no SDK configured) the spans are no-ops and no
     trace context is added to events.
@@ -122,8 +129,15 @@ class OpenTelemetryTracer:
         """Record that an event of ``topic`` reached ``recipients`` local subscribers.
 
         The span's parent is the publish span ``traceparent`` names, on whichever worker
-        that ran; never the span that happens to be current here.
+        that ran; never the span that happens to be current here. A fan-out inside the
+        ``publish()`` that sent the event (an in-process backend) is recorded on that
+        publish span instead, as ``budget_ws.recipients``: a span of its own would only
+        repeat the publish span's time, at the cost of another span per event.
         """
+        publishing = _OPEN_PUBLISH.get()
+        if publishing is not None and publishing.open and publishing.traceparent == traceparent:
+            publishing.reached(recipients)
+            return
         if traceparent is None:
             if not self.untraced_fan_out:
                 return
@@ -181,9 +195,13 @@ class _Publishing:
 
     Not made current itself: the backend span, its child, is what the backend's own
     instrumented calls run under, and one context switch per publish is cheaper than two.
+    While it is open, a fan-out in the same task (an in-process backend delivers inside
+    ``publish()``) is recorded on it rather than as a span of its own.
     """
 
-    __slots__ = ("_span", "_topic", "_tracer", "traceparent")
+    __slots__ = ("_recipients", "_span", "_token", "_topic", "_tracer", "open", "traceparent")
+
+    _token: Token[_Publishing | None]  # set on entering
 
     def __init__(self, tracer: trace.Tracer, span: trace.Span, topic: str) -> None:
         self._span = span
@@ -197,8 +215,14 @@ class _Publishing:
             f"{span_context.trace_flags:02x}"
         )
         """The W3C ``traceparent`` of the publish span."""
+        self._recipients: int | None = None
+        self.open = False
+        """Whether ``publish()`` is still under way (a task started meanwhile keeps this
+        object in its context after the span ends)."""
 
     def __enter__(self) -> _Publishing:
+        self._token = _OPEN_PUBLISH.set(self)
+        self.open = True
         return self
 
     def __exit__(
@@ -207,7 +231,15 @@ class _Publishing:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.open = False
+        _OPEN_PUBLISH.reset(self._token)
+        if self._recipients is not None and self._span.is_recording():
+            self._span.set_attribute("budget_ws.recipients", self._recipients)
         _end(self._span, exc)
+
+    def reached(self, recipients: int) -> None:
+        """Record a fan-out that happened inside this publish, in this task."""
+        self._recipients = (self._recipients or 0) + recipients
 
     def backend(self) -> _CurrentSpan:
         """A child span around the backend's publish round trip (kind CLIENT)."""
@@ -264,6 +296,9 @@ _UNTRACED = _Untraced()
 
 
 _ROOT = context.Context()
+
+_OPEN_PUBLISH: ContextVar[_Publishing | None] = ContextVar("budget_ws_open_publish", default=None)
+"""The publish span open in this task: an in-process fan-out is recorded on it."""
 
 
 def _remote_parent(traceparent: str) -> context.Context:

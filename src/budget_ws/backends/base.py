@@ -65,6 +65,10 @@ class Backend(Protocol):
 
     Use it as an async context manager (``async with backend:``) or call
     :meth:`aclose` when done. Every method is safe to call from any task.
+
+    A backend may also set ``in_process = True``: it delivers to its listeners inside
+    :meth:`publish`, in this process, with no I/O. A tracer then records no round trip
+    for it and folds the fan-out into the publish span (see :mod:`budget_ws.tracing`).
     """
 
     async def __aenter__(self) -> Self: ...

@@ -486,8 +486,10 @@ async def measure_throughput(
     connections: int,
     workload: Workload,
     modes: Sequence[Mode] = MODES,
+    rounds: int = 1,
 ) -> list[TimedRun]:
-    """Connect ``connections`` clients to one contender and time one fan-out per mode.
+    """Connect ``connections`` clients to one contender and time ``rounds`` fan-outs per
+    mode, the modes taking turns.
 
     Must run inside an event loop (``anyio.run``).
     """
@@ -495,10 +497,13 @@ async def measure_throughput(
     transports = [CountingTransport(tally) for _ in range(connections)]
     runs: list[TimedRun] = []
     async with SERVING[contender](transports, tally, workload) as publish:
-        for mode in modes:
-            runs.append(
-                await _timed_fanout(contender, mode, publish, transports, tally, workload.events)
-            )
+        for _ in range(rounds):
+            for mode in modes:
+                runs.append(
+                    await _timed_fanout(
+                        contender, mode, publish, transports, tally, workload.events
+                    )
+                )
     return runs
 
 
@@ -877,8 +882,8 @@ def _print_report(report: dict[str, Any]) -> None:
     print(
         f"One topic, M = {settings['events']} events with {settings['payload_bytes']} B of "
         f"data (frame: budget_ws {settings['frame_bytes']['budget_ws']} B, naive "
-        f"{settings['frame_bytes']['naive']} B); {settings['repeat']} repeats, "
-        "median (min-max)"
+        f"{settings['frame_bytes']['naive']} B); {settings['repeat']} repeats x "
+        f"{settings.get('rounds', 1)} rounds, median (min-max)"
     )
     print()
     print(
@@ -1020,6 +1025,12 @@ def _parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=3, help="measure each figure this many times (default: 3)"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="timed fan-outs per mode on each set of connections (default: 1)",
+    )
+    parser.add_argument(
         "--modes",
         nargs="+",
         choices=MODES,
@@ -1078,8 +1089,8 @@ def _progress(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns 0 when every contender delivered every frame."""
     args = _parser().parse_args(argv)
-    if args.events < 1 or args.repeat < 1 or min(args.connections) < 1:
-        raise SystemExit("--events, --repeat and --connections must be positive")
+    if args.events < 1 or args.repeat < 1 or args.rounds < 1 or min(args.connections) < 1:
+        raise SystemExit("--events, --repeat, --rounds and --connections must be positive")
     workload = Workload(args.events, args.payload_bytes)
 
     if args.child is not None:
@@ -1112,7 +1123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for contender in order:
                 batch = anyio.run(
                     functools.partial(
-                        measure_throughput, contender, connections, workload, args.modes
+                        measure_throughput,
+                        contender,
+                        connections,
+                        workload,
+                        args.modes,
+                        args.rounds,
                     ),
                     backend=args.anyio_backend,
                 )
@@ -1140,6 +1156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "payload_bytes": args.payload_bytes,
         "frame_bytes": _frame_bytes(workload),
         "repeat": args.repeat,
+        "rounds": args.rounds,
         "modes": args.modes,
     }
     report = results_document(env, settings, runs, memory)

@@ -4,10 +4,12 @@ Run it with ``python -m benchmarks.instructions``; ``benchmarks/README.md`` expl
 ``benchmarks.fanout`` measures CPU time per delivery, which swings with the machine's
 load; the number of instructions the same work executes does not. For each contender,
 mode and N, this runs ``python -m benchmarks.fanout`` (one contender, one mode, one
-repeat, no memory probe) under ``valgrind --tool=callgrind`` twice, with LOW and HIGH
-events, and takes the difference of the two programs' instruction totals over
-N x (HIGH - LOW) deliveries: whatever does not grow with the events (interpreter start,
-imports, connecting and subscribing the N connections) cancels out.
+repeat, no memory probe) under ``valgrind --tool=callgrind`` twice, timing LOW and HIGH
+rounds of the same fan-out of M events on one set of connections, and takes the
+difference of the two programs' instruction totals over N x M x (HIGH - LOW) deliveries.
+What happens once per program (interpreter start, imports, connecting and subscribing the
+N connections) cancels out; everything a fan-out costs counts, its writes included: in a
+burst each connection writes the M events in one message, whatever M is.
 """
 
 from __future__ import annotations
@@ -55,19 +57,21 @@ class CallgrindRun:
     mode: Mode
     connections: int
     events: int
+    rounds: int
+    """Fan-outs of ``events`` events timed on the one set of connections."""
     instructions: int
     """The program's instruction total (callgrind's ``summary``, ``PROGRAM TOTALS``)."""
     complete: bool
     """Whether every connection received every event."""
 
 
-def _command(contender: Contender, mode: Mode, connections: int, events: int,
+def _command(contender: Contender, mode: Mode, connections: int, events: int, rounds: int,
              out_file: Path, json_file: Path) -> list[str]:  # fmt: skip
     return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
             sys.executable, "-m", "benchmarks.fanout", "--contenders", contender,
             "--connections", str(connections), "--modes", mode, "--events", str(events),
-            "--payload-bytes", str(PAYLOAD_BYTES), "--repeat", "1", "--memory",
-            "--json-file", str(json_file)]  # fmt: skip
+            "--rounds", str(rounds), "--payload-bytes", str(PAYLOAD_BYTES), "--repeat", "1",
+            "--memory", "--json-file", str(json_file)]  # fmt: skip
 
 
 def _program_totals(out_file: Path) -> int:
@@ -77,7 +81,9 @@ def _program_totals(out_file: Path) -> int:
     raise RuntimeError(f"{out_file}: callgrind wrote no summary line")
 
 
-def measure(contender: Contender, mode: Mode, connections: int, events: int) -> CallgrindRun:
+def measure(
+    contender: Contender, mode: Mode, connections: int, events: int, rounds: int
+) -> CallgrindRun:
     """Run the fan-out once under callgrind and count the instructions of the whole process.
 
     ``PYTHONHASHSEED=0``, so that string hashing does not vary from one run to the next.
@@ -91,13 +97,13 @@ def measure(contender: Contender, mode: Mode, connections: int, events: int) -> 
     }
     with tempfile.TemporaryDirectory(prefix="instructions-") as directory:
         out_file, json_file = Path(directory) / "callgrind.out", Path(directory) / "run.json"
-        command = _command(contender, mode, connections, events, out_file, json_file)
+        command = _command(contender, mode, connections, events, rounds, out_file, json_file)
         completed = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
         )
         if completed.returncode not in (0, 1) or not json_file.exists():
             raise RuntimeError(
-                f"{contender} {mode} N={connections} M={events} under callgrind failed "
+                f"{contender} {mode} N={connections} M={events} x{rounds} under callgrind failed "
                 f"(exit {completed.returncode}):\n{completed.stderr[-4000:]}"
             )
         runs = json.loads(json_file.read_text())["runs"]
@@ -106,6 +112,7 @@ def measure(contender: Contender, mode: Mode, connections: int, events: int) -> 
             mode=mode,
             connections=connections,
             events=events,
+            rounds=rounds,
             instructions=_program_totals(out_file),
             complete=completed.returncode == 0 and all(run["complete"] for run in runs),
         )
@@ -114,13 +121,13 @@ def measure(contender: Contender, mode: Mode, connections: int, events: int) -> 
 def summarise(runs: Sequence[CallgrindRun], low: int, high: int) -> list[dict[str, Any]]:
     """One row per contender, N and mode: instructions per delivery, ratio over budget_ws.
 
-    Instructions per delivery = (total with ``high`` events - total with ``low``) /
-    (N x (high - low)). An ``observed`` row also carries its target (``ratio_target``, from
+    Instructions per delivery = (total with ``high`` rounds - total with ``low``) /
+    (N x M x (high - low)). An ``observed`` row also carries its target (``ratio_target``, from
     ``fanout.OBSERVED_TARGETS``) and whether it met it (``target_met``: within the target,
     and both it and budget_ws delivered every event in both runs).
     """
     found: dict[tuple[str, str, int, int], CallgrindRun] = {
-        (run.contender, run.mode, run.connections, run.events): run for run in runs
+        (run.contender, run.mode, run.connections, run.rounds): run for run in runs
     }
     keys = sorted({(run.connections, run.mode) for run in runs},
                   key=lambda key: (key[0], MODES.index(key[1])))  # fmt: skip
@@ -133,10 +140,11 @@ def summarise(runs: Sequence[CallgrindRun], low: int, high: int) -> list[dict[st
             upper = found.get((contender, mode, connections, high))
             if lower is None or upper is None:
                 continue
-            per_delivery = (upper.instructions - lower.instructions) / (connections * (high - low))
+            deliveries = connections * upper.events * (high - low)
+            per_delivery = (upper.instructions - lower.instructions) / deliveries
             group.append({
                 "contender": contender, "connections": connections, "mode": mode,
-                "events": [low, high],
+                "events": upper.events, "rounds": [low, high],
                 "instructions": [lower.instructions, upper.instructions],
                 "instructions_per_delivery": per_delivery,
                 "complete": lower.complete and upper.complete,
@@ -160,8 +168,9 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The observability targets of ``fanout.py``, held against instructions per delivery."""
     return [
         observed_verdict(
-            f"in-memory fanout {row['connections']} x {row['events'][0]}/{row['events'][1]} "
-            f"events, {scenario_name(row['mode'])}, callgrind",
+            f"in-memory fanout {row['connections']} x {row['events']} events, "
+            f"{scenario_name(row['mode'])}, callgrind {row['rounds'][0]}/{row['rounds'][1]} "
+            "rounds",
             "instructions/delivery",
             row["ratio_to_budget_ws"],
             row["ratio_target"],
@@ -178,11 +187,12 @@ def results_document(env: dict[str, Any], settings: dict[str, Any],
 
     Args:
         env: ``provenance.environment("instructions", ...)`` with ``load_after`` added.
-        settings: ``connections``, ``events`` (low, high), ``payload_bytes``, ``modes``
+        settings: ``connections``, ``events``, ``rounds`` (low, high), ``payload_bytes``,
+            ``modes``
             and ``contenders`` of the run.
         runs: Every callgrind run.
     """
-    low, high = settings["events"]
+    low, high = settings["rounds"]
     rows = summarise(runs, low, high)
     return {
         "environment": env,
@@ -196,9 +206,10 @@ def results_document(env: dict[str, Any], settings: dict[str, Any],
 
 def _print_report(report: dict[str, Any]) -> None:
     print(describe(report["environment"]))
-    low, high = report["settings"]["events"]
-    print(f"instructions per delivery (callgrind): (total with {high} events - total with "
-          f"{low}) / (N x {high - low})")  # fmt: skip
+    low, high = report["settings"]["rounds"]
+    events = report["settings"]["events"]
+    print(f"instructions per delivery (callgrind): (total with {high} fan-outs of {events} "
+          f"events - total with {low}) / (N x {events} x {high - low})")  # fmt: skip
     header = ["contender", "N", "mode", "instructions/delivery", "over budget_ws", "target", "met"]
     lines = []
     for row in report["rows"]:
@@ -232,10 +243,17 @@ def _parser() -> argparse.ArgumentParser:
                         default=list(CONTENDERS),
                         help="default: budget_ws observed metrics tracing")  # fmt: skip
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--events", type=int, nargs=2, default=[20, 60],
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=100,
+        metavar="M",
+        help="events per fan-out (default: 100, as benchmarks.fanout)",
+    )
+    parser.add_argument("--rounds", type=int, nargs=2, default=[1, 3],
                         metavar=("LOW", "HIGH"),
-                        help="events of the two runs whose difference is counted "
-                        "(default: 20 60)")  # fmt: skip
+                        help="fan-outs of the two runs whose difference is counted "
+                        "(default: 1 3)")  # fmt: skip
     parser.add_argument("--json-file", type=Path, metavar="PATH",
                         help="also write the JSON results to PATH")  # fmt: skip
     return parser
@@ -244,9 +262,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement; 0 when every run delivered everything, 2 without valgrind."""
     args = _parser().parse_args(argv)
-    low, high = args.events
-    if not 0 < low < high or min(args.connections) < 1:
-        raise SystemExit("--events needs 0 < LOW < HIGH, --connections positive numbers")
+    low, high = args.rounds
+    if not 0 < low < high or args.events < 1 or min(args.connections) < 1:
+        raise SystemExit("--rounds needs 0 < LOW < HIGH; --events and --connections positive")
     if shutil.which("valgrind") is None:
         print("error: valgrind is not installed (Debian: apt-get install valgrind); this "
               "benchmark counts instructions with valgrind --tool=callgrind",
@@ -255,22 +273,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parameters = {key: value for key, value in vars(args).items() if key != "json_file"}
     parameters |= {"payload_bytes": PAYLOAD_BYTES, "observed_targets": OBSERVED_TARGETS}
     env = environment("instructions", parameters, (*PACKAGES, *OBSERVABILITY_PACKAGES))
-    plan = [(contender, mode, connections, events) for connections in args.connections
+    plan = [(contender, mode, connections, args.events, rounds)
+            for connections in args.connections
             for mode in args.modes for contender in args.contenders
-            for events in (low, high)]  # fmt: skip
+            for rounds in (low, high)]  # fmt: skip
 
-    def run(item: tuple[Contender, Mode, int, int]) -> CallgrindRun:
+    def run(item: tuple[Contender, Mode, int, int, int]) -> CallgrindRun:
         result = measure(*item)
         short = "" if result.complete else " INCOMPLETE"
         print(f"{result.contender:<9} N={result.connections:<6} {result.mode:<5} "
-              f"M={result.events:<4}: {result.instructions:,} instructions{short}",
+              f"M={result.events} x{result.rounds}: {result.instructions:,} instructions{short}",
               file=sys.stderr, flush=True)  # fmt: skip
         return result
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         runs = list(pool.map(run, plan))
     env["load_after"] = load_average()
-    settings = {"connections": args.connections, "events": [low, high],
+    settings = {"connections": args.connections, "events": args.events, "rounds": [low, high],
                 "payload_bytes": PAYLOAD_BYTES, "modes": args.modes,
                 "contenders": args.contenders}  # fmt: skip
     report = results_document(env, settings, runs)

@@ -569,7 +569,7 @@ def observability(results: Results) -> str:
                   "target for observed", "met"]  # fmt: skip
         lead = (f"`{stem}.json`: {settings['events']} events of {settings['payload_bytes']:,} B "
                 f"on one topic, CPU µs per delivery, median (min-max) of "
-                f"{_runs(settings['repeat'])}:")  # fmt: skip
+                f"{_runs(settings['repeat'] * settings.get('rounds', 1))}:")  # fmt: skip
         parts.append(lead + "\n\n" + _table(header, rows, right=2))
     return "\n\n".join(parts)
 
@@ -580,7 +580,8 @@ def instructions(results: Results) -> str:
     parts = []
     for stem, data in results.instructions:
         settings = data["settings"]
-        low, high = settings["events"]
+        low, high = settings["rounds"]
+        events = settings["events"]
         rows = []
         for connections, mode, group in _by_scenario(data["rows"]):
             cells = []
@@ -597,8 +598,8 @@ def instructions(results: Results) -> str:
                   "target for observed", "met"]  # fmt: skip
         lead = (f"`{stem}.json`: {settings['payload_bytes']:,} B events on one topic, "
                 f"instructions per delivery counted by callgrind: (the whole process's "
-                f"instructions with {high} events - with {low}) ÷ (connections {TIMES} "
-                f"{high - low}):")  # fmt: skip
+                f"instructions with {high} fan-outs of {events} events - with {low}) ÷ "
+                f"(connections {TIMES} {events} {TIMES} {high - low}):")  # fmt: skip
         parts.append(lead + "\n\n" + _table(header, rows, right=2))
     return "\n\n".join(parts)
 
@@ -621,16 +622,17 @@ def _parameters(data: dict[str, Any]) -> str:
     if data["environment"]["benchmark"] == "instructions":
         counts = ", ".join(f"{n:,}" for n in p["connections"])
         modes = " and ".join(FANOUT_MODES.get(mode, mode) for mode in p["modes"])
-        low, high = p["events"]
-        return (f"in-memory fan-out under callgrind: {counts} connections {TIMES} {low} and "
-                f"{high} events {TIMES} {p['payload_bytes']:,} B, {modes}; "
-                f"{', '.join(p['contenders'])}; one run per count")  # fmt: skip
+        low, high = p["rounds"]
+        return (f"in-memory fan-out under callgrind: {counts} connections {TIMES} "
+                f"{p['events']} events {TIMES} {p['payload_bytes']:,} B, {low} and {high} "
+                f"fan-outs, {modes}; {', '.join(p['contenders'])}; one run per count")  # fmt: skip
     if data["environment"]["benchmark"] == "fanout":
         counts = ", ".join(f"{n:,}" for n in p["connections"])
         modes = " and ".join(FANOUT_MODES.get(mode, mode) for mode in p["modes"])
         return (f"in-memory fan-out in one process: {counts} connections {TIMES} "
                 f"{p['events']} events {TIMES} {p['payload_bytes']:,} B, {modes}; "
-                f"{', '.join(p['contenders'])}; {_runs(p['repeat'])} per figure (median); "
+                f"{', '.join(p['contenders'])}; {_runs(p['repeat'] * p.get('rounds', 1))} "
+                f"per figure (median); "
                 f"{p['anyio_backend']}")  # fmt: skip
     if data["environment"]["benchmark"] == "cross_worker":
         return (f"scenarios {', '.join(p['scenario'])}; {p['duration']:g} s per steady run; "

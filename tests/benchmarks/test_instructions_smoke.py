@@ -26,7 +26,7 @@ instructions = importlib.import_module("benchmarks.instructions")
 def test_instructions_per_delivery_are_counted(tmp_path: Path) -> None:
     results = tmp_path / "instructions.json"
 
-    code = instructions.main(["--connections", "20", "--events", "2", "4",
+    code = instructions.main(["--connections", "20", "--events", "3", "--rounds", "1", "2",
                               "--contenders", "budget_ws", "--modes", "paced",
                               "--json-file", str(results)])  # fmt: skip
 
@@ -34,7 +34,7 @@ def test_instructions_per_delivery_are_counted(tmp_path: Path) -> None:
     report = json.loads(results.read_text())
     assert report["environment"]["benchmark"] == "instructions"
     assert "load_after" in report["environment"]
-    assert [(run["events"], run["complete"]) for run in report["runs"]] == [(2, True), (4, True)]
+    assert [(run["rounds"], run["complete"]) for run in report["runs"]] == [(1, True), (2, True)]
     assert all(run["instructions"] > 0 for run in report["runs"])
     (row,) = report["rows"]
     assert (row["contender"], row["mode"], row["connections"]) == ("budget_ws", "paced", 20)

@@ -103,20 +103,22 @@ INSTRUCTIONS_PER_DELIVERY = {("budget_ws", "burst"): 4000, ("observed", "burst")
 
 
 def instructions_document() -> dict[str, Any]:
-    connections, low, high, setup = 10, 2, 4, 1_000_000_000
+    connections, events, low, high, setup = 10, 5, 1, 3, 1_000_000_000
     runs = [
-        instructions.CallgrindRun(contender, mode, connections, events,
-                                  setup + per_delivery * connections * events, complete=True)
+        instructions.CallgrindRun(contender, mode, connections, events, rounds,
+                                  setup + per_delivery * connections * events * rounds,
+                                  complete=True)
         for (contender, mode), per_delivery in INSTRUCTIONS_PER_DELIVERY.items()
-        for events in (low, high)
+        for rounds in (low, high)
     ]  # fmt: skip
-    parameters = {"connections": [connections], "events": [low, high], "payload_bytes": 200,
+    parameters = {"connections": [connections], "events": events, "rounds": [low, high],
+                  "payload_bytes": 200,
                   "modes": ["burst", "paced"],
                   "contenders": ["budget_ws", "observed", "metrics", "tracing"],
                   "observed_targets": fanout.OBSERVED_TARGETS}  # fmt: skip
     env = provenance.environment("instructions", parameters) | {"load_after": [0.1, 0.1, 0.1]}
-    settings = {key: parameters[key] for key in ("connections", "events", "payload_bytes",
-                                                  "modes", "contenders")}  # fmt: skip
+    keys = ("connections", "events", "rounds", "payload_bytes", "modes", "contenders")
+    settings = {key: parameters[key] for key in keys}
     return instructions.results_document(env, settings, runs)
 
 
@@ -179,7 +181,10 @@ def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> 
     # The same work in instructions per delivery, over budget_ws, against the same targets.
     block = text.split("<!-- begin: instructions -->")[1].split("<!-- end: instructions")[0]
     assert "`instructions.json`: 200 B events on one topic" in block
-    assert "with 4 events - with 2) ÷ (connections \N{MULTIPLICATION SIGN} 2)" in block
+    assert (
+        "with 3 fan-outs of 5 events - with 1) ÷ (connections \N{MULTIPLICATION SIGN} 5 "
+        "\N{MULTIPLICATION SIGN} 2)"
+    ) in block
     assert (
         "| 10 | burst | 4,000 | 4,700 | 4,100 | 4,500 | +17.5 % | +2.5 % | +12.5 % "
         "| ≤ +20 % | yes |"
@@ -190,9 +195,12 @@ def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> 
     ) in block
     assert "| `instructions.json` |" in text  # provenance
     assert (
-        "in-memory fan-out under callgrind: 10 connections \N{MULTIPLICATION SIGN} 2 and 4 events"
+        "in-memory fan-out under callgrind: 10 connections \N{MULTIPLICATION SIGN} 5 events "
+        "\N{MULTIPLICATION SIGN} 200 B, 1 and 3 fan-outs"
     ) in text
-    assert "| `instructions` | in-memory fanout 10 x 2/4 events, burst, callgrind |" in text
+    assert (
+        "| `instructions` | in-memory fanout 10 x 5 events, burst, callgrind 1/3 rounds |" in text
+    )
     assert "| `fanout-observed.json` |" in text  # provenance
     assert "in-memory fan-out in one process: 10 connections" in text
     assert "| `fanout-observed` | in-memory fanout 10 x 4 events, burst |" in text  # verdicts

@@ -250,10 +250,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="M",
         help="events per fan-out (default: 100, as benchmarks.fanout)",
     )
-    parser.add_argument("--rounds", type=int, nargs=2, default=[1, 3],
+    parser.add_argument("--rounds", type=int, nargs=2, default=[1, 2],
                         metavar=("LOW", "HIGH"),
                         help="fan-outs of the two runs whose difference is counted "
-                        "(default: 1 3)")  # fmt: skip
+                        "(default: 1 2)")  # fmt: skip
     parser.add_argument("--json-file", type=Path, metavar="PATH",
                         help="also write the JSON results to PATH")  # fmt: skip
     return parser

@@ -38,8 +38,9 @@ HOSTILE = {"hostile": [], "hostile-wsproto": ["--ws", "wsproto"]}
 BEFORE_FIXES = "8e634c6"
 """The last commit before the fixes the hostile runs check (issue 10, items 7 and 8)."""
 OBSERVED_REPEAT = 6
-"""Runs per figure of ``fanout-observed``: about 5 minutes on 2 cores, an even count so
-that each contender goes first as often as last (``fanout.py`` alternates the order)."""
+"""Sets of connections per figure of ``fanout-observed``, each timing two fan-outs per
+scenario (about 10 minutes on 2 cores): an even count, so that each contender goes first
+as often as last (``fanout.py`` alternates the order)."""
 
 
 def runs(results: Path, large: int, settings_connections: int,
@@ -67,7 +68,7 @@ def runs(results: Path, large: int, settings_connections: int,
                                         "--contenders", "budget_ws", "observed", "metrics",
                                         "tracing", "--connections", "1000", "10000",
                                         "--events", "100", "--repeat", str(OBSERVED_REPEAT),
-                                        "--memory"]))  # fmt: skip
+                                        "--rounds", "2", "--memory"]))  # fmt: skip
     planned.append(("instructions", [sys.executable, "-m", "benchmarks.instructions"]))
     hostile = [sys.executable, "-m", "benchmarks.hostile"]
     for name, options in HOSTILE.items():

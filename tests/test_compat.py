@@ -517,6 +517,19 @@ def test_without_position_gives_back_the_payload(
     assert control_op(frame) is None
 
 
+@given(
+    event_payloads,
+    topics,
+    positions,
+    st.from_regex(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", fullmatch=True),
+)
+def test_without_position_also_removes_a_traceparent_passed_to_clients(
+    event_payload: bytes, topic: str, position: Position, traceparent: str
+) -> None:
+    frame = position_frame(event_payload, topic, position, traceparent)
+    assert without_position(frame) == event_payload.decode()
+
+
 @given(event_payloads)
 def test_a_frame_without_position_is_unchanged(event_payload: bytes) -> None:
     assert without_position(event_payload.decode()) == event_payload.decode()

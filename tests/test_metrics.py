@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
+from redis import asyncio as aioredis
 
 from budget_ws import (
     BackendUnavailable,
     ConnectionClosed,
     ConnectionManager,
     Event,
+    Heartbeat,
     InvalidMetric,
     Limits,
     Listener,
@@ -19,10 +24,16 @@ from budget_ws import (
     OutboxLimits,
     Position,
 )
-from budget_ws.metrics import Histogram, Metrics
-from budget_ws.testing import MemoryClient, connect
+from budget_ws.backends.redis import RedisBackend
+from budget_ws.metrics import Histogram, HistogramSnapshot, Metrics
+from budget_ws.propagation import attach_context, publish_time, split_context
+from budget_ws.protocol import encode_event
+from budget_ws.testing import MemoryClient, RecordingListener, connect
 
 pytestmark = pytest.mark.anyio
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+QUIET = Heartbeat(interval=60, timeout=60)  # no ping lands between the frames a test reads
 
 BOUNDS = (0.001, 0.01, 0.1, 1.0)
 
@@ -240,3 +251,178 @@ def test_a_snapshot_since_an_earlier_one_holds_what_came_between() -> None:
     assert window.sum == pytest.approx(2.005)
     with pytest.raises(InvalidMetric, match="different bounds"):
         window.since(Histogram((1.0,)).snapshot())
+
+
+# Publish-to-write latency: from the publish() call, on whichever worker made it.
+
+
+async def written_latency(manager: ConnectionManager) -> HistogramSnapshot:
+    """The delivery latency once every writer has done its counting."""
+    await anyio.wait_all_tasks_blocked()
+    assert manager.metrics.delivery_latency is not None
+    return manager.metrics.delivery_latency.snapshot()
+
+
+async def test_a_timed_publisher_stamps_its_events_and_an_untimed_one_does_not() -> None:
+    listener = RecordingListener()
+    async with ConnectionManager(MemoryBackend()) as manager:
+        await manager.backend.subscribe("t", listener)
+        await manager.publish(Tick(number=1), topic="t")
+        manager.metrics.enable_timings()
+        before = publish_time()
+        await manager.publish(Tick(number=2), topic="t")
+        after = publish_time()
+    (_, _, untimed), (_, _, timed) = listener.delivered
+    assert untimed == encode_event(Tick(number=1))  # not a byte more
+    payload, traceparent, published = split_context(timed)
+    assert (payload, traceparent) == (encode_event(Tick(number=2)), None)
+    assert published is not None
+    assert before <= published <= after
+
+
+async def test_latency_counts_from_the_publish_time_the_event_carries() -> None:
+    async with ConnectionManager(MemoryBackend(), heartbeat=QUIET) as manager:
+        manager.metrics.enable_timings()
+        async with connect(manager) as client:
+            await client.subscribe("t")
+            # Published two seconds ago by another worker, as its stamp says.
+            two_seconds_ago = publish_time() - 2_000_000
+            await manager.backend.publish(
+                "t", attach_context(encode_event(Tick(number=1)), published=two_seconds_ago)
+            )
+            frame = await client.receive_event()
+            latency = await written_latency(manager)
+    assert frame == {
+        "event": "test_metrics_tick",
+        "data": {"number": 1},
+        "topic": "t",
+        "offset": 1,
+        "epoch": frame["epoch"],
+    }
+    assert latency.count == 1
+    assert 2.0 <= latency.sum < 2.5
+    assert latency.cumulative[latency.bounds.index(1.0)] == 0  # nothing at 1 s or less
+
+
+async def test_a_stamp_from_a_clock_ahead_counts_as_no_transit_not_a_negative_one() -> None:
+    async with ConnectionManager(MemoryBackend(), heartbeat=QUIET) as manager:
+        manager.metrics.enable_timings()
+        async with connect(manager) as client:
+            await client.subscribe("t")
+            a_minute_ahead = publish_time() + 60_000_000
+            await manager.backend.publish(
+                "t", attach_context(encode_event(Tick(number=1)), published=a_minute_ahead)
+            )
+            await client.receive_event()
+            latency = await written_latency(manager)
+    assert latency.count == 1
+    assert 0 <= latency.sum < 0.5
+
+
+async def test_an_event_without_a_stamp_counts_from_its_fan_out() -> None:
+    async with ConnectionManager(MemoryBackend(), heartbeat=QUIET) as manager:
+        manager.metrics.enable_timings()
+        async with connect(manager) as client:
+            await client.subscribe("t")
+            # Written by another program, or a publisher that measures no timings.
+            await manager.backend.publish("t", encode_event(Tick(number=1)))
+            # Foreign metadata: no usable publish time, and nothing for the client.
+            malformed = encode_event(Tick(number=2))[:-1] + b',"budget_ws":"ts=-2000000"}'
+            await manager.backend.publish("t", malformed)
+            frames = [await client.receive_event() for _ in range(2)]
+            latency = await written_latency(manager)
+    assert [frame["data"] for frame in frames] == [{"number": 1}, {"number": 2}]
+    assert all("budget_ws" not in frame for frame in frames)
+    assert latency.count == 2
+    assert 0 <= latency.sum < 1.0
+
+
+@pytest.fixture
+async def key_prefix() -> AsyncIterator[str]:
+    prefix = f"test-metrics-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+class SlowHop:
+    """Delivers after a pause, as a pub/sub hop under load would, and notes when the
+    router behind it fanned the event out."""
+
+    def __init__(self, listener: Listener, pause: float) -> None:
+        self.listener = listener
+        self.pause = pause
+        self.fanned_out: list[float] = []
+
+    def deliver(self, topic: str, position: Position, payload: bytes) -> None:
+        time.sleep(self.pause)  # blocks the loop: nothing else of the worker runs meanwhile
+        self.fanned_out.append(time.perf_counter())
+        self.listener.deliver(topic, position, payload)
+
+    def resync(self, topic: str, position: Position) -> None:
+        self.listener.resync(topic, position)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SlowHop) and other.listener == self.listener
+
+    def __hash__(self) -> int:
+        return hash(self.listener)
+
+
+class SlowHopBackend(RedisBackend):
+    """Worker B's Redis backend, whose pub/sub deliveries take a measurable while."""
+
+    def __init__(self, *args: Any, pause: float, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.hops: list[SlowHop] = []
+        self.pause = pause
+
+    async def subscribe(self, topic: str, listener: Listener) -> None:
+        hop = SlowHop(listener, self.pause)
+        self.hops.append(hop)
+        await super().subscribe(topic, hop)
+
+    async def unsubscribe(self, topic: str, listener: Listener) -> None:
+        await super().unsubscribe(topic, SlowHop(listener, self.pause))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py's client is asyncio-only
+async def test_latency_on_another_worker_counts_from_the_publish_call(
+    anyio_backend: str, key_prefix: str
+) -> None:
+    topic = f"budget:{uuid.uuid4().hex[:8]}"
+    pause = 0.2
+    backend_b = SlowHopBackend(REDIS_URL, key_prefix=key_prefix, pause=pause)
+    async with (
+        ConnectionManager(
+            RedisBackend(REDIS_URL, key_prefix=key_prefix), heartbeat=QUIET
+        ) as worker_a,
+        ConnectionManager(backend_b, heartbeat=QUIET) as worker_b,
+    ):
+        worker_a.metrics.enable_timings()
+        worker_b.metrics.enable_timings()
+        async with connect(worker_b) as client:
+            await client.subscribe(topic)
+            called = time.perf_counter()
+            await worker_a.publish(Tick(number=1), topic=topic)
+            frame = await client.receive_event()
+            received = time.perf_counter()
+            latency = await written_latency(worker_b)
+    assert frame["data"] == {"number": 1}
+    assert "budget_ws" not in frame
+    (hop,) = backend_b.hops
+    (fanned_out,) = hop.fanned_out
+    # B's histogram counts the frame, from A's publish() on: the Redis round trip, the
+    # pub/sub hop and B's pause included, which B's own fan-out time would leave out.
+    assert latency.count == 1
+    assert latency.sum >= fanned_out - called - 0.002  # wall and performance clocks
+    assert latency.sum >= pause
+    assert latency.sum <= received - called + 0.002
+    assert worker_a.metrics.delivery_latency is not None
+    assert worker_a.metrics.delivery_latency.snapshot().count == 0  # no subscriber on A

@@ -25,17 +25,23 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from redis import asyncio as aioredis
+from tests.client.app import running
+from websockets.asyncio.client import connect as connect_socket
+from websockets.typing import Subprotocol
 
 from budget_ws import (
     BackendUnavailable,
     ConnectionManager,
     Event,
+    EventTooLarge,
     Heartbeat,
     MemoryBackend,
+    OutboxLimits,
     Position,
 )
 from budget_ws.backends import Listener
 from budget_ws.backends.redis import RedisBackend
+from budget_ws.client import connect as connect_client
 from budget_ws.propagation import split_context
 from budget_ws.protocol import (
     FRAME_SEPARATOR,
@@ -297,7 +303,7 @@ async def test_replayed_history_carries_no_context_to_the_client(
     ((_, stored),) = recovery.items
     traceparent = split_context(stored)[1]
     assert traceparent is not None
-    assert len(stored) == len(encode_event(FactCreated(id=1))) + 72  # as the docs say
+    assert len(stored) == len(encode_event(FactCreated(id=1))) + 73  # as the docs say
     # ...and a client that recovers the event gets it without.
     async with connect(traced) as client:
         await client.send_raw(encode_subscribe("t", Position(0, position.epoch)))
@@ -387,12 +393,14 @@ async def test_an_unusable_context_starts_a_trace_of_its_own(
     traced: ConnectionManager, recorder: Recorder, unusable: str
 ) -> None:
     assert len(unusable) == 55
-    payload = encode_event(FactCreated(id=1))[:-1] + f',"traceparent":"{unusable}"}}'.encode()
-    assert split_context(payload)[1] == unusable
+    payload = encode_event(FactCreated(id=1))[:-1] + f',"budget_ws":"tp={unusable}"}}'.encode()
+    assert split_context(payload)[1] is None  # does not validate: no context
     async with connect(traced) as client:
         await client.subscribe("t")
         await traced.backend.publish("t", payload)
-        assert "traceparent" not in await raw_message(client)
+        message = await raw_message(client)
+    assert "traceparent" not in message
+    assert "budget_ws" not in message
     assert recorder.span(FAN_OUT_SPAN).parent is None
 
 
@@ -553,3 +561,172 @@ async def test_the_trace_context_crosses_workers_through_redis(
     assert fan_out.attributes["budget_ws.recipients"] == 1
     assert "traceparent" not in message
     assert json.loads(message)["data"] == {"id": 1}
+
+
+# Passing the context to clients, when asked.
+
+
+def traceparent_of(span: ReadableSpan) -> str:
+    assert span.context is not None
+    context = span.context
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def test_clients_get_no_context_unless_asked() -> None:
+    assert OpenTelemetryTracer().context_to_clients is False
+    assert OpenTelemetryTracer(context_to_clients=True).context_to_clients is True
+
+
+@pytest.fixture
+async def telling(recorder: Recorder) -> AsyncIterator[ConnectionManager]:
+    """A traced manager on a backend with a round trip, passing the context to clients."""
+    tracer = OpenTelemetryTracer(recorder.provider, context_to_clients=True)
+    async with ConnectionManager(RoundTripBackend(), tracer=tracer, heartbeat=QUIET) as manager:
+        yield manager
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn and websockets: asyncio
+async def test_a_client_asked_for_it_gets_the_publish_span_s_context_over_a_socket(
+    anyio_backend: str, recorder: Recorder
+) -> None:
+    tracer = OpenTelemetryTracer(recorder.provider, context_to_clients=True)
+    manager = ConnectionManager(MemoryBackend(), tracer=tracer, heartbeat=QUIET)
+    async with (
+        running(manager) as server,
+        connect_client(server.url) as client,
+        connect_socket(server.url, subprotocols=[Subprotocol("budget-ws.v1")]) as socket,
+        client.subscribe("budget:42") as subscription,
+    ):
+        await socket.send(encode_subscribe("budget:42"))
+        with anyio.fail_after(5):
+            while "subscribed" not in str(await socket.recv()):
+                pass
+        position = await manager.publish(FactCreated(id=1), topic="budget:42")
+        with anyio.fail_after(5):
+            item = await subscription.__anext__()
+            message = str(await socket.recv())
+    traceparent = traceparent_of(recorder.span(PUBLISH_SPAN))
+    assert item.traceparent == traceparent
+    assert item.data == {"id": 1}
+    untraced = (
+        '{"event":"test_tracing_fact_created","data":{"id":1},"topic":"budget:42",'
+        f'"offset":1,"epoch":"{position.epoch}"}}'
+    )
+    assert message == untraced[:-1] + f',"traceparent":"{traceparent}"}}'
+    assert len(message) == len(untraced) + 72  # as the docs say
+
+
+async def test_replayed_and_live_frames_carry_the_context_when_asked(
+    telling: ConnectionManager, recorder: Recorder
+) -> None:
+    position = await telling.publish(FactCreated(id=1), topic="t")
+    async with connect(telling) as client:
+        await client.send_raw(encode_subscribe("t", Position(0, position.epoch)))
+        messages: list[str] = []
+        while '"event"' not in "".join(messages):
+            messages.append(await raw_message(client))
+        *_, subscribed, replayed = decode_server_message(FRAME_SEPARATOR.join(messages))
+        await telling.publish(FactCreated(id=2), topic="t")
+        live = json.loads(await raw_message(client))
+    first, second = (traceparent_of(span) for span in recorder.spans(PUBLISH_SPAN))
+    assert subscribed["recovered"] is True
+    assert replayed == {
+        "event": "test_tracing_fact_created",
+        "data": {"id": 1},
+        "topic": "t",
+        "offset": 1,
+        "epoch": position.epoch,
+        "traceparent": first,
+    }
+    assert live["traceparent"] == second
+    assert list(live)[-1] == "traceparent"
+    # The fan-out span still hangs under the publish span, and nothing else travels.
+    assert parent_ids(recorder.span(FAN_OUT_SPAN)) == trace_ids(recorder.spans(PUBLISH_SPAN)[1])
+    assert "budget_ws" not in "".join(messages)
+
+
+async def test_untraced_events_carry_no_context_even_when_asked(
+    telling: ConnectionManager,
+) -> None:
+    unusable = "00-" + "0" * 32 + "-" + "1" * 16 + "-01"
+    async with connect(telling) as client:
+        await client.subscribe("t")
+        # Another program writing to the backend: no context, a malformed one, a foreign one.
+        await telling.backend.publish("t", encode_event(FactCreated(id=1)))
+        await telling.backend.publish(
+            "t", encode_event(FactCreated(id=2))[:-1] + f',"budget_ws":"tp={unusable}"}}'.encode()
+        )
+        await telling.backend.publish(
+            "t", encode_event(FactCreated(id=3))[:-1] + b',"budget_ws":"ts=1;x=y"}'
+        )
+        frames = [await client.receive_event() for _ in range(3)]
+    assert [frame["data"] for frame in frames] == [{"id": 1}, {"id": 2}, {"id": 3}]
+    assert all(list(frame) == ["event", "data", "topic", "offset", "epoch"] for frame in frames)
+
+
+async def test_without_an_sdk_clients_get_no_context_even_when_asked() -> None:
+    tracer = OpenTelemetryTracer(trace.NoOpTracerProvider(), context_to_clients=True)
+    async with (
+        ConnectionManager(MemoryBackend(), tracer=tracer, heartbeat=QUIET) as manager,
+        connect(manager) as client,
+    ):
+        await client.subscribe("t")
+        await manager.publish(FactCreated(id=1), topic="t")
+        assert "traceparent" not in await raw_message(client)
+
+
+async def test_room_for_the_context_counts_against_the_outbox_bound(recorder: Recorder) -> None:
+    payload = encode_event(FactCreated(id=1))
+    # Room for the event and its position (64 bytes and the topic's name), not the context.
+    limits = OutboxLimits(max_bytes=len(payload) + 1 + 64 + 71)
+    for context_to_clients in (False, True):
+        tracer = OpenTelemetryTracer(recorder.provider, context_to_clients=context_to_clients)
+        async with ConnectionManager(MemoryBackend(), tracer=tracer, outbox=limits) as manager:
+            if context_to_clients:
+                with pytest.raises(EventTooLarge):
+                    await manager.publish(FactCreated(id=1), topic="t")
+            else:
+                await manager.publish(FactCreated(id=1), topic="t")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py's client is asyncio-only
+async def test_context_and_publish_time_cross_workers_together(
+    anyio_backend: str, key_prefix: str
+) -> None:
+    on_a, on_b = Recorder(), Recorder()
+    topic = f"budget:{uuid.uuid4().hex[:8]}"
+    try:
+        async with (
+            ConnectionManager(
+                RedisBackend(REDIS_URL, key_prefix=key_prefix),
+                tracer=OpenTelemetryTracer(on_a.provider),
+                heartbeat=QUIET,
+            ) as worker_a,
+            ConnectionManager(
+                RedisBackend(REDIS_URL, key_prefix=key_prefix),
+                tracer=OpenTelemetryTracer(on_b.provider, context_to_clients=True),
+                heartbeat=QUIET,
+            ) as worker_b,
+        ):
+            worker_a.metrics.enable_timings()
+            worker_b.metrics.enable_timings()
+            async with connect(worker_b) as client:
+                await client.subscribe(topic)
+                position = await worker_a.publish(FactCreated(id=1), topic=topic)
+                message = await raw_message(client)
+                await anyio.wait_all_tasks_blocked()
+            recovery = await worker_b.backend.history(topic, Position(0, position.epoch), 10)
+    finally:
+        on_a.provider.shutdown()
+        on_b.provider.shutdown()
+    ((_, payload),) = recovery.items
+    _, traceparent, published = split_context(payload)
+    assert traceparent == traceparent_of(on_a.span(PUBLISH_SPAN))
+    assert published is not None
+    frame = json.loads(message)
+    assert frame["traceparent"] == traceparent
+    assert "budget_ws" not in frame
+    assert parent_ids(on_b.span(FAN_OUT_SPAN)) == trace_ids(on_a.span(PUBLISH_SPAN))
+    assert worker_b.metrics.delivery_latency is not None
+    assert worker_b.metrics.delivery_latency.snapshot().count == 1

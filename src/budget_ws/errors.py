@@ -80,7 +80,8 @@ class PrometheusSetupError(BudgetWSError, ValueError):
 
 
 class InvalidTraceContext(BudgetWSError, ValueError):
-    """A tracer gave a trace context that is not a version-00 W3C ``traceparent``."""
+    """A tracer gave a trace context that is not a version-00 W3C ``traceparent``, or a
+    publish time to carry with an event is negative."""
 
 
 class ConnectionIdInUse(BudgetWSError, ValueError):

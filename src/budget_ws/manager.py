@@ -31,7 +31,7 @@ from .events import Event, EventRegistry, default_registry
 from .limits import Heartbeat, Limits, OutboxLimits, validate_topic
 from .metrics import Metrics
 from .pacemaker import Pacemaker
-from .propagation import Tracer, attach_context
+from .propagation import CLIENT_CONTEXT_BYTES, Tracer, attach_context, publish_time
 from .protocol import (
     ClientEvent,
     ClientFrame,
@@ -595,20 +595,31 @@ class ConnectionManager:
         Raises:
             InvalidTopic: The topic name breaks the naming rules.
             ManagerClosed: The manager is not running.
-            EventTooLarge: The encoded event exceeds ``OutboxLimits.max_bytes``.
+            EventTooLarge: The event's frame would exceed ``OutboxLimits.max_bytes``
+                (its position, and the trace context when the tracer passes it to
+                clients, counted in).
             TypeError: ``event`` is not an :class:`~budget_ws.Event`.
         """
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
-        payload = self._encode(event, extra=len(topic) + _POSITION_FIELDS)
         metrics = self._metrics
+        latency = metrics.publish_latency
+        # Timed: the event carries when it was published, so that the worker that writes
+        # it to a client counts its latency from here, not from its own fan-out.
+        published = None if latency is None else publish_time()
+        tracer = self._tracer
+        extra = len(topic) + _POSITION_FIELDS
+        if tracer is not None and tracer.context_to_clients:
+            extra += CLIENT_CONTEXT_BYTES
+        payload = self._encode(event, extra=extra)
         try:
-            if self._tracer is not None:
-                position = await self._publish_traced(self._tracer, event, topic, payload)
-            elif metrics.publish_latency is not None:
+            if tracer is not None:
+                position = await self._publish_traced(tracer, event, topic, payload, published)
+            elif latency is not None:
+                payload = attach_context(payload, published=published)
                 started = time.perf_counter()
                 position = await self.backend.publish(topic, payload)
-                metrics.publish_latency.observe(time.perf_counter() - started)
+                latency.observe(time.perf_counter() - started)
             else:
                 position = await self.backend.publish(topic, payload)
         except BackendError:
@@ -622,12 +633,10 @@ class ConnectionManager:
         return position
 
     async def _publish_traced(
-        self, tracer: Tracer, event: Event, topic: str, payload: bytes
+        self, tracer: Tracer, event: Event, topic: str, payload: bytes, published: int | None
     ) -> Position:
         with tracer.publish(topic, event.event_name) as span:
-            traceparent = span.traceparent
-            if traceparent is not None:
-                payload = attach_context(payload, traceparent)
+            payload = attach_context(payload, span.traceparent, published)
             latency = self._metrics.publish_latency
             with _NO_SPAN if self._backend_in_process else span.backend():
                 started = time.perf_counter()

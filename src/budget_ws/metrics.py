@@ -4,7 +4,8 @@ The core imports no metrics library: it keeps plain counters and bucket counts h
 an exporter (:mod:`budget_ws.prometheus`) turns them into its own types on demand. Counting
 is always on, since it happens off the delivery path (a connection opening or closing, a
 refusal, a rejected frame). Timings (publish-to-write latency, publish latency, outbox
-fill) cost a clock read per fan-out and per written message, and are off until
+fill) cost clock reads per publish and per fan-out (per event, whatever the number of
+subscribers) and one per written message, and are off until
 :meth:`Metrics.enable_timings`.
 """
 
@@ -195,16 +196,24 @@ class Metrics:
         self.resyncs = 0
         """Times a topic's local subscribers were told to resync (events were lost)."""
         self.delivery_latency: Histogram | None = None
-        """Seconds from an event's fan-out on this worker to its write, per live frame
-        (a frame written in one message with others counts the oldest one's wait)."""
+        """Seconds from an event's ``publish()``, on whichever worker called it, to its
+        write on this one, per live frame (a frame written in one message with others
+        counts the oldest one's wait). The publishing manager stamps the time into the
+        event when it measures timings too (see :mod:`budget_ws.propagation`), so the
+        backend round trip and the pub/sub hop are counted; across hosts the figure is as
+        right as their clocks are synchronized (NTP), and a stamp ahead of this host's
+        clock counts as no transit. Events without a stamp (an untimed publisher, another
+        program writing to the backend) count from their fan-out on this worker."""
         self.publish_latency: Histogram | None = None
         """Seconds ``publish()`` waited for the backend, per successful publish."""
         self.outbox_fill: Histogram | None = None
         """Bytes waiting in a connection's outbox each time its writer takes a message that
         joins several frames: the backlogs clients let form."""
         self.queued_at = 0.0
-        """``time.perf_counter()`` of the fan-out under way, while timings are measured:
-        the queue time of the frames it puts into empty outboxes."""
+        """``time.perf_counter()`` reading of when the event of the fan-out under way was
+        published (or of the fan-out itself, when the event carries no publish time),
+        while timings are measured: the queue time of the frames it puts into empty
+        outboxes."""
 
     @property
     def heartbeat_timeouts(self) -> int:
@@ -223,9 +232,10 @@ class Metrics:
     ) -> None:
         """Start measuring latencies and outbox fill; exporters call it.
 
-        Applies to connections opened from now on. Costs a clock read per fan-out and per
-        written message, and a bisection per message. Calling it again keeps the
-        histograms that exist.
+        Applies to connections opened from now on. Costs clock reads per publish (the
+        publish time the event carries, the backend's round trip) and per fan-out (when
+        the event was published), one per written message, and a bisection per message.
+        Calling it again keeps the histograms that exist.
         """
         if self.delivery_latency is None:
             self.delivery_latency = Histogram(latency_buckets)

@@ -319,31 +319,46 @@ def encode_event(event: Event) -> bytes:
     return b'{"event":' + name + b',"data":' + data + b"}"
 
 
-def position_frame(payload: bytes, topic: str, position: Position) -> str:
+def position_frame(
+    payload: bytes, topic: str, position: Position, traceparent: str | None = None
+) -> str:
     """Turn an event payload into the frame of one topic, carrying its position.
 
-    Done once per event per worker, whatever the number of clients. A trace context the
-    payload carries (see :mod:`budget_ws.propagation`) is left out.
+    Done once per event per worker, whatever the number of clients. What the payload
+    carries through the backend (see :mod:`budget_ws.propagation`) is left out.
+
+    Args:
+        payload: The event payload, as the backend delivered or stored it.
+        topic: The topic it was published to.
+        position: Its position there.
+        traceparent: A trace context to pass on to clients, as the last member
+            ``"traceparent"``: one that :func:`~budget_ws.propagation.split_context`
+            gave, so already valid. None adds nothing.
     """
-    if payload.endswith(b'"}'):  # a trace context, not the data object's "}}"
+    if payload.endswith(b'"}'):  # a context, not the data object's "}}"
         payload = split_context(payload)[0]
+    end = "}" if traceparent is None else f',"traceparent":"{traceparent}"}}'
     suffix = (
         f',"topic":{json.dumps(topic, ensure_ascii=False)},"offset":{position.offset},'
-        f'"epoch":{json.dumps(position.epoch, ensure_ascii=False)}}}'
+        f'"epoch":{json.dumps(position.epoch, ensure_ascii=False)}{end}'
     )
     return payload[:-1].decode() + suffix
 
 
-# What position_frame() appends; topic names and epochs never hold '"' or '\\'.
-_POSITION_SUFFIX = re.compile(r',"topic":"[^"\\]*","offset":\d+,"epoch":"[^"\\]*"}\Z')
+# What position_frame() appends; topic names and epochs never hold '"' or '\\', and a
+# traceparent is lowercase hex and dashes.
+_POSITION_SUFFIX = re.compile(
+    r',"topic":"[^"\\]*","offset":\d+,"epoch":"[^"\\]*"(?:,"traceparent":"[0-9a-f-]*")?}\Z'
+)
 
 
 def without_position(frame: str) -> str:
     """An event frame in the original ``{"event", "data"}`` shape, its position removed.
 
-    For clients that predate the protocol (see :mod:`budget_ws.compat`). A frame without
-    a position (from ``send`` or ``broadcast``) ends with its ``data`` object's ``}}``,
-    which the suffix cannot match, and is returned unchanged.
+    For clients that predate the protocol (see :mod:`budget_ws.compat`), so a
+    ``traceparent`` after the position goes with it. A frame without a position (from
+    ``send`` or ``broadcast``) ends with its ``data`` object's ``}}``, which the suffix
+    cannot match, and is returned unchanged.
     """
     match = _POSITION_SUFFIX.search(frame)
     return frame if match is None else frame[: match.start()] + "}"

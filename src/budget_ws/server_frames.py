@@ -46,6 +46,10 @@ class EventFrame:
     data: Any
     topic: str | None = None
     position: Position | None = None
+    traceparent: str | None = None
+    """The W3C ``traceparent`` of the event's publish span, when the server passes trace
+    contexts to clients (``OpenTelemetryTracer(context_to_clients=True)``); a value that
+    is not a string is ignored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +189,10 @@ def decode_server_frame(line: str) -> ServerFrame:
             position = _server_position(frame, "event")
             if topic is None:
                 raise ServerProtocolError("server event frame has a position but no 'topic'")
-        return EventFrame(name, frame.get("data"), topic, position)
+        traceparent = frame.get("traceparent")
+        if not isinstance(traceparent, str):
+            traceparent = None  # what the client does not rely on, it does not check
+        return EventFrame(name, frame.get("data"), topic, position, traceparent)
     op = frame.get("op")
     if not isinstance(op, str):
         raise ServerProtocolError("server frame needs an 'op' string or an 'event' field")

@@ -12,7 +12,7 @@ from .backends import Backend, Position
 from .connection import Connection, fan_out
 from .errors import BackendError
 from .metrics import Metrics
-from .propagation import Tracer, split_context
+from .propagation import Tracer, publish_instant, split_context
 from .protocol import encode_resync, encode_subscribed, position_frame
 
 __all__ = ["TopicRouter"]
@@ -50,8 +50,10 @@ class TopicRouter:
         backend: Where topics are subscribed and history is read.
         max_replay: Most events replayed to one resuming connection; a larger gap is not
             recovered.
-        metrics: Where resyncs are counted.
-        tracer: Told of each fan-out, with the trace context the event carries.
+        metrics: Where resyncs are counted, and whose timings say when each fan-out's
+            events were published.
+        tracer: Told of each fan-out, with the trace context the event carries; asked
+            whether clients get that context in their frames.
     """
 
     def __init__(
@@ -125,7 +127,10 @@ class TopicRouter:
                 return
             recovered = recovery.recovered and position is not None
             top = recovery.position
-            replay = [position_frame(payload, topic, at) for at, payload in recovery.items]
+            if self._context_to_clients():
+                replay = [_frame_with_context(payload, topic, at) for at, payload in recovery.items]
+            else:
+                replay = [position_frame(payload, topic, at) for at, payload in recovery.items]
             connection.push_control(encode_subscribed(topic, top, recovered, request_id), *replay)
             sent = top
             for at, frame in buffer:
@@ -183,22 +188,36 @@ class TopicRouter:
             if not state.connections and not state.reserved and self._topics.get(topic) is state:
                 del self._topics[topic]
 
+    def _context_to_clients(self) -> bool:
+        tracer = self._tracer
+        return tracer is not None and tracer.context_to_clients
+
     # The Listener protocol: called by the backend, never blocks.
 
     def deliver(self, topic: str, position: Position, payload: bytes) -> None:
-        """Queue one event for every local subscriber of ``topic``."""
+        """Queue one event for every local subscriber of ``topic``.
+
+        While timings are measured, its frames count as queued when the event was
+        published, if its publisher stamped the time (see :mod:`budget_ws.propagation`):
+        the publish-to-write latency then covers the backend and, for Redis, the hop to
+        this worker. Without a stamp they count from this fan-out.
+        """
         state = self._topics.get(topic)
         if state is None:
             return
         tracer = self._tracer
-        traceparent = None
-        if tracer is not None:
-            # Split once here; position_frame would otherwise take the context off again.
-            payload, traceparent = split_context(payload)
-        frame = position_frame(payload, topic, position)
+        traceparent = published = None
+        if payload.endswith(b'"}'):  # carries a context: split once, for every subscriber
+            payload, traceparent, published = split_context(payload)
+        if tracer is not None and tracer.context_to_clients:
+            frame = position_frame(payload, topic, position, traceparent)
+        else:
+            frame = position_frame(payload, topic, position)
         metrics = self._metrics
         if metrics.delivery_latency is not None:
-            metrics.queued_at = time.perf_counter()
+            metrics.queued_at = (
+                time.perf_counter() if published is None else publish_instant(published)
+            )
         for buffer in state.recovering.values():
             buffer.append((position, frame))
         recipients = state.connections
@@ -222,6 +241,12 @@ class TopicRouter:
         state.floors.clear()
         for connection in state.connections:
             connection.push_control(frame)
+
+
+def _frame_with_context(payload: bytes, topic: str, position: Position) -> str:
+    """The frame of a stored event, with the trace context it carries for the client."""
+    payload, traceparent, _ = split_context(payload)
+    return position_frame(payload, topic, position, traceparent)
 
 
 def _sent_already(floors: dict[Connection, Position], position: Position) -> set[Connection]:

@@ -88,6 +88,13 @@ class OpenTelemetryTracer:
         untraced_fan_out: Whether an event that arrives without a trace context still gets
             a ``budget_ws fan_out`` span, as the root of a trace of its own. False skips
             those spans, so only traced publishers produce traces.
+        context_to_clients: Whether clients receive each traced event's ``traceparent``
+            (that of its publish span) in its frame, as a last member ``"traceparent"``,
+            live and replayed alike: for browsers that trace on their side and link their
+            spans to the publisher's. It costs 72 bytes per frame of a traced event;
+            frames of untraced events are unchanged. Off by default: clients receive no
+            byte of the context. Set it the same on every worker, since the worker that
+            builds the frame decides.
     """
 
     def __init__(
@@ -95,10 +102,13 @@ class OpenTelemetryTracer:
         tracer_provider: trace.TracerProvider | None = None,
         *,
         untraced_fan_out: bool = True,
+        context_to_clients: bool = False,
     ) -> None:
         self._tracer = trace.get_tracer("budget_ws", __version__, tracer_provider)
         self.untraced_fan_out = untraced_fan_out
         """Whether events without a trace context get a fan-out span (a new trace)."""
+        self.context_to_clients = context_to_clients
+        """Whether event frames carry a traced event's ``traceparent`` to clients."""
 
     def publish(self, topic: str, event_name: str) -> AbstractContextManager[PublishSpan]:
         """The span of one ``publish()`` of ``event_name`` to ``topic``.

@@ -17,6 +17,7 @@ import anyio.lowlevel
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from tests.adapters.conftest import WS_IMPLEMENTATIONS
 from websockets.asyncio.client import ClientConnection, connect
@@ -40,6 +41,7 @@ from budget_ws.adapters import WebSocketApp
 from budget_ws.adapters import fastapi as fastapi_adapter
 from budget_ws.adapters import starlette as starlette_adapter
 from budget_ws.compat import Compatibility, CompatTransport
+from budget_ws.tracing import OpenTelemetryTracer
 
 pytestmark = pytest.mark.anyio
 
@@ -284,6 +286,30 @@ async def test_positions_are_sent_when_asked(serve: Any) -> None:
                 "offset": 1,
                 "epoch": position.epoch,
             }
+
+
+@pytest.mark.parametrize("positions", [False, True])
+async def test_a_manager_passing_trace_contexts_keeps_the_original_shape(
+    serve: Any, positions: bool
+) -> None:
+    provider = TracerProvider()
+    tracer = OpenTelemetryTracer(provider, context_to_clients=True)
+    manager = ConnectionManager(tracer=tracer)
+    app = WebSocketApp(manager, compatibility=Compatibility(topics=budget_one, positions=positions))
+    try:
+        async with serve(app) as address:
+            async with connect(f"ws://{address}/ws") as socket:
+                await connections(manager, 1)
+                position = await manager.publish(fact(1), topic="budget:1")
+                received = await original_message(socket)
+    finally:
+        provider.shutdown()
+    if not positions:
+        assert received == original(1)  # neither the position nor the trace context
+        return
+    traceparent = received.pop("traceparent")
+    assert received == {**original(1), "topic": "budget:1", "offset": 1, "epoch": position.epoch}
+    assert len(traceparent) == 55
 
 
 def _starlette(manager: ConnectionManager, compatibility: Compatibility) -> Any:

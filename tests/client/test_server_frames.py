@@ -61,6 +61,23 @@ def test_event_frames_round_trip(text: str, topic: str, position: Position) -> N
     )
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@given(st.text(), topics, positions)
+def test_an_event_frame_s_traceparent_is_read(text: str, topic: str, position: Position) -> None:
+    frame = position_frame(encode_event(Added(text=text)), topic, position, TRACEPARENT)
+    assert decode_server_frame(frame) == EventFrame(
+        "server_frames_added", {"text": text}, topic, position, TRACEPARENT
+    )
+
+
+@pytest.mark.parametrize("value", [None, 1, ["00-"], {"a": 1}, True])
+def test_a_traceparent_that_is_no_string_is_ignored(value: object) -> None:
+    line = json.dumps({"event": "e", "data": 1, "traceparent": value})
+    assert decode_server_frame(line) == EventFrame("e", 1)
+
+
 @given(topics, positions, st.booleans(), ids)
 def test_subscribed_round_trips(
     topic: str, position: Position, recovered: bool, request_id: int | str | None

@@ -172,6 +172,12 @@ def test_item_json_of_an_event_without_a_topic() -> None:
     assert json.loads(item_json(positioned)) == {
         "event": "e", "data": None, "topic": "t", "offset": 3, "epoch": "x",
     }  # fmt: skip
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = EventReceived("e", None, "t", Position(3, "x"), None, traceparent)
+    assert json.loads(item_json(traced)) == {
+        "event": "e", "data": None, "topic": "t", "offset": 3, "epoch": "x",
+        "traceparent": traceparent,
+    }  # fmt: skip
 
 
 def test_the_other_commands_do_not_import_websockets() -> None:

@@ -172,6 +172,19 @@ test("handlers receive (data, frame); '*' receives every event", () => {
   ]);
 });
 
+test("a frame's traceparent reaches handlers with the frame, for the app's own spans", () => {
+  const t = setup();
+  const ws = t.open();
+  const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  const frame = { event: "x", data: 1, topic: "t", offset: 1, epoch: "e", traceparent };
+  const seen = [];
+  t.client.on("x", (data, f) => seen.push(f.traceparent));
+  t.client.on("*", (data, f) => f.event === "x" && seen.push(f.traceparent));
+  ws.receive({ op: "subscribed", topic: "t", position: at(0, "e"), recovered: false });
+  ws.receive(frame, { event: "x", data: 2, topic: "t", offset: 2, epoch: "e" });
+  assert.deepEqual(seen, [traceparent, traceparent, undefined, undefined]);
+});
+
 test("a throwing handler is reported and does not stop the others", () => {
   const t = setup();
   const ws = t.open();

@@ -14,6 +14,7 @@ ws.on("budget_fact_created", (data, frame) => {
   const amount: string = data.amount;
   const name: "budget_fact_created" = frame.event;
   const offset: number | undefined = frame.offset;
+  const traceparent: string | undefined = frame.traceparent;
 });
 ws.on<"budget_fact_created">("budget_fact_created", (data) => data.id.toFixed());
 // @ts-expect-error: not an event of the map

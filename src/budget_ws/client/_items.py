@@ -31,6 +31,10 @@ class EventReceived:
     """The typed event: ``data`` validated into the class the client's registry has
     for ``name``; None when the registry has no such class (or the data did not validate,
     which is logged)."""
+    traceparent: str | None = None
+    """The W3C ``traceparent`` of the event's publish span, to link the client's own
+    spans to it; None unless the server passes trace contexts to clients
+    (``OpenTelemetryTracer(context_to_clients=True)``) and the event was traced."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,9 @@
 
 For operators and for debugging: one JSON object per line on standard output, the event
 frame as received (``event``, ``data``, and ``topic``, ``offset``, ``epoch`` when it has a
-position), and ``{"op": "resync", ...}`` when the state of a topic went stale. Reconnects
-and resumes like :class:`~budget_ws.client.Client`; connection notices go to standard
-error.
+position, ``traceparent`` when it carries one), and ``{"op": "resync", ...}`` when the
+state of a topic went stale. Reconnects and resumes like
+:class:`~budget_ws.client.Client`; connection notices go to standard error.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def item_json(item: Item) -> str:
         if item.position is not None:
             frame["offset"] = item.position.offset
             frame["epoch"] = item.position.epoch
+        if item.traceparent is not None:
+            frame["traceparent"] = item.traceparent
     else:
         frame = {
             "op": "resync",

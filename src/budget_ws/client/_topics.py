@@ -161,7 +161,9 @@ class Topics:
                         "budget_ws_error": str(exc),
                     },
                 )
-        await self._route(EventReceived(frame.event, frame.data, topic, frame.position, typed))
+        await self._route(
+            EventReceived(frame.event, frame.data, topic, frame.position, typed, frame.traceparent)
+        )
 
     async def _on_subscribed(self, frame: Subscribed) -> None:
         topic = frame.topic

@@ -117,7 +117,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "budget_ws_delivery_latency_seconds",
         "histogram",
-        "Seconds from an event's fan-out on this worker to its write to the client.",
+        "Seconds from an event's publish() call, on any worker, to its write to the client.",
     ),
     Family(
         "budget_ws_publish_latency_seconds",

@@ -31,6 +31,12 @@ export interface EventFrame<Name extends string = string, Data = unknown> {
   topic?: string;
   offset?: number;
   epoch?: string;
+  /**
+   * The W3C trace context of the event's publish span, to link the page's own spans to
+   * it: only when the server passes contexts to clients
+   * (`OpenTelemetryTracer(context_to_clients=True)`) and the event was traced.
+   */
+  traceparent?: string;
   [field: string]: unknown;
 }
 

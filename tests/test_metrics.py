@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from budget_ws import (
     Position,
 )
 from budget_ws.backends.redis import RedisBackend
-from budget_ws.metrics import Histogram, HistogramSnapshot, Metrics
+from budget_ws.metrics import PENDING_LIMIT, Histogram, HistogramSnapshot, Metrics
 from budget_ws.propagation import attach_context, publish_time, split_context
 from budget_ws.protocol import encode_event
 from budget_ws.testing import MemoryClient, RecordingListener, connect
@@ -51,6 +52,71 @@ def test_a_value_on_a_bound_counts_in_that_bucket_as_le_says() -> None:
     assert snapshot.cumulative == (2, 3, 3, 4, 5)
     assert snapshot.count == 5
     assert snapshot.sum == pytest.approx(8.0021)
+
+
+def test_a_value_observed_several_times_counts_that_many_times() -> None:
+    histogram = Histogram(BOUNDS)
+    histogram.observe_times(0.005, 3)
+    histogram.observe(0.005)
+    assert histogram.counts == [0, 4, 0, 0, 0]
+    assert histogram.sum == pytest.approx(0.02)
+    assert histogram.pending == histogram.weighted == []  # reading counted them
+
+
+def test_counting_from_another_thread_loses_and_repeats_nothing() -> None:
+    """An exporter may scrape from a thread of its own while the event loop observes."""
+    histogram = Histogram(BOUNDS)
+    stop = threading.Event()
+    snapshots: list[HistogramSnapshot] = []
+
+    def scrape() -> None:
+        while not stop.is_set():
+            snapshots.append(histogram.snapshot())
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    observe = histogram.pending.append  # as a writer keeps it
+    try:
+        for number in range(200_000):
+            observe(0.0005 if number % 2 else 0.5)
+            if number % 1000 == 0:
+                histogram.observe_times(7.0, 2)
+    finally:
+        stop.set()
+        scraper.join()
+    assert len(snapshots) > 1  # the two threads did overlap
+    assert histogram.snapshot().cumulative == (100_000, 100_000, 100_000, 200_000, 200_400)
+    counts = [snapshot.count for snapshot in snapshots]
+    assert counts == sorted(counts)  # never counted back
+
+
+def test_settling_counts_what_waits_once_many_are_pending() -> None:
+    metrics = Metrics()
+    metrics.enable_timings()
+    latency = metrics.delivery_latency
+    assert latency is not None
+    for _ in range(PENDING_LIMIT - 1):
+        latency.observe(0.002)
+    metrics.settle()
+    assert len(latency.pending) == PENDING_LIMIT - 1  # not yet: sorting a few is dear
+    latency.observe(0.002)
+    metrics.settle()
+    assert latency.pending == []
+    assert latency.snapshot().count == PENDING_LIMIT
+
+
+async def test_what_writers_leave_uncounted_stays_bounded_without_a_scrape() -> None:
+    async with ConnectionManager(MemoryBackend(), heartbeat=QUIET) as manager:
+        manager.metrics.enable_timings()
+        latency = manager.metrics.delivery_latency
+        assert latency is not None
+        async with connect(manager) as client:
+            await client.subscribe("t")
+            for number in range(2 * PENDING_LIMIT):
+                await manager.publish(Tick(number=number), topic="t")
+                await client.receive_event()
+            assert len(latency.pending) <= PENDING_LIMIT
+            assert latency.snapshot().count == 2 * PENDING_LIMIT
 
 
 @pytest.mark.parametrize("bounds", [(), (1.0, 1.0), (2.0, 1.0)])

@@ -11,7 +11,8 @@ subscribers) and one per written message, and are off until
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import threading
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .errors import InvalidMetric
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "DEFAULT_SIZE_BUCKETS",
+    "PENDING_LIMIT",
     "Histogram",
     "HistogramSnapshot",
     "Metrics",
@@ -54,6 +56,10 @@ DEFAULT_SIZE_BUCKETS: tuple[int, ...] = (
     4_194_304,
 )
 """Upper bounds, in bytes, of the outbox fill buckets (an implicit ``+Inf`` follows)."""
+
+PENDING_LIMIT = 4096
+"""Observations a histogram's writers may leave uncounted before :meth:`Metrics.settle`
+counts them: enough that sorting them is cheap per value, few enough to hold little."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +121,14 @@ class Histogram:
     """Counts of observations per bucket, kept in plain Python for a cheap hot path.
 
     Buckets include their upper bound (``value <= bound``), as Prometheus's ``le`` does.
-    A connection's writer updates :attr:`counts` and :attr:`sum` in place, without a
-    method call per message; everyone else reads them through :meth:`snapshot`.
+    Observing only appends to :attr:`pending`: a connection's writer calls its bound
+    ``append`` once per message, with no bisection and no arithmetic. The pending values
+    are counted in one sorted pass when anyone reads (:attr:`counts`, :attr:`sum`,
+    :meth:`snapshot`) or calls :meth:`flush`, which the topic router does once per
+    fan-out when many have piled up.
     """
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("_counts", "_flushing", "_sum", "bounds", "pending", "weighted")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         # Kept as given: int bounds for int values compare faster than floats would.
@@ -127,25 +136,83 @@ class Histogram:
         if not ordered or list(ordered) != sorted(set(ordered)):
             raise InvalidMetric("histogram bounds must be distinct and ascending")
         self.bounds = ordered
-        self.counts = [0] * (len(ordered) + 1)
+        self._counts = [0] * (len(ordered) + 1)
+        self._sum: float = 0
+        self._flushing = threading.Lock()
+        self.pending: list[float] = []
+        """Values observed once each and not yet counted. Only ever appended to (its
+        ``append`` may be kept): :meth:`flush` takes a prefix off."""
+        self.weighted: list[tuple[float, int]] = []
+        """``(value, times)`` pairs observed and not yet counted, as :attr:`pending`."""
+
+    @property
+    def counts(self) -> list[int]:
         """Observations per bucket, the last one above every bound (not cumulative)."""
-        self.sum: float = 0
+        self.flush()
+        return list(self._counts)
+
+    @property
+    def sum(self) -> float:
         """Sum of all observed values (an int while they all are)."""
+        self.flush()
+        return self._sum
 
     def observe(self, value: float) -> None:
         """Count one value."""
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+        self.pending.append(value)
+
+    def observe_times(self, value: float, times: int) -> None:
+        """Count one value ``times`` times."""
+        self.weighted.append((value, times))
+
+    def flush(self) -> None:
+        """Count the pending observations.
+
+        Safe from any thread (an exporter's scrape, say) while the event loop observes:
+        observers only append, and this takes off the prefix it counted, leaving whatever
+        was appended meanwhile.
+        """
+        with self._flushing:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        # With the lock held. Sorted values are bucketed by one bisection per bound.
+        counts = self._counts
+        pending = self.pending
+        taken = len(pending)
+        if taken:
+            values = pending[:taken]
+            del pending[:taken]
+            values.sort()
+            below = 0
+            for index, bound in enumerate(self.bounds):
+                at_or_below = bisect_right(values, bound, below)
+                counts[index] += at_or_below - below
+                below = at_or_below
+            counts[-1] += taken - below
+            self._sum += sum(values)
+        weighted = self.weighted
+        taken = len(weighted)
+        if taken:
+            pairs = weighted[:taken]
+            del weighted[:taken]
+            bounds = self.bounds
+            for value, times in pairs:
+                counts[bisect_left(bounds, value)] += times
+                self._sum += value * times
 
     def snapshot(self) -> HistogramSnapshot:
         """The counts so far, cumulative, as exporters want them."""
+        with self._flushing:
+            self._count_pending()
+            counts, total_sum = list(self._counts), self._sum
         cumulative: list[int] = []
         total = 0
-        for value in self.counts:
+        for value in counts:
             total += value
             cumulative.append(total)
         return HistogramSnapshot(
-            tuple(float(bound) for bound in self.bounds), tuple(cumulative), float(self.sum)
+            tuple(float(bound) for bound in self.bounds), tuple(cumulative), float(total_sum)
         )
 
 
@@ -215,6 +282,20 @@ class Metrics:
         while timings are measured: the queue time of the frames it puts into empty
         outboxes."""
 
+    def settle(self) -> None:
+        """Count the timings observed so far once many are pending, so that what the
+        histograms hold stays bounded however rarely they are read.
+
+        Called where frames are queued (once per fan-out, not per frame) and by writers
+        that take a backlog.
+        """
+        latency, fill = self.delivery_latency, self.outbox_fill
+        if latency is None or fill is None:
+            return
+        if len(latency.pending) + len(latency.weighted) + len(fill.pending) >= PENDING_LIMIT:
+            latency.flush()
+            fill.flush()
+
     @property
     def heartbeat_timeouts(self) -> int:
         """Connections closed because they did not answer a ping (close code 4001)."""
@@ -234,7 +315,8 @@ class Metrics:
 
         Applies to connections opened from now on. Costs clock reads per publish (the
         publish time the event carries, the backend's round trip) and per fan-out (when
-        the event was published), one per written message, and a bisection per message.
+        the event was published), and one per written message with an append to a list
+        (:meth:`Histogram.flush` buckets the values later, a few thousand at a time).
         Calling it again keeps the histograms that exist.
         """
         if self.delivery_latency is None:

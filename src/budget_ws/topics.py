@@ -218,6 +218,7 @@ class TopicRouter:
             metrics.queued_at = (
                 time.perf_counter() if published is None else publish_instant(published)
             )
+            metrics.settle()
         for buffer in state.recovering.values():
             buffer.append((position, frame))
         recipients = state.connections

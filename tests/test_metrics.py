@@ -329,9 +329,15 @@ async def written_latency(manager: ConnectionManager) -> HistogramSnapshot:
     return manager.metrics.delivery_latency.snapshot()
 
 
+class NetworkedBackend(MemoryBackend):
+    """The memory backend as the manager sees a networked one: not ``in_process``."""
+
+    in_process = False
+
+
 async def test_a_timed_publisher_stamps_its_events_and_an_untimed_one_does_not() -> None:
     listener = RecordingListener()
-    async with ConnectionManager(MemoryBackend()) as manager:
+    async with ConnectionManager(NetworkedBackend()) as manager:
         await manager.backend.subscribe("t", listener)
         await manager.publish(Tick(number=1), topic="t")
         manager.metrics.enable_timings()
@@ -344,6 +350,24 @@ async def test_a_timed_publisher_stamps_its_events_and_an_untimed_one_does_not()
     assert (payload, traceparent) == (encode_event(Tick(number=2)), None)
     assert published is not None
     assert before <= published <= after
+
+
+async def test_an_in_process_backend_carries_no_stamp() -> None:
+    """It fans out inside ``publish()``: the fan-out's time is the publish time."""
+    listener = RecordingListener()
+    async with ConnectionManager(MemoryBackend(), heartbeat=QUIET) as manager:
+        manager.metrics.enable_timings()
+        await manager.backend.subscribe("t", listener)
+        async with connect(manager) as client:
+            await client.subscribe("t")
+            await manager.publish(Tick(number=1), topic="t")
+            await client.receive_event()
+            await anyio.wait_all_tasks_blocked()
+        latency = manager.metrics.delivery_latency
+        assert latency is not None
+        assert latency.snapshot().count == 1
+    ((_, _, stored),) = listener.delivered
+    assert stored == encode_event(Tick(number=1))
 
 
 async def test_latency_counts_from_the_publish_time_the_event_carries() -> None:

@@ -425,7 +425,9 @@ class Connection:
         pass (:meth:`Histogram.flush <budget_ws.metrics.Histogram.flush>`): a bisection per
         message would cost more than the rest of the timing. A message of one frame leaves
         the fill unrecorded: in a steady stream every message is one, and recording each
-        would report what the frame sizes say.
+        would report what the frame sizes say. Control frames and replays are neither
+        timed nor a backlog, so every value recorded here follows a fan-out or a push,
+        which settle the histograms: what waits uncounted stays bounded.
         """
         transport = self.transport
         metrics = self._metrics
@@ -440,18 +442,18 @@ class Connection:
                 message, count = item
                 del item
                 since = outbox.since  # before another frame is queued
-                if count > 1:  # a backlog: what waited is this message and what is left
+                if outbox.urgent_taken:  # control frames and replays: neither timed
+                    outbox.urgent_taken = False
+                    await transport.send_text(message)
+                elif count == 1:
+                    await transport.send_text(message)
+                    waited(clock() - since)
+                else:  # a backlog: what waited is this message and what is left
                     filled(len(message) - count + 1 + outbox.size)
-                    metrics.settle()
-                await transport.send_text(message)
+                    await transport.send_text(message)
+                    waited_times((clock() - since, count))
                 del message
                 metrics.delivered += count
-                if outbox.urgent_taken:
-                    outbox.urgent_taken = False
-                elif count == 1:
-                    waited(clock() - since)
-                else:
-                    waited_times((clock() - since, count))
         except Exception as exc:
             self._send_failed(exc)
         self._cancel()

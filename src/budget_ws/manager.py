@@ -605,8 +605,9 @@ class ConnectionManager:
         metrics = self._metrics
         latency = metrics.publish_latency
         # Timed: the event carries when it was published, so that the worker that writes
-        # it to a client counts its latency from here, not from its own fan-out.
-        published = None if latency is None else publish_time()
+        # it to a client counts its latency from here, not from its own fan-out. An
+        # in-process backend fans out inside this call: no stamp to carry or read back.
+        published = None if latency is None or self._backend_in_process else publish_time()
         tracer = self._tracer
         extra = len(topic) + _POSITION_FIELDS
         if tracer is not None and tracer.context_to_clients:

@@ -275,7 +275,8 @@ class Metrics:
         """Seconds ``publish()`` waited for the backend, per successful publish."""
         self.outbox_fill: Histogram | None = None
         """Bytes waiting in a connection's outbox each time its writer takes a message that
-        joins several frames: the backlogs clients let form."""
+        joins several event frames: the backlogs clients let form (control frames and
+        replays are not counted)."""
         self.queued_at = 0.0
         """``time.perf_counter()`` reading of when the event of the fan-out under way was
         published (or of the fan-out itself, when the event carries no publish time),

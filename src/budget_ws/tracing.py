@@ -209,7 +209,16 @@ class _Publishing:
     ``publish()``) is recorded on it rather than as a span of its own.
     """
 
-    __slots__ = ("_recipients", "_span", "_token", "_topic", "_tracer", "open", "traceparent")
+    __slots__ = (
+        "_position",
+        "_recipients",
+        "_span",
+        "_token",
+        "_topic",
+        "_tracer",
+        "open",
+        "traceparent",
+    )
 
     _token: Token[_Publishing | None]  # set on entering
 
@@ -225,6 +234,7 @@ class _Publishing:
             f"{span_context.trace_flags:02x}"
         )
         """The W3C ``traceparent`` of the publish span."""
+        self._position: Position | None = None
         self._recipients: int | None = None
         self.open = False
         """Whether ``publish()`` is still under way (a task started meanwhile keeps this
@@ -243,9 +253,17 @@ class _Publishing:
     ) -> None:
         self.open = False
         _OPEN_PUBLISH.reset(self._token)
-        if self._recipients is not None and self._span.is_recording():
-            self._span.set_attribute("budget_ws.recipients", self._recipients)
-        _end(self._span, exc)
+        span, position, recipients = self._span, self._position, self._recipients
+        if (position is not None or recipients is not None) and span.is_recording():
+            # One call for all: the SDK takes a lock and cleans values at each.
+            attributes: dict[str, str | int] = {}
+            if position is not None:
+                attributes["budget_ws.offset"] = position.offset
+                attributes["budget_ws.epoch"] = position.epoch
+            if recipients is not None:
+                attributes["budget_ws.recipients"] = recipients
+            span.set_attributes(attributes)
+        _end(span, exc)
 
     def reached(self, recipients: int) -> None:
         """Record a fan-out that happened inside this publish, in this task."""
@@ -268,12 +286,8 @@ class _Publishing:
         )
 
     def published(self, position: Position) -> None:
-        """Record the position the event got."""
-        span = self._span
-        if span.is_recording():
-            span.set_attributes(
-                {"budget_ws.offset": position.offset, "budget_ws.epoch": position.epoch}
-            )
+        """Record the position the event got (on the span as it ends)."""
+        self._position = position
 
 
 class _Untraced:

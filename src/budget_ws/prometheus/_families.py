@@ -127,7 +127,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "budget_ws_outbox_fill_bytes",
         "histogram",
-        "Bytes queued in a connection's outbox when its writer takes several frames at once.",
+        "Bytes queued in a connection's outbox when its writer takes several event frames at once.",
     ),
 )
 

@@ -39,7 +39,7 @@ BEFORE_FIXES = "8e634c6"
 """The last commit before the fixes the hostile runs check (issue 10, items 7 and 8)."""
 OBSERVED_REPEAT = 6
 """Sets of connections per figure of ``fanout-observed``, each timing two fan-outs per
-scenario (about 10 minutes on 2 cores): an even count, so that each contender goes first
+scenario (about 20 minutes on 2 cores): an even count, so that each contender goes first
 as often as last (``fanout.py`` alternates the order)."""
 
 

@@ -10,11 +10,15 @@ ASGI tests still run on both). Timing tests run on virtual time on both loops
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis import asyncio as aioredis
 
 from budget_ws import ConnectionManager, Heartbeat, MemoryBackend
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 _skipped: list[str] = []
 
@@ -30,6 +34,20 @@ async def manager() -> AsyncIterator[ConnectionManager]:
         MemoryBackend(), heartbeat=Heartbeat(interval=60, timeout=60), shutdown_timeout=2
     ) as running:
         yield running
+
+
+@pytest.fixture
+async def key_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of the test's own (``REDIS_URL``); its keys go afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
-from redis import asyncio as aioredis
 
 from budget_ws import (
     BackendUnavailable,
@@ -425,19 +423,6 @@ async def test_an_event_without_a_stamp_counts_from_its_fan_out() -> None:
     assert all("budget_ws" not in frame for frame in frames)
     assert latency.count == 2
     assert 0 <= latency.sum < 1.0
-
-
-@pytest.fixture
-async def key_prefix() -> AsyncIterator[str]:
-    prefix = f"test-metrics-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 class SlowHop:

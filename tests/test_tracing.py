@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
-from redis import asyncio as aioredis
 from tests.client.app import running
 from websockets.asyncio.client import connect as connect_socket
 from websockets.typing import Subprotocol
@@ -504,19 +503,6 @@ def test_a_missing_api_is_named_with_the_extra_to_install() -> None:
 
 
 # Across workers: two managers on one Redis, as two processes of an app would be.
-
-
-@pytest.fixture
-async def key_prefix() -> AsyncIterator[str]:
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.redis

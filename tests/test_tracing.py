@@ -260,6 +260,45 @@ async def test_an_in_process_backend_gets_one_span_that_counts_the_recipients(
     assert "budget_ws.recipients" not in (unheard.attributes or {})  # no subscriber here
 
 
+class DeliverThenFail(MemoryBackend):
+    """Delivers in-process, then fails: the fan-out happened, the position never came."""
+
+    async def publish(self, topic: str, payload: bytes) -> Position:
+        await super().publish(topic, payload)
+        raise BackendUnavailable("lost the reply")
+
+
+async def test_a_fan_out_inside_a_failed_publish_is_still_recorded(recorder: Recorder) -> None:
+    tracer = OpenTelemetryTracer(recorder.provider)
+    async with (
+        ConnectionManager(DeliverThenFail(), tracer=tracer, heartbeat=QUIET) as manager,
+        connect(manager) as client,
+    ):
+        await client.subscribe("t")
+        with pytest.raises(BackendUnavailable):
+            await manager.publish(FactCreated(id=1), topic="t")
+        await client.receive_event()
+    publish = recorder.span(PUBLISH_SPAN)
+    assert publish.status.status_code is StatusCode.ERROR
+    attributes = dict(publish.attributes or {})
+    assert attributes["budget_ws.recipients"] == 1
+    assert "budget_ws.offset" not in attributes
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    ["not a traceparent", "00-" + "0" * 32 + "-" + "1" * 16 + "-01"],
+    ids=["malformed", "zero-trace-id"],
+)
+def test_a_fan_out_told_of_an_unusable_context_starts_a_trace(
+    recorder: Recorder, unusable: str
+) -> None:
+    """``fan_out`` is public: a caller other than the router may pass anything."""
+    tracer = OpenTelemetryTracer(recorder.provider)
+    tracer.fan_out("t", Position(1, "e"), 2, unusable)
+    assert recorder.span(FAN_OUT_SPAN).parent is None
+
+
 class ContextCopyingListener(RecordingListener):
     """Keeps the context of each delivery, as a task started from there would."""
 
@@ -440,11 +479,14 @@ async def test_an_unsampled_publish_still_carries_its_decision(recorder: Recorde
     assert sampled_out.exporter.get_finished_spans() == ()
 
 
-async def test_without_an_sdk_nothing_travels_with_the_event() -> None:
+@pytest.mark.parametrize("backend_class", [MemoryBackend, RoundTripBackend])
+async def test_without_an_sdk_nothing_travels_with_the_event(
+    backend_class: type[MemoryBackend],
+) -> None:
     listener = RecordingListener()
     tracer = OpenTelemetryTracer(trace.NoOpTracerProvider())
     async with (
-        ConnectionManager(MemoryBackend(), tracer=tracer, heartbeat=QUIET) as manager,
+        ConnectionManager(backend_class(), tracer=tracer, heartbeat=QUIET) as manager,
         connect(manager) as client,
     ):
         await manager.backend.subscribe("t", listener)

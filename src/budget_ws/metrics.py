@@ -291,9 +291,11 @@ class Metrics:
         that take a backlog.
         """
         latency, fill = self.delivery_latency, self.outbox_fill
-        if latency is None or fill is None:
-            return
-        if len(latency.pending) + len(latency.weighted) + len(fill.pending) >= PENDING_LIMIT:
+        if (
+            latency is not None
+            and fill is not None
+            and len(latency.pending) + len(latency.weighted) + len(fill.pending) >= PENDING_LIMIT
+        ):
             latency.flush()
             fill.flush()
 

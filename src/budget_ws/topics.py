@@ -209,7 +209,7 @@ class TopicRouter:
         traceparent = published = None
         if payload.endswith(b'"}'):  # carries a context: split once, for every subscriber
             payload, traceparent, published = split_context(payload)
-        if tracer is not None and tracer.context_to_clients:
+        if self._context_to_clients():
             frame = position_frame(payload, topic, position, traceparent)
         else:
             frame = position_frame(payload, topic, position)

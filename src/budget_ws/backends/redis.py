@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,15 +46,14 @@ from ._redis_pubsub import (
     with_host,
 )
 from ._redis_url import KEY_PREFIX, parse_redis_url
+from ._sequencer import Sequencer
+from ._supervisor import Supervisor
 from .base import Listener, Position, Recovery
 
 __all__ = ["SHARDED_PUBSUB", "HistoryPolicy", "RedisBackend"]
 
 logger = logging.getLogger("budget_ws.backend.redis")
 """Lines about Redis connections and gaps; the table is in ``docs/reference/logging.md``."""
-
-_RESYNCED_TOPICS_LOGGED = 20
-"""Topics named at most in the log line of a restored connection."""
 
 SHARDED_PUBSUB = hasattr(aioredis.client.PubSub, "ssubscribe")
 """Whether the installed redis-py has sharded pub/sub on asyncio (8.0 and later), which a
@@ -76,25 +74,6 @@ class HistoryPolicy:
             raise refuse("HistoryPolicy", "size", self.size, "a whole number >= 0")
         if not is_seconds(self.ttl):
             raise refuse("HistoryPolicy", "ttl", self.ttl, "a number of seconds > 0")
-
-
-@dataclass(eq=False)
-class _Outage:
-    """Since when the pub/sub connection is down, for the line that says it is back."""
-
-    started: float
-    attempts: int = 0
-    restored: float | None = None
-
-
-@dataclass(eq=False)
-class _Subscription:
-    listeners: list[Listener] = field(default_factory=list)
-    # Last position delivered to the listeners; None until known.
-    position: Position | None = None
-    # Messages held while the position is being established or a gap is being filled.
-    held: list[tuple[Position, bytes]] | None = None
-    confirmed: anyio.Event = field(default_factory=anyio.Event)
 
 
 class RedisBackend:
@@ -169,16 +148,29 @@ class RedisBackend:
         self._client: Any = None
         self._shards: dict[str, Shard] = {}
         self._unsubscribing: Counter[str] = Counter()
+        self._topics = Sequencer(
+            history=self.history,
+            gap_limit=lambda topic: self._policy(topic).size,
+            start_fill=self._start_fill,
+            logger=logger,
+            server="Redis",
+        )
+        # Per topic: set when Redis confirmed the subscription on the current connection.
+        self._confirmed: dict[str, anyio.Event] = {}
         self._shard_group: anyio.abc.TaskGroup | None = None
-        self._subscriptions: dict[str, _Subscription] = {}
+        self._link = Supervisor(
+            sequencer=self._topics,
+            connect=self._connect,
+            disconnect=self._disconnect,
+            confirmed=self._wait_confirmed,
+            link="Redis pub/sub",
+            address=self._address,
+            describe=describe,
+            is_outage=is_outage,
+            reconnect_delay=reconnect_delay,
+            logger=logger,
+        )
         self._supervisor: BackgroundTask | None = None
-        self._connected = False
-        self._reconnects = 0
-        self._gaps_filled = 0
-        self._events_recovered = 0
-        self._up = anyio.Event()
-        self._last_error: BaseException | None = None
-        self._outage: _Outage | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -255,14 +247,14 @@ class RedisBackend:
         # A task of its own, not a task group entered here: aclose() may come from any
         # task (a lifespan's shutdown, a signal handler), and a group must be exited
         # by the task that entered it.
-        self._supervisor = BackgroundTask(self._supervise, "budget_ws Redis supervisor")
+        self._supervisor = BackgroundTask(self._link.run, "budget_ws Redis supervisor")
         self._supervisor.start()
         try:
             with anyio.fail_after(self.operation_timeout):
                 await self.wait_connected()
         except TimeoutError:
             await self.aclose()
-            last_error = describe(self._last_error) if self._last_error else "none"
+            last_error = describe(self._link.last_error) if self._link.last_error else "none"
             raise BackendUnavailable(
                 f"could not connect to Redis at {self!r} within {self.operation_timeout:g} s"
                 f" (last error: {last_error})"
@@ -283,7 +275,6 @@ class RedisBackend:
         with anyio.CancelScope(shield=True):
             if supervisor is not None:
                 await supervisor.stop()
-            self._outage = None  # opened again, it starts with a first connection
             await self._close_shards()
             if self._client is not None:
                 self._calls.client = None
@@ -292,8 +283,7 @@ class RedisBackend:
 
     async def wait_connected(self) -> None:
         """Wait until the pub/sub connection is up (e.g. for a readiness probe)."""
-        while not self._connected:
-            await self._up.wait()
+        await self._link.wait_connected()
 
     def status(self) -> dict[str, Any]:
         """State of the pub/sub connection, for ``ConnectionManager.stats()``.
@@ -302,11 +292,11 @@ class RedisBackend:
         message pub/sub lost) the stream filled in, ``events_recovered`` those events.
         """
         return {
-            "connected": self._connected,
-            "reconnects": self._reconnects,
-            "topics": len(self._subscriptions),
-            "gaps_filled": self._gaps_filled,
-            "events_recovered": self._events_recovered,
+            "connected": self._link.connected,
+            "reconnects": self._link.reconnects,
+            "topics": len(self._topics),
+            "gaps_filled": self._topics.gaps_filled,
+            "events_recovered": self._topics.events_recovered,
         }
 
     # Keys ------------------------------------------------------------------------------
@@ -343,37 +333,32 @@ class RedisBackend:
 
     async def subscribe(self, topic: str, listener: Listener) -> None:
         """Deliver ``topic`` to ``listener``; returns once Redis confirmed the subscription."""
-        subscription = self._subscriptions.get(topic)
-        if subscription is not None:
-            if listener not in subscription.listeners:
-                subscription.listeners.append(listener)
-            await self._wait_confirmed(topic, subscription)
+        if not self._topics.add(topic, listener):
+            await self._wait_confirmed(topic)
             return
-        subscription = self._subscriptions[topic] = _Subscription(listeners=[listener])
-        subscription.held = []
+        self._confirmed[topic] = anyio.Event()
         try:
-            if self._connected:
+            if self._link.connected:
                 await self._send_subscribe([topic])
-            await self._wait_confirmed(topic, subscription)
+            await self._wait_confirmed(topic)
             # Everything published from here on reaches us; what came before is history.
             recovery = await self.history(topic, None, 0)
         except BaseException:
-            if self._subscriptions.get(topic) is subscription:
-                subscription.listeners.remove(listener)
-                if not subscription.listeners:
-                    del self._subscriptions[topic]
-                    await self._send_unsubscribe_quietly(topic)
+            if self._topics.remove(topic, listener):
+                del self._confirmed[topic]
+                await self._send_unsubscribe_quietly(topic)
             raise
-        subscription.position = recovery.position
-        self._release_held(topic, subscription)
+        self._topics.start(topic, recovery.position)
 
-    async def _wait_confirmed(self, topic: str, subscription: _Subscription) -> None:
+    async def _wait_confirmed(self, topic: str) -> None:
         try:
             with anyio.fail_after(self.operation_timeout):
                 while True:
-                    confirmed = subscription.confirmed
+                    confirmed = self._confirmed.get(topic)
+                    if confirmed is None:
+                        return  # unsubscribed meanwhile
                     await confirmed.wait()
-                    if confirmed is subscription.confirmed:
+                    if confirmed is self._confirmed.get(topic):
                         return
         except TimeoutError:
             raise BackendUnavailable(
@@ -383,12 +368,8 @@ class RedisBackend:
 
     async def unsubscribe(self, topic: str, listener: Listener) -> None:
         """Stop delivering ``topic`` to ``listener``; the last one unsubscribes in Redis."""
-        subscription = self._subscriptions.get(topic)
-        if subscription is None or listener not in subscription.listeners:
-            return
-        subscription.listeners.remove(listener)
-        if not subscription.listeners:
-            del self._subscriptions[topic]
+        if self._topics.remove(topic, listener):
+            del self._confirmed[topic]
             await self._send_unsubscribe_quietly(topic)
 
     def _shard_key(self, channel: str) -> str:
@@ -419,7 +400,7 @@ class RedisBackend:
             )
 
     async def _send_unsubscribe_quietly(self, topic: str) -> None:
-        if not self._connected:
+        if not self._link.connected:
             return
         channel = self._keys(topic)[2]
         shard = self._shards.get(self._shard_key(channel))
@@ -443,94 +424,32 @@ class RedisBackend:
 
     # The supervised listener -----------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        """Keep the pub/sub connections alive; after every break, resubscribe, fill gaps."""
-        attempt = 0
-        while True:
-            if self._outage is not None:
-                self._outage.attempts += 1
-            try:
-                if self.cluster and attempt:
-                    # Slots may have moved: learn the cluster's current layout first.
-                    with anyio.fail_after(self.operation_timeout):
-                        await self._client.nodes_manager.initialize()
-                async with anyio.create_task_group() as task_group:
-                    self._shard_group = task_group
-                    channels = [self._keys(topic)[2] for topic in self._subscriptions]
-                    await self._shard_for("" if self.cluster else None)
-                    for channel in channels:
-                        shard = await self._shard_for(channel)
-                        with anyio.fail_after(self.operation_timeout):
-                            await shard.subscribe(channel)
-                    self._connected = True
-                    self._up.set()
-                    attempt = 0
-                    if self._outage is not None:
-                        self._outage.restored = anyio.current_time()
-                    task_group.start_soon(self._recover_all)
-            except Exception as exc:  # supervised: any failure means reconnect
-                self._log_failure(exc, attempt)
-                self._last_error = cause_of(exc)
-            finally:
-                self._shard_group = None
-                if self._connected:
-                    self._connected = False
-                    self._up = anyio.Event()
-                self._unsubscribing.clear()
-                for subscription in self._subscriptions.values():
-                    # Wake whoever waits on the old event, to wait on the new one.
-                    stale, subscription.confirmed = subscription.confirmed, anyio.Event()
-                    stale.set()
-                    if subscription.held is None:
-                        subscription.held = []
-                with anyio.CancelScope(shield=True):
-                    await self._close_shards()
-            attempt += 1
-            self._reconnects += 1
-            low, high = self.reconnect_delay
-            await anyio.sleep(random.uniform(low, min(high, low * 2**attempt)))
+    async def _connect(self, task_group: anyio.abc.TaskGroup, attempt: int) -> None:
+        """Open the pub/sub connections under the supervisor and subscribe every topic."""
+        if self.cluster and attempt:
+            # Slots may have moved: learn the cluster's current layout first.
+            with anyio.fail_after(self.operation_timeout):
+                await self._client.nodes_manager.initialize()
+        self._shard_group = task_group
+        channels = [self._keys(topic)[2] for topic in self._topics]
+        await self._shard_for("" if self.cluster else None)
+        for channel in channels:
+            shard = await self._shard_for(channel)
+            with anyio.fail_after(self.operation_timeout):
+                await shard.subscribe(channel)
 
-    def _log_failure(self, error: Exception, attempt: int) -> None:
-        """One line naming the cause, not the task group's ExceptionGroup.
+    async def _disconnect(self) -> None:
+        self._shard_group = None
+        self._unsubscribing.clear()
+        for topic, stale in list(self._confirmed.items()):
+            # Wake whoever waits on the old event, to wait on the new one.
+            self._confirmed[topic] = anyio.Event()
+            stale.set()
+        await self._close_shards()
 
-        A lost, refused or silent server is an outage the docs describe: no traceback.
-        Anything else is a bug, logged with its traceback at ERROR.
-        """
-        lost = self._connected
-        if lost and self._outage is None:
-            self._outage = _Outage(started=anyio.current_time())
-        cause = cause_of(error)
-        address = cause.address if isinstance(cause, ShardLost) else address_of(self.url)
-        fields = {
-            "budget_ws_address": address,
-            "budget_ws_error": describe(error),
-            "budget_ws_topics": len(self._subscriptions),
-        }
-        if not is_outage(error):
-            logger.error(
-                "budget_ws: Redis pub/sub connection failed unexpectedly: %s",
-                describe(error),
-                exc_info=error,
-                extra={"budget_ws_event": "pubsub_failed", **fields},
-            )
-        elif lost:
-            logger.warning(
-                "budget_ws: Redis pub/sub connection lost: %s",
-                describe(error),
-                extra={"budget_ws_event": "pubsub_lost", **fields},
-            )
-        else:
-            logger.debug(
-                "budget_ws: Redis pub/sub reconnect failed: %s",
-                describe(error),
-                extra={
-                    "budget_ws_event": "pubsub_reconnect_failed",
-                    "budget_ws_attempt": (
-                        self._outage.attempts if self._outage is not None else attempt + 1
-                    ),
-                    **fields,
-                },
-            )
+    def _address(self, error: BaseException | None) -> str:
+        cause = cause_of(error) if error is not None else None
+        return cause.address if isinstance(cause, ShardLost) else address_of(self.url)
 
     async def _shard_for(self, channel: str | None) -> Shard:
         """The pub/sub connection for ``channel``, opened (and supervised) on first use."""
@@ -578,188 +497,22 @@ class RedisBackend:
         if self._unsubscribing[channel] > 0:
             self._unsubscribing[channel] -= 1
             return False
-        return self._topic_of(channel) in self._subscriptions
+        return self._topic_of(channel) in self._topics
 
     def _on_confirmed(self, channel: str) -> None:
-        subscription = self._subscriptions.get(self._topic_of(channel))
-        if subscription is not None:
-            subscription.confirmed.set()
-
-    async def _recover_all(self) -> None:
-        """After a reconnect: wait for confirmations, then fill each topic's gap."""
-        filled = current = recovered = 0
-        resynced: list[str] = []
-        for topic, subscription in list(self._subscriptions.items()):
-            if subscription.position is None:
-                continue  # subscribe() is establishing it
-            await self._wait_confirmed(topic, subscription)
-            replayed = await self._fill(topic, subscription)
-            if replayed is None:
-                resynced.append(topic)
-            elif replayed:
-                filled += 1
-                recovered += replayed
-            else:
-                current += 1
-        outage, self._outage = self._outage, None
-        if outage is None or outage.restored is None:
-            return  # the first connection: nothing was lost
-        seconds = outage.restored - outage.started
-        logger.info(
-            "budget_ws: Redis pub/sub connection restored after %.1f s (attempts: %d); "
-            "topics: %d filled from history (%d events), %d told to resync, %d missed nothing",
-            seconds,
-            outage.attempts,
-            filled,
-            recovered,
-            len(resynced),
-            current,
-            extra={
-                "budget_ws_event": "pubsub_restored",
-                "budget_ws_address": address_of(self.url),
-                "budget_ws_outage_seconds": round(seconds, 3),
-                "budget_ws_attempts": outage.attempts,
-                "budget_ws_topics": filled + len(resynced) + current,
-                "budget_ws_topics_filled": filled,
-                "budget_ws_events_recovered": recovered,
-                "budget_ws_topics_resynced": len(resynced),
-                "budget_ws_topics_current": current,
-                "budget_ws_resynced_topic_names": resynced[:_RESYNCED_TOPICS_LOGGED],
-            },
-        )
+        confirmed = self._confirmed.get(self._topic_of(channel))
+        if confirmed is not None:
+            confirmed.set()
 
     def _on_message(self, channel: str, data: bytes) -> None:
-        topic = self._topic_of(channel)
-        subscription = self._subscriptions.get(topic)
-        if subscription is None:
-            return
         offset, epoch, payload = data.split(b" ", 2)
         position = Position(int(offset), epoch.decode())
-        if subscription.held is not None:
-            subscription.held.append((position, payload))
-            return
-        self._deliver(topic, subscription, position, payload)
+        self._topics.receive(self._topic_of(channel), position, payload)
 
-    def _deliver(
-        self, topic: str, subscription: _Subscription, position: Position, payload: bytes
-    ) -> None:
-        """Deliver in offset order: drop repeats, fill gaps from the stream first."""
-        last = subscription.position
-        if last is not None and position.epoch == last.epoch:
-            if position.offset <= last.offset:
-                return
-            if position.offset > last.offset + 1:
-                # Pub/sub lost something: hold live messages and fill from the stream.
-                subscription.held = [(position, payload)]
-                if self._shard_group is not None:
-                    # Under the supervisor: if the fill fails, everything reconnects and
-                    # the reconnection fills this topic's gap again.
-                    self._shard_group.start_soon(self._fill_live_gap, topic, subscription)
-                return
-        elif last is not None:
-            # Another epoch: Redis lost the topic's state, so nothing can be recovered.
-            # Listeners resync to just before this event, then get it.
-            _log_resync(topic, "new_epoch")
-            self._notify_resync(topic, subscription, Position(position.offset - 1, position.epoch))
-        self._dispatch(topic, subscription, position, payload)
-
-    def _dispatch(
-        self, topic: str, subscription: _Subscription, position: Position, payload: bytes
-    ) -> None:
-        subscription.position = position
-        for listener in tuple(subscription.listeners):
-            try:
-                listener.deliver(topic, position, payload)
-            except Exception:
-                logger.exception(
-                    "listener %r failed on topic %r",
-                    listener,
-                    topic,
-                    extra={"budget_ws_event": "listener_failed", "budget_ws_topic": topic},
-                )
-
-    async def _fill_live_gap(self, topic: str, subscription: _Subscription) -> None:
-        """Fill a gap pub/sub left while connected (a lost message), and say so."""
-        replayed = await self._fill(topic, subscription)
-        if replayed is None:
-            _log_resync(topic, "history_short")
-        else:
-            logger.debug(
-                "budget_ws: a gap in live events of %r was filled from history (%d events)",
-                topic,
-                replayed,
-                extra={
-                    "budget_ws_event": "gap_filled",
-                    "budget_ws_topic": topic,
-                    "budget_ws_events_recovered": replayed,
-                },
-            )
-
-    async def _fill(self, topic: str, subscription: _Subscription) -> int | None:
-        """Deliver what the stream holds after the last delivered event, then the held.
-
-        Runs under the supervisor: a failure reconnects everything, and the reconnection
-        fills the gap again, so a topic is never left holding.
-
-        Returns:
-            How many events the stream filled the gap with, or None when it could not and
-            the listeners were told to resync.
-        """
-        if subscription.held is None:
-            subscription.held = []
-        after = subscription.position
-        if after is None:
-            return 0
-        recovery = await self.history(topic, after, max(self._policy(topic).size, 1))
-        replayed: int | None = None
-        if recovery.recovered:
-            replayed = len(recovery.items)
-            if replayed:
-                self._gaps_filled += 1
-                self._events_recovered += replayed
-            for position, payload in recovery.items:
-                self._dispatch(topic, subscription, position, payload)
-        else:
-            subscription.position = recovery.position
-            self._notify_resync(topic, subscription, recovery.position)
-        self._release_held(topic, subscription)
-        return replayed
-
-    def _release_held(self, topic: str, subscription: _Subscription) -> None:
-        held, subscription.held = subscription.held or [], None
-        for position, payload in held:
-            if subscription.held is not None:  # a new gap: keep holding behind it
-                subscription.held.append((position, payload))
-            else:
-                self._deliver(topic, subscription, position, payload)
-
-    def _notify_resync(self, topic: str, subscription: _Subscription, position: Position) -> None:
-        for listener in tuple(subscription.listeners):
-            try:
-                listener.resync(topic, position)
-            except Exception:
-                logger.exception(
-                    "listener %r failed on topic %r",
-                    listener,
-                    topic,
-                    extra={"budget_ws_event": "listener_failed", "budget_ws_topic": topic},
-                )
-
-
-def _log_resync(topic: str, cause: str) -> None:
-    """One WARNING line: Redis lost what a topic's subscribers needed, outside an outage."""
-    logger.warning(
-        "budget_ws: subscribers of %r told to resync: %s",
-        topic,
-        "Redis started the topic over (new epoch)"
-        if cause == "new_epoch"
-        else "the gap in live events is no longer in history",
-        extra={
-            "budget_ws_event": "topic_resync",
-            "budget_ws_topic": topic,
-            "budget_ws_cause": cause,
-        },
-    )
+    def _start_fill(self, topic: str) -> None:
+        # Under the supervisor: if the fill fails, everything reconnects and the
+        # reconnection fills this topic's gap again.
+        self._link.start_soon(self._topics.fill_live_gap, topic)
 
 
 def _check_arguments(

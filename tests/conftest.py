@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis import asyncio as aioredis
+from tests.support.postgres import migrated_schema
 
 from budget_ws import ConnectionManager, Heartbeat, MemoryBackend
 
@@ -48,6 +49,13 @@ async def key_prefix() -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def postgres_schema() -> AsyncIterator[str]:
+    """A migrated PostgreSQL schema of the test's own (``tests/support/postgres.py``)."""
+    async with migrated_schema() as schema:
+        yield schema
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

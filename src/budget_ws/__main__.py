@@ -1,14 +1,19 @@
-"""Command line: ``python -m budget_ws schema|typescript myapp.events``, and
-``python -m budget_ws tail ws://host/ws --topic budget:1`` (needs ``budget-ws[client]``)."""
+"""Command line: ``python -m budget_ws schema|typescript myapp.events``,
+``python -m budget_ws tail ws://host/ws --topic budget:1`` (needs ``budget-ws[client]``),
+and ``python -m budget_ws migrate postgresql://...`` (creates the backend's schema)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import inspect
 import json
 import sys
 from collections.abc import Sequence
 
+from .backends import create_backend
+from .errors import BudgetWSError
 from .events import EventRegistry, default_registry
 from .typescript import typescript_declarations
 
@@ -99,7 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail.add_argument(
         "-q", "--quiet", action="store_true", help="no connection notices on standard error"
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the schema a backend keeps in its database (PostgreSQL)",
+        description="Create or upgrade budget_ws's tables and functions in the database "
+        "the URL names, e.g. postgresql://app@db:5432/budget?schema=budget_ws. Safe to run "
+        "again and from several hosts at once; run it before starting workers.",
+    )
+    migrate.add_argument("url", help="the backend URL the workers use")
     arguments = parser.parse_args(argv)
+    if arguments.command == "migrate":
+        return _migrate(arguments.url)
     if arguments.command == "tail":
         try:
             from .client._tail import run  # websockets only for this command
@@ -115,6 +130,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(arguments, registry)
     except BrokenPipeError:  # e.g. `python -m budget_ws schema app | head`
         sys.stderr.close()
+    return 0
+
+
+def _migrate(url: str) -> int:
+    try:
+        backend = create_backend(url)
+    except BudgetWSError as exc:
+        print(f"python -m budget_ws migrate: {exc}", file=sys.stderr)
+        return 2
+    migrate = getattr(backend, "migrate", None)
+    if migrate is None or not inspect.iscoroutinefunction(migrate):
+        print(f"{backend!r} keeps no schema: nothing to migrate", file=sys.stderr)
+        return 0
+    try:
+        version = asyncio.run(migrate())
+    except BudgetWSError as exc:
+        print(f"python -m budget_ws migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{backend!r}: schema at version {version}")
     return 0
 
 

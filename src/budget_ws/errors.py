@@ -25,8 +25,10 @@ __all__ = [
     "InvalidTopic",
     "InvalidURL",
     "ManagerClosed",
+    "SchemaNotReady",
     "ServerProtocolError",
     "SubscriptionRefused",
+    "TransactionalPublishUnsupported",
     "UnknownBackend",
     "UnknownEvent",
 ]
@@ -144,6 +146,24 @@ class BackendError(BudgetWSError):
 
 class BackendUnavailable(BackendError):
     """The backend's server cannot be reached or did not answer in time; retry later."""
+
+
+class SchemaNotReady(BackendError):
+    """The database holds no budget_ws schema, or one of another version.
+
+    Run the migration step the message names (``python -m budget_ws migrate URL``)
+    before starting workers; a backend never changes the schema by itself.
+    """
+
+
+class TransactionalPublishUnsupported(BackendError, TypeError):
+    """``publish(..., within=...)`` was asked of a backend or a connection that cannot do it.
+
+    Only the PostgreSQL backend publishes inside the app's transaction, and only through a
+    connection it understands (SQLAlchemy's ``AsyncSession`` or ``AsyncConnection``, or
+    an asyncpg connection) with a transaction open. Publishing outside that transaction
+    instead would bring back the lost or phantom events the option exists to prevent.
+    """
 
 
 class BackendNotInstalled(BudgetWSError, ImportError):

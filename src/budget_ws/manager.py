@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import time
@@ -25,6 +26,7 @@ from .errors import (
     EventValidationError,
     InvalidTopic,
     ManagerClosed,
+    TransactionalPublishUnsupported,
     UnknownEvent,
 )
 from .events import Event, EventRegistry, default_registry
@@ -583,14 +585,22 @@ class ConnectionManager:
 
     # Publishing ------------------------------------------------------------------------
 
-    async def publish(self, event: Event, *, topic: str) -> Position:
+    async def publish(self, event: Event, *, topic: str, within: object = None) -> Position:
         """Publish an event to every subscriber of ``topic``, on every worker.
 
         The event is encoded once; no client socket is awaited. Subscribers that
         reconnect within the backend's history window recover it.
 
+        Args:
+            event: The event.
+            topic: Where it goes.
+            within: The app's open database transaction (SQLAlchemy's ``AsyncSession``
+                or ``AsyncConnection``, or an asyncpg connection in a transaction): the
+                event is then delivered if and only if that transaction commits. Needs
+                the PostgreSQL backend (see ``docs/topics/transactional-publish.md``).
+
         Returns:
-            The position the event got in its topic.
+            The position the event got in its topic (with ``within``, if it commits).
 
         Raises:
             InvalidTopic: The topic name breaks the naming rules.
@@ -598,10 +608,15 @@ class ConnectionManager:
             EventTooLarge: The event's frame would exceed ``OutboxLimits.max_bytes``
                 (its position, and the trace context when the tracer passes it to
                 clients, counted in).
+            TransactionalPublishUnsupported: ``within`` was given to a backend that
+                cannot publish in a transaction, or is not a transaction it understands.
             TypeError: ``event`` is not an :class:`~budget_ws.Event`.
         """
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
+        backend_publish: Callable[[str, bytes], Awaitable[Position]] = self.backend.publish
+        if within is not None:
+            backend_publish = self._publisher_within(within)
         metrics = self._metrics
         latency = metrics.publish_latency
         # Timed: the event carries when it was published, so that the worker that writes
@@ -615,14 +630,16 @@ class ConnectionManager:
         payload = self._encode(event, extra=extra)
         try:
             if tracer is not None:
-                position = await self._publish_traced(tracer, event, topic, payload, published)
+                position = await self._publish_traced(
+                    tracer, event, topic, payload, published, backend_publish
+                )
             elif latency is not None:
                 payload = attach_context(payload, published=published)
                 started = time.perf_counter()
-                position = await self.backend.publish(topic, payload)
+                position = await backend_publish(topic, payload)
                 latency.observe(time.perf_counter() - started)
             else:
-                position = await self.backend.publish(topic, payload)
+                position = await backend_publish(topic, payload)
         except BackendError:
             metrics.publish_failures += 1
             raise
@@ -633,15 +650,31 @@ class ConnectionManager:
             await anyio.lowlevel.checkpoint()
         return position
 
+    def _publisher_within(self, transaction: object) -> Callable[[str, bytes], Awaitable[Position]]:
+        """The backend's publish inside ``transaction``, or a clear refusal."""
+        publish_within = getattr(self.backend, "publish_within", None)
+        if publish_within is None:
+            raise TransactionalPublishUnsupported(
+                f"{self.backend!r} cannot publish inside a database transaction "
+                "(publish(..., within=...)); the PostgreSQL backend can"
+            )
+        return functools.partial(publish_within, transaction)
+
     async def _publish_traced(
-        self, tracer: Tracer, event: Event, topic: str, payload: bytes, published: int | None
+        self,
+        tracer: Tracer,
+        event: Event,
+        topic: str,
+        payload: bytes,
+        published: int | None,
+        backend_publish: Callable[[str, bytes], Awaitable[Position]],
     ) -> Position:
         with tracer.publish(topic, event.event_name) as span:
             payload = attach_context(payload, span.traceparent, published)
             latency = self._metrics.publish_latency
             with _NO_SPAN if self._backend_in_process else span.backend():
                 started = time.perf_counter()
-                position = await self.backend.publish(topic, payload)
+                position = await backend_publish(topic, payload)
                 if latency is not None:
                     latency.observe(time.perf_counter() - started)
             span.published(position)

@@ -1,9 +1,11 @@
-"""Two uvicorn workers on one Redis: every client gets every event of its topic, once.
+"""Two uvicorn workers on one Redis or PostgreSQL: every client gets every event once.
 
 Each worker is a uvicorn process of its own (``two_workers_app.py``) with its own
 ``ConnectionManager``; they share events and history only through the Redis server on
-127.0.0.1:6379, under a key prefix of the test's own. Clients are ``websockets`` clients
-speaking ``budget-ws.v1``; events are published through the workers' HTTP endpoints.
+127.0.0.1:6379, under a key prefix of the test's own, or through the PostgreSQL server on
+127.0.0.1:5432, in a schema of the test's own, each event published in a transaction of
+its own. Clients are ``websockets`` clients speaking ``budget-ws.v1``; events are
+published through the workers' HTTP endpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import anyio
 import httpx
 import pytest
 import redis
+from tests.support.postgres import POSTGRES_DSN, url_of
 from tests.support.servers import free_port, stop, wait_listening
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
@@ -42,9 +45,10 @@ def anyio_backend() -> str:
 class Worker:
     """``uvicorn two_workers_app:app_factory`` in a subprocess on a free loopback port."""
 
-    def __init__(self, name: str, backend_url: str) -> None:
+    def __init__(self, name: str, backend_url: str, transactions: str = "") -> None:
         self.name = name
         self.backend_url = backend_url
+        self.transactions = transactions
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +67,11 @@ class Worker:
             "--log-level", "warning", "--ws-per-message-deflate", "false",
             "--timeout-graceful-shutdown", "5",
         ]  # fmt: skip
-        environment = {**os.environ, "TWO_WORKERS_BACKEND": self.backend_url}
+        environment = {
+            **os.environ,
+            "TWO_WORKERS_BACKEND": self.backend_url,
+            "TWO_WORKERS_TRANSACTIONS": self.transactions,
+        }
         self.process = subprocess.Popen(command, env=environment)
 
     def wait_listening(self, timeout: float = 15.0) -> None:
@@ -90,9 +98,26 @@ def key_prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def workers(key_prefix: str) -> Iterator[tuple[Worker, Worker]]:
-    backend_url = f"{REDIS_URL}?key_prefix={key_prefix}&history_size=1000&topic_ttl=300"
-    pair = (Worker("A", backend_url), Worker("B", backend_url))
+def postgres_schema() -> Iterator[str]:
+    """A schema of the test's own, made by the documented step and dropped afterwards."""
+    schema = f"test_two_workers_{uuid.uuid4().hex[:12]}"
+    migrate = [sys.executable, "-m", "budget_ws", "migrate", url_of(schema)]
+    subprocess.run(migrate, check=True, capture_output=True, timeout=30)
+    yield schema
+    drop = ["psql", POSTGRES_DSN, "-qc", f"DROP SCHEMA {schema} CASCADE"]
+    subprocess.run(drop, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(params=["redis", "postgres"])
+def workers(request: pytest.FixtureRequest) -> Iterator[tuple[Worker, Worker]]:
+    if request.param == "redis":
+        key_prefix = request.getfixturevalue("key_prefix")
+        backend_url = f"{REDIS_URL}?key_prefix={key_prefix}&history_size=1000&topic_ttl=300"
+        transactions = ""
+    else:
+        backend_url = url_of(request.getfixturevalue("postgres_schema"), history_size=1000)
+        transactions = POSTGRES_DSN
+    pair = (Worker("A", backend_url, transactions), Worker("B", backend_url, transactions))
     try:
         for worker in pair:
             worker.launch()

@@ -13,6 +13,9 @@ Routes:
 Environment:
     TWO_WORKERS_BACKEND: the backend URL, e.g. ``redis://127.0.0.1:6379/0?key_prefix=x``
     (default ``memory://``).
+    TWO_WORKERS_TRANSACTIONS: a PostgreSQL DSN: each event is then published in a
+    transaction of its own on that database (``publish(..., within=connection)``), as an
+    app writing its data in the same transaction would.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +33,7 @@ from budget_ws import ConnectionManager, Event, Heartbeat
 from budget_ws.adapters.starlette import STATE_KEY, lifespan, websocket_route
 
 BACKEND_VARIABLE = "TWO_WORKERS_BACKEND"
+TRANSACTIONS_VARIABLE = "TWO_WORKERS_TRANSACTIONS"
 
 
 class Numbered(Event, name="two_workers_numbered", register=False):
@@ -50,9 +55,20 @@ async def publish(request: Request) -> Response:
     source = request.query_params.get("source", "")
     manager = manager_of(request)
     published = []
-    for number in range(1, count + 1):
-        position = await manager.publish(Numbered(n=number, source=source), topic=topic)
-        published.append([position.offset, position.epoch, number])
+    database = os.environ.get(TRANSACTIONS_VARIABLE)
+    connection = await asyncpg.connect(database) if database else None
+    try:
+        for number in range(1, count + 1):
+            event = Numbered(n=number, source=source)
+            if connection is None:
+                position = await manager.publish(event, topic=topic)
+            else:
+                async with connection.transaction():
+                    position = await manager.publish(event, topic=topic, within=connection)
+            published.append([position.offset, position.epoch, number])
+    finally:
+        if connection is not None:
+            await connection.close()
     return JSONResponse({"published": published})
 
 

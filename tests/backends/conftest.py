@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.support.postgres import migrated_schema, url_of
 from tests.support.servers import free_port, wait_listening
 
 from budget_ws import Backend, create_backend
@@ -24,7 +25,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # backend -> the event loops it runs on (redis-py's client is asyncio-only). A cluster
 # needs redis-py 8 (test_redis checks the refusal on older ones).
-BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",)}
+BACKENDS = {"memory": ("asyncio", "trio"), "redis": ("asyncio",), "postgres": ("asyncio",)}
 if SHARDED_PUBSUB:
     BACKENDS["redis-cluster"] = ("asyncio",)
 CASES = [(name, loop) for name, loops in BACKENDS.items() for loop in loops]
@@ -179,6 +180,11 @@ def contract_anyio_backend(backend_case: tuple[str, str]) -> str:
 async def backend(
     backend_case: tuple[str, str], request: pytest.FixtureRequest
 ) -> AsyncIterator[Backend]:
+    if backend_case[0] == "postgres":
+        async with migrated_schema() as schema:
+            async with create_backend(url_of(schema, history_size=100)) as opened:
+                yield opened
+        return
     async with create_backend(backend_url(backend_case[0], request)) as opened:
         yield opened
 

@@ -21,10 +21,13 @@ __all__ = [
 
 # scheme -> (module, class name, the distribution it needs, the extra that installs it)
 _REDIS = ("budget_ws.backends.redis", "RedisBackend", "redis", "redis")
+_POSTGRES = ("budget_ws.backends.postgresql", "PostgresBackend", "asyncpg", "postgres")
 _LAZY_BACKENDS: dict[str, tuple[str, str, str, str]] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
+    "postgresql": _POSTGRES,
+    "postgres": _POSTGRES,
 }
 
 _MEMORY_OPTIONS = {"history_size": whole(0), "history_ttl": seconds()}

@@ -6,7 +6,8 @@ server, the answer is the same state machine, kept here so that every such backe
 shares it and it can be tested without a server:
 
 - an event at the next offset is delivered; one at or before the last is dropped;
-- a jump holds live events and fills the gap from the backend's history first;
+- a jump holds live events and fills the gap from the backend's history first, and so
+  does an event announced without its payload (too large for the connection to carry);
 - history that no longer covers the gap, or a new epoch, tells listeners to resync.
 
 While a topic's position is being established (a new subscription, a reconnect), its
@@ -26,6 +27,9 @@ __all__ = ["Sequencer"]
 History = Callable[[str, Position, int], Awaitable[Recovery]]
 """Reads ``(topic, after, limit)`` from the backend's history, all or nothing."""
 
+Fetch = Callable[[str, Position], Awaitable["bytes | None"]]
+"""Reads the payload of one event announced without it; None when it is gone."""
+
 
 @dataclass(eq=False)
 class _Topic:
@@ -33,7 +37,9 @@ class _Topic:
     # Last position delivered to the listeners; None until known.
     position: Position | None = None
     # Live events held while the position is established or a gap is filled.
-    held: list[tuple[Position, bytes]] | None = field(default_factory=list)
+    held: list[tuple[Position, bytes | None]] | None = field(default_factory=list)
+    # The next fill reads an event announced without its payload: not a gap.
+    fetching: bool = False
 
 
 class Sequencer:
@@ -47,6 +53,8 @@ class Sequencer:
             is being re-established, which fills every topic's gap anyway.
         logger: Where resync warnings go.
         server: The server's name in log lines (``"Redis"``).
+        fetch: Reads one event announced without its payload, for a backend whose
+            connection announces events too large to carry.
     """
 
     def __init__(
@@ -57,8 +65,10 @@ class Sequencer:
         start_fill: Callable[[str], None],
         logger: logging.Logger,
         server: str,
+        fetch: Fetch | None = None,
     ) -> None:
         self._history = history
+        self._fetch = fetch
         self._gap_limit = gap_limit
         self._start_fill = start_fill
         self._logger = logger
@@ -122,11 +132,15 @@ class Sequencer:
     def hold_all(self) -> None:
         """The connection is gone: hold every topic's live events until it is filled."""
         for state in self._topics.values():
+            state.fetching = False  # the reconnection fills everything from history
             if state.held is None:
                 state.held = []
 
-    def receive(self, topic: str, position: Position, payload: bytes) -> None:
-        """A live event from the connection, in whatever order it came."""
+    def receive(self, topic: str, position: Position, payload: bytes | None) -> None:
+        """A live event from the connection, in whatever order it came.
+
+        ``payload`` is None for an event announced without it: it is read from history.
+        """
         state = self._topics.get(topic)
         if state is None:
             return
@@ -135,21 +149,25 @@ class Sequencer:
             return
         self._deliver(topic, state, position, payload)
 
-    def _deliver(self, topic: str, state: _Topic, position: Position, payload: bytes) -> None:
+    def _deliver(
+        self, topic: str, state: _Topic, position: Position, payload: bytes | None
+    ) -> None:
         last = state.position
         if last is not None and position.epoch == last.epoch:
             if position.offset <= last.offset:
-                return
-            if position.offset > last.offset + 1:
-                # The connection lost something: hold live events, fill from history.
-                state.held = [(position, payload)]
-                self._start_fill(topic)
                 return
         elif last is not None:
             # Another epoch: the server lost the topic's state, nothing is recoverable.
             # Listeners resync to just before this event, then get it.
             self._log_resync(topic, "new_epoch")
-            self._notify_resync(topic, state, Position(position.offset - 1, position.epoch))
+            state.position = last = Position(position.offset - 1, position.epoch)
+            self._notify_resync(topic, state, last)
+        if payload is None or (last is not None and position.offset > last.offset + 1):
+            # Lost on the way, or too large to carry: hold live events, fill from history.
+            state.fetching = last is not None and position.offset == last.offset + 1
+            state.held = [(position, payload)]
+            self._start_fill(topic)
+            return
         self._dispatch(topic, state, position, payload)
 
     async def fill(self, topic: str) -> int | None:
@@ -174,9 +192,10 @@ class Sequencer:
         if self._topics.get(topic) is not state:
             return 0  # unsubscribed meanwhile
         replayed: int | None = None
+        fetched, state.fetching = state.fetching, False
         if recovery.recovered:
             replayed = len(recovery.items)
-            if replayed:
+            if replayed and not fetched:
                 self.gaps_filled += 1
                 self.events_recovered += replayed
             for position, payload in recovery.items:
@@ -188,11 +207,29 @@ class Sequencer:
         return replayed
 
     async def fill_live_gap(self, topic: str) -> None:
-        """Fill a gap the connection left while up (a lost message), and say so."""
+        """Fill a gap the connection left while up (a lost message), and say so.
+
+        An event announced without its payload is read alone, then the held follow.
+        """
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        fetching = state.fetching
+        if fetching and self._fetch is not None and state.held:
+            position = state.held[0][0]
+            payload = await self._fetch(topic, position)
+            if self._topics.get(topic) is not state:
+                return  # unsubscribed meanwhile
+            if payload is not None and state.fetching:
+                state.fetching = False
+                state.held.pop(0)
+                self._dispatch(topic, state, position, payload)
+                self._release_held(topic, state)
+                return
         replayed = await self.fill(topic)
         if replayed is None:
             self._log_resync(topic, "history_short")
-        else:
+        elif not fetching:
             self._logger.debug(
                 "budget_ws: a gap in live events of %r was filled from history (%d events)",
                 topic,

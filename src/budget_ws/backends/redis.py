@@ -13,11 +13,9 @@ Requires redis-py (``pip install 'budget-ws[redis]'``) and runs on asyncio.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +32,7 @@ from typing_extensions import Self
 from .._runtime import BackgroundTask
 from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
 from ._options import is_seconds, refuse
+from ._policy import HistoryPolicy, policy_for
 from ._redis_calls import TopicCalls
 from ._redis_pubsub import (
     DeadConnection,
@@ -58,22 +57,6 @@ logger = logging.getLogger("budget_ws.backend.redis")
 SHARDED_PUBSUB = hasattr(aioredis.client.PubSub, "ssubscribe")
 """Whether the installed redis-py has sharded pub/sub on asyncio (8.0 and later), which a
 Redis Cluster needs; a single server works with redis-py 5.0.1 and later."""
-
-
-@dataclass(frozen=True)
-class HistoryPolicy:
-    """How much of a topic's history Redis keeps for recovery."""
-
-    size: int = 1000
-    """Events kept per topic (the stream's exact MAXLEN); 0 keeps none."""
-    ttl: float = 300.0
-    """Seconds an event stays recoverable."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < 0:
-            raise refuse("HistoryPolicy", "size", self.size, "a whole number >= 0")
-        if not is_seconds(self.ttl):
-            raise refuse("HistoryPolicy", "ttl", self.ttl, "a number of seconds > 0")
 
 
 class RedisBackend:
@@ -305,10 +288,7 @@ class RedisBackend:
         return self._calls.keys(topic)
 
     def _policy(self, topic: str) -> HistoryPolicy:
-        for pattern, policy in self.history_overrides.items():
-            if fnmatch.fnmatchcase(topic, pattern):
-                return policy
-        return self.history_policy
+        return policy_for(topic, self.history_policy, self.history_overrides)
 
     def _topic_of(self, channel: str) -> str:
         return channel[len(self.key_prefix) + 2 : -1]

@@ -1,0 +1,611 @@
+"""The PostgreSQL backend: history in a table, fan-out by ``LISTEN``/``NOTIFY``.
+
+Each publish is one call of a function in budget_ws's schema: it takes the topic's next
+offset under the topic row's lock, keeps the event in the history table and sends a
+``NOTIFY`` that PostgreSQL delivers to every worker's listener only when the transaction
+commits, in commit order. Published inside the app's own transaction
+(``publish(..., within=session)``), an event is delivered if and only if the app's
+writes commit, with no gap in offsets when they roll back.
+
+Each worker holds one listening connection, supervised like the Redis backend's pub/sub:
+after a break it reconnects with jittered backoff and fills every topic's gap from the
+table, or tells listeners to resync. The schema is created only by the explicit
+:meth:`PostgresBackend.migrate` step (``python -m budget_ws migrate URL``).
+
+Requires asyncpg (``pip install 'budget-ws[postgres]'``) and runs on asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import random
+import sys
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import asyncpg
+from typing_extensions import Self
+
+from .._runtime import BackgroundTask
+from ..errors import (
+    BackendError,
+    BackendUnavailable,
+    SchemaNotReady,
+    TransactionalPublishUnsupported,
+)
+from ._options import is_seconds, refuse
+from ._policy import HistoryPolicy, policy_for
+from ._postgres_schema import (
+    SCHEMA_VERSION,
+    check_schema_name,
+    clean_up_sql,
+    event_sql,
+    history_sql,
+    migration_sql,
+    publish_sql,
+)
+from ._postgres_url import SCHEMA, parse_postgres_url
+from ._sequencer import Sequencer
+from ._supervisor import Supervisor
+from .base import Listener, Position, Recovery
+
+__all__ = ["HistoryPolicy", "PostgresBackend"]
+
+logger = logging.getLogger("budget_ws.backend.postgresql")
+"""Lines about the listening connection and gaps; see ``docs/reference/logging.md``."""
+
+_SCHEMA_ERRORS = (
+    asyncpg.exceptions.UndefinedFunctionError,
+    asyncpg.exceptions.UndefinedTableError,
+    asyncpg.exceptions.InvalidSchemaNameError,
+)
+"""What a database without budget_ws's schema (or with an older one) answers."""
+
+
+class _ListenerClosed(ConnectionError):
+    """The listening connection was closed under us (the server ended it)."""
+
+
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InterfaceError,
+    BackendUnavailable,
+)
+"""Errors of a lost, refused or silent server (logged without a traceback)."""
+
+
+class PostgresBackend:
+    """Fans events out through PostgreSQL ``NOTIFY`` and keeps their history in a table.
+
+    Args:
+        url: ``postgresql://user:password@host:5432/database`` of the server.
+        schema: The schema holding budget_ws's tables and functions; its name is also the
+            ``NOTIFY`` channel.
+        history: Default history policy of every topic.
+        history_overrides: Policies for topics matching shell-style patterns, first match
+            wins, e.g. ``{"chat:*": HistoryPolicy(size=100, ttl=60)}``.
+        topic_ttl: Seconds an idle topic keeps its offset and epoch; after that its next
+            event starts a new epoch and resuming clients resync.
+        operation_timeout: Seconds a publish, subscribe or history read may take before
+            :class:`~budget_ws.BackendUnavailable` is raised.
+        health_check_interval: Seconds between checks of the listening connection; no
+            answer within ``operation_timeout`` counts as a dead connection.
+        reconnect_delay: Smallest and largest delay between reconnection attempts (full
+            jitter up to an exponentially growing cap).
+        max_connections: Size of the pool that publishes and reads history.
+        clean_up_interval: Seconds between deletions of expired events and idle topics.
+        connection_options: Extra keyword arguments for ``asyncpg.connect``.
+
+    Raises:
+        InvalidBackendOption: An argument is out of range.
+    """
+
+    def __init__(
+        self,
+        url: str = "postgresql://127.0.0.1:5432/postgres",
+        *,
+        schema: str = "budget_ws",
+        history: HistoryPolicy | None = None,
+        history_overrides: Mapping[str, HistoryPolicy] | None = None,
+        topic_ttl: float = 86400.0,
+        operation_timeout: float = 5.0,
+        health_check_interval: float = 5.0,
+        reconnect_delay: tuple[float, float] = (0.05, 5.0),
+        max_connections: int = 10,
+        clean_up_interval: float = 60.0,
+        connection_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            check_schema_name(schema)
+        except ValueError:
+            raise refuse("PostgresBackend", "schema", schema, SCHEMA.accepted) from None
+        for name, value in (
+            ("topic_ttl", topic_ttl),
+            ("operation_timeout", operation_timeout),
+            ("health_check_interval", health_check_interval),
+            ("clean_up_interval", clean_up_interval),
+        ):
+            if not is_seconds(value):
+                raise refuse("PostgresBackend", name, value, "a number of seconds > 0")
+        low, high = reconnect_delay
+        if not (is_seconds(low) and is_seconds(high) and low <= high):
+            accepted = "(LOW, HIGH) seconds with 0 < LOW <= HIGH"
+            raise refuse("PostgresBackend", "reconnect_delay", reconnect_delay, accepted)
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise refuse("PostgresBackend", "max_connections", max_connections, ">= 1")
+        self.url = url
+        self.schema = schema
+        self.history_policy = history or HistoryPolicy()
+        self.history_overrides = dict(history_overrides or {})
+        self.topic_ttl = topic_ttl
+        self.operation_timeout = operation_timeout
+        self.health_check_interval = health_check_interval
+        self.reconnect_delay = reconnect_delay
+        self.max_connections = max_connections
+        self.clean_up_interval = clean_up_interval
+        self._connection_options = dict(connection_options or {})
+        self._publish_sql = publish_sql(schema, ("$1", "$2", "$3", "$4"))
+        self._history_sql = history_sql(schema)
+        self._event_sql = event_sql(schema)
+        self._pool: Any = None
+        self._listening: Any = None
+        self._lost = anyio.Event()
+        self._topics = Sequencer(
+            history=self.history,
+            gap_limit=lambda topic: self._policy(topic).size,
+            start_fill=self._start_fill,
+            logger=logger,
+            server="PostgreSQL",
+            fetch=self._fetch,
+        )
+        self._link = Supervisor(
+            sequencer=self._topics,
+            connect=self._connect,
+            disconnect=self._disconnect,
+            confirmed=self._confirmed,
+            link="PostgreSQL listening",
+            address=lambda error: self._address,
+            describe=describe,
+            is_outage=is_outage,
+            reconnect_delay=reconnect_delay,
+            logger=logger,
+        )
+        self._supervisor: BackgroundTask | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        """Create a backend from a URL; its options go in the query string.
+
+        ``postgresql://app@db:5432/budget?schema=budget_ws&history_size=500``. budget_ws's
+        options are the constructor's (``history_size`` and ``history_ttl`` make the
+        default :class:`HistoryPolicy`; ``reconnect_delay=LOW,HIGH``); ``sslmode`` and
+        ``application_name`` go to asyncpg.
+
+        Raises:
+            InvalidBackendOption: An option is unknown, given twice, malformed or out of
+                range; the message names it and what it accepts.
+        """
+        dsn, options = parse_postgres_url(url)
+        history = {
+            field: options.pop(name)
+            for field, name in (("size", "history_size"), ("ttl", "history_ttl"))
+            if name in options
+        }
+        if history:
+            options["history"] = HistoryPolicy(**history)
+        return cls(dsn, **options)
+
+    @property
+    def _address(self) -> str:
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.hostname or 'localhost'}{port}{parts.path}"
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend(postgresql://{self._address}, schema={self.schema!r})"
+
+    def _policy(self, topic: str) -> HistoryPolicy:
+        return policy_for(topic, self.history_policy, self.history_overrides)
+
+    # Schema ------------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Create or upgrade budget_ws's schema in the database; safe to run again.
+
+        The explicit deployment step (``python -m budget_ws migrate URL`` runs it);
+        concurrent runs take turns on an advisory lock.
+
+        Returns:
+            The schema version the database now has.
+
+        Raises:
+            BackendUnavailable: The database cannot be reached.
+        """
+        connection = await self._open_connection()
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"budget_ws {self.schema}"
+                )
+                await connection.execute(migration_sql(self.schema))
+        finally:
+            await connection.close()
+        return SCHEMA_VERSION
+
+    async def _check_schema(self) -> None:
+        table = f"{self.schema}.schema_version"
+        async with self._pool.acquire() as connection:
+            version = None
+            if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                version = await connection.fetchval(f"SELECT max(version) FROM {table}")
+        if version != SCHEMA_VERSION:
+            found = "no budget_ws schema" if version is None else f"schema version {version}"
+            raise SchemaNotReady(
+                f"the database at {self._address} has {found} in {self.schema!r}; this "
+                f"budget_ws needs version {SCHEMA_VERSION}: run "
+                f"`python -m budget_ws migrate 'postgresql://…?schema={self.schema}'` first"
+            )
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Connect and check the schema.
+
+        Raises:
+            BackendUnavailable: PostgreSQL is unreachable.
+            SchemaNotReady: The schema is missing or of another version.
+        """
+        if self._pool is not None:
+            raise BackendError("this PostgresBackend is already open")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise BackendError(
+                "the PostgreSQL backend runs on asyncio (asyncpg); use the memory backend on trio"
+            ) from None
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                self._pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=0,
+                    max_size=self.max_connections,
+                    **self._connection_options,
+                )
+                await self._check_schema()
+        except BaseException as exc:
+            await self.aclose()
+            if isinstance(exc, Exception) and is_outage(exc):
+                raise BackendUnavailable(
+                    f"could not reach PostgreSQL at {self._address}: {describe(exc)}"
+                ) from exc
+            raise
+        self._supervisor = BackgroundTask(self._link.run, "budget_ws PostgreSQL supervisor")
+        self._supervisor.start()
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                await self._link.wait_connected()
+        except TimeoutError:
+            await self.aclose()
+            last_error = describe(self._link.last_error) if self._link.last_error else "none"
+            raise BackendUnavailable(
+                f"could not listen on PostgreSQL at {self._address} within "
+                f"{self.operation_timeout:g} s (last error: {last_error})"
+            ) from None
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening and close every connection; from any task, any number of times."""
+        supervisor, self._supervisor = self._supervisor, None
+        with anyio.CancelScope(shield=True):
+            if supervisor is not None:
+                await supervisor.stop()
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                try:
+                    with anyio.fail_after(self.operation_timeout):
+                        await pool.close()
+                except (Exception, TimeoutError):
+                    pool.terminate()
+
+    async def wait_connected(self) -> None:
+        """Wait until the listening connection is up (e.g. for a readiness probe)."""
+        await self._link.wait_connected()
+
+    def status(self) -> dict[str, Any]:
+        """State of the listening connection, for ``ConnectionManager.stats()``."""
+        return {
+            "connected": self._link.connected,
+            "reconnects": self._link.reconnects,
+            "topics": len(self._topics),
+            "gaps_filled": self._topics.gaps_filled,
+            "events_recovered": self._topics.events_recovered,
+        }
+
+    # Publishing and history --------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes) -> Position:
+        """Assign the next offset, keep the event and notify every worker: one round trip.
+
+        Raises:
+            BackendUnavailable: PostgreSQL failed or did not answer; when the reply was
+                lost, the event may have been published.
+            SchemaNotReady: The schema is missing.
+        """
+        policy = self._policy(topic)
+        row = await self._call(
+            f"publishing to {topic!r}",
+            "fetchrow",
+            self._publish_sql,
+            topic,
+            payload,
+            policy.size,
+            policy.ttl,
+        )
+        return Position(row["offset"], row["epoch"])
+
+    async def publish_within(self, transaction: object, topic: str, payload: bytes) -> Position:
+        """Publish as part of the app's open transaction: delivered if and only if it commits.
+
+        ``transaction`` is SQLAlchemy's ``AsyncSession`` or ``AsyncConnection`` (any
+        driver; the statement joins or begins its transaction, which the app commits), or
+        an asyncpg connection inside ``async with connection.transaction():``. It must be
+        connected to this backend's database. Until the transaction ends, other
+        publishes to ``topic`` wait for the topic row's lock; the returned position is
+        the event's only if the transaction commits.
+
+        Errors of the statement are the driver's, and abort the app's transaction like
+        any other statement of it.
+
+        Raises:
+            TransactionalPublishUnsupported: ``transaction`` is none of the above, or an
+                asyncpg connection with no transaction open.
+        """
+        policy = self._policy(topic)
+        arguments = (topic, payload, policy.size, policy.ttl)
+        if isinstance(transaction, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)):
+            if not transaction.is_in_transaction():
+                raise TransactionalPublishUnsupported(
+                    "publish(within=<asyncpg connection>) needs an open transaction "
+                    "(async with connection.transaction(): ...); outside one the event "
+                    "would be published at once, whatever happens to the app's writes"
+                )
+            row = await transaction.fetchrow(self._publish_sql, *arguments)
+            assert row is not None  # the function returns one row
+            return Position(row["offset"], row["epoch"])
+        sqlalchemy = _sqlalchemy_execute(transaction)
+        if sqlalchemy is None:
+            raise TransactionalPublishUnsupported(
+                f"publish(within=...) takes SQLAlchemy's AsyncSession or AsyncConnection, "
+                f"or an asyncpg connection, not {type(transaction).__qualname__}"
+            )
+        names = (":topic", ":payload", ":keep", ":ttl")
+        statement = publish_sql(self.schema, names)
+        values = {"topic": topic, "payload": payload, "keep": policy.size, "ttl": policy.ttl}
+        epoch, offset = await sqlalchemy(statement, values)
+        return Position(offset, epoch)
+
+    async def history(self, topic: str, after: Position | None, limit: int) -> Recovery:
+        """Read what ``topic`` holds after ``after``; all of it or nothing."""
+        offset = after.offset if after is not None else 0
+        rows = await self._call(
+            f"reading the history of {topic!r}",
+            "fetch",
+            self._history_sql,
+            topic,
+            offset,
+            limit if after is not None else 0,
+        )
+        top = Position(rows[0]["last_offset"], rows[0]["epoch"])
+        if after is None or after.epoch != top.epoch or after.offset > top.offset:
+            return Recovery(False, top)
+        missing = top.offset - after.offset
+        if missing == 0:
+            return Recovery(True, top)
+        items = [
+            (Position(row["offset"], top.epoch), bytes(row["payload"]))
+            for row in rows
+            if row["offset"] is not None
+        ]
+        if missing > limit or len(items) != missing or items[0][0].offset != offset + 1:
+            return Recovery(False, top)
+        return Recovery(True, top, items)
+
+    async def _fetch(self, topic: str, position: Position) -> bytes | None:
+        """One event announced without its payload (too large for ``NOTIFY``)."""
+        payload = await self._call(
+            f"reading event {position.offset} of {topic!r}",
+            "fetchval",
+            self._event_sql,
+            topic,
+            position.offset,
+            position.epoch,
+        )
+        return None if payload is None else bytes(payload)
+
+    async def _call(self, doing: str, method: str, query: str, *arguments: Any) -> Any:
+        pool = self._pool
+        if pool is None:
+            raise BackendError("this PostgresBackend is not open: use `async with backend:`")
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                return await getattr(pool, method)(query, *arguments)
+        except _SCHEMA_ERRORS as exc:
+            raise SchemaNotReady(
+                f"{doing} failed: {describe(exc)}; run `python -m budget_ws migrate URL`"
+            ) from exc
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # Idle pooled connections may be as dead as this one: open new ones next time.
+            await pool.expire_connections()
+            raise BackendUnavailable(f"{doing} failed: {describe(exc)}") from exc
+
+    # Subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, listener: Listener) -> None:
+        """Deliver ``topic`` to ``listener``; returns once events after now reach it."""
+        if not self._topics.add(topic, listener):
+            await self._wait_listening(topic)
+            return
+        try:
+            await self._wait_listening(topic)
+            # The channel carries every topic: from here on nothing is missed, and what
+            # came before is history.
+            recovery = await self.history(topic, None, 0)
+        except BaseException:
+            self._topics.remove(topic, listener)
+            raise
+        self._topics.start(topic, recovery.position)
+
+    async def _wait_listening(self, topic: str) -> None:
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                await self._link.wait_connected()
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"PostgreSQL is not listening for {topic!r} within {self.operation_timeout:g} s"
+            ) from None
+
+    async def unsubscribe(self, topic: str, listener: Listener) -> None:
+        """Stop delivering ``topic`` to ``listener``; unknown pairs are ignored."""
+        self._topics.remove(topic, listener)
+
+    # The supervised listening connection ----------------------------------------------
+
+    async def _open_connection(self) -> Any:
+        try:
+            return await asyncpg.connect(
+                self.url, timeout=self.operation_timeout, **self._connection_options
+            )
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            raise BackendUnavailable(
+                f"could not connect to PostgreSQL at {self._address}: {describe(exc)}"
+            ) from exc
+
+    async def _connect(self, task_group: anyio.abc.TaskGroup, attempt: int) -> None:
+        self._lost = anyio.Event()
+        connection = await asyncpg.connect(
+            self.url, timeout=self.operation_timeout, **self._connection_options
+        )
+        self._listening = connection
+        connection.add_termination_listener(self._on_terminated)
+        with anyio.fail_after(self.operation_timeout):
+            await connection.add_listener(self.schema, self._on_notification)
+        task_group.start_soon(self._check_health, connection)
+        task_group.start_soon(self._clean_up_periodically)
+
+    async def _disconnect(self) -> None:
+        connection, self._listening = self._listening, None
+        if connection is not None:
+            connection.terminate()
+
+    async def _confirmed(self, topic: str) -> None:
+        """One channel carries every topic: listening again covers them all."""
+
+    def _on_terminated(self, connection: object) -> None:
+        if connection is self._listening:
+            self._lost.set()
+
+    async def _check_health(self, connection: Any) -> None:
+        while True:
+            with anyio.move_on_after(self.health_check_interval):
+                await self._lost.wait()
+                raise _ListenerClosed("the listening connection was closed")
+            with anyio.fail_after(self.operation_timeout):
+                await connection.fetchval("SELECT 1")
+
+    async def _clean_up_periodically(self) -> None:
+        events, topics = clean_up_sql(self.schema)
+        while True:
+            await anyio.sleep(self.clean_up_interval * random.uniform(0.5, 1.5))
+            try:
+                await self._call("deleting expired events", "execute", events)
+                await self._call("deleting idle topics", "execute", topics, self.topic_ttl)
+            except BackendError as exc:
+                logger.warning(
+                    "budget_ws: PostgreSQL clean-up failed: %s",
+                    exc,
+                    extra={"budget_ws_event": "clean_up_failed", "budget_ws_error": str(exc)},
+                )
+
+    def _on_notification(self, connection: object, pid: int, channel: str, message: str) -> None:
+        try:
+            offset, epoch, length, rest = message.split(" ", 3)
+            topic, body = rest[: int(length)], rest[int(length) :]
+            if len(topic) != int(length) or (body and body[0] != "="):
+                raise ValueError(message)
+            payload = base64.b64decode(body[1:], validate=True) if body else None
+            position = Position(int(offset), epoch)
+        except (ValueError, binascii.Error):
+            logger.warning(
+                "budget_ws: ignored a notification on channel %r that budget_ws did not send",
+                channel,
+                extra={"budget_ws_event": "foreign_notification"},
+            )
+            return
+        self._topics.receive(topic, position, payload)
+
+    def _start_fill(self, topic: str) -> None:
+        # Under the supervisor: a failed fill reconnects, and the reconnection fills again.
+        self._link.start_soon(self._topics.fill_live_gap, topic)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` is a lost, refused or silent server rather than a bug."""
+    return isinstance(_cause_of(error), _OUTAGES)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a log: the cause's type and message."""
+    cause = _cause_of(error)
+    text = str(cause) or ("no answer in time" if isinstance(cause, TimeoutError) else "-")
+    module = type(cause).__module__.split(".")[0]
+    kind = type(cause).__name__ if module == "builtins" else f"{module}.{type(cause).__name__}"
+    return f"{kind}: {text}"
+
+
+def _cause_of(error: BaseException) -> BaseException:
+    # Duck-typed: BaseExceptionGroup is a builtin from Python 3.11 on only.
+    inner = getattr(error, "exceptions", None)
+    while isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        error = inner[0]
+        inner = getattr(error, "exceptions", None)
+    return error
+
+
+def _sqlalchemy_execute(transaction: object) -> Any:
+    """A function running the publish on a SQLAlchemy async session or connection, or None."""
+    if "sqlalchemy" not in sys.modules:
+        return None  # nothing can be a SQLAlchemy object
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+    if not isinstance(transaction, (AsyncSession, AsyncConnection)):
+        return None
+
+    async def execute(statement: str, values: dict[str, Any]) -> tuple[str, int]:
+        result = await transaction.execute(text(statement), values)
+        epoch, offset = result.one()
+        return str(epoch), int(offset)
+
+    return execute

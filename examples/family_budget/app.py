@@ -1,13 +1,21 @@
 """The family-budget web app: FastAPI routes, Jinja2 pages and HTMX fragments.
 
-Every write follows the same path: check the form, write to SQLite, then
-``await manager.publish(event, topic=budget_topic(budget_id))``. Each open tab of that
-budget receives the event through the bundled browser client, which turns it into an htmx
-event; the fragments listening for it (facts table and totals, article lists) re-fetch
-themselves. The page carries the topic's position it was rendered at and subscribes from
-it, so an event published while the page was on its way is replayed, not lost. Run it with
-``python -m family_budget`` from ``examples/`` or with
-``uvicorn --factory --app-dir examples family_budget.app:app_factory``.
+Every write follows the same path: check the form, then write and publish in a unit of
+work of the store (:mod:`family_budget.store`)::
+
+    async with db.unit_of_work(manager) as work:
+        fact = await work.create_fact(...)
+        await work.publish(event, topic=budget_topic(budget_id))
+
+The data is in SQLite (:mod:`family_budget.db`), where the publish follows the committed
+write; on the PostgreSQL backend (``postgresql://…``) it is in that same database
+(:mod:`family_budget.pg`), and the write and its event are one transaction: delivered if
+and only if saved. Each open tab of that budget receives the event through the bundled
+browser client, which turns it into an htmx event; the fragments listening for it (facts
+table and totals, article lists) re-fetch themselves. The page carries the topic's
+position it was rendered at and subscribes from it, so an event published while the page
+was on its way is replayed, not lost. Run it with ``python -m family_budget`` from
+``examples/`` or with ``uvicorn --factory --app-dir examples family_budget.app:app_factory``.
 
 For operators, ``/metrics`` serves the manager's metrics to Prometheus and ``/ops`` shows
 the same numbers as a page (see :mod:`family_budget.ops`); both answer only from this
@@ -16,6 +24,7 @@ machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -23,6 +32,7 @@ from contextlib import asynccontextmanager
 from html import escape
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Cookie, Depends, FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +46,7 @@ from starlette.routing import Route
 from budget_ws import Action, BackendError, ConnectionManager, Handshake, HandshakeRejected
 from budget_ws.adapters import client_url
 from budget_ws.adapters.fastapi import Manager, create_router, lifespan
+from budget_ws.backends import Backend, create_backend
 from budget_ws.prometheus import metrics_app
 
 from .db import Database, Totals, User
@@ -50,8 +61,11 @@ from .ops import (
     milliseconds,
     per_second,
 )
+from .store import Store, WriteFailed
 
-__all__ = ["app_factory", "create_app"]
+__all__ = ["SettingsConflict", "app_factory", "create_app", "is_postgres"]
+
+logger = logging.getLogger("family_budget")
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "demo_user"
@@ -78,14 +92,67 @@ def default_backend() -> str:
     return os.environ.get("BUDGET_WS_BACKEND") or "memory://"
 
 
-def create_app(database: str | None = None, backend: str | None = None) -> FastAPI:
+def default_schema() -> str:
+    """``$BUDGET_DEMO_SCHEMA``, else ``family_budget``: where the data goes on PostgreSQL."""
+    return os.environ.get("BUDGET_DEMO_SCHEMA") or "family_budget"
+
+
+def is_postgres(backend: str) -> bool:
+    """Whether a backend URL names PostgreSQL (``postgresql://`` or ``postgres://``)."""
+    return urlsplit(backend).scheme.lower() in ("postgresql", "postgres")
+
+
+class SettingsConflict(ValueError):
+    """Two settings of the demo contradict each other; the message says which to drop."""
+
+
+def postgres_store(backend: Backend, database: str | None, schema: str | None) -> Store:
+    """The demo's data in the database of a PostgreSQL backend.
+
+    Raises:
+        SettingsConflict: A SQLite file was given too (``database`` or ``$BUDGET_DEMO_DB``).
+    """
+    if database is not None or os.environ.get("BUDGET_DEMO_DB"):
+        given = "--db" if database is not None else "$BUDGET_DEMO_DB"
+        raise SettingsConflict(
+            f"{given} is for SQLite only: on PostgreSQL the demo keeps its data in the "
+            f"backend's database (in schema {schema or default_schema()!r}; "
+            f"$BUDGET_DEMO_SCHEMA chooses another). Drop {given}, or choose another backend."
+        )
+    # Imported here: asyncpg is needed on PostgreSQL only (create_backend said so if missing).
+    from budget_ws.backends.postgresql import PostgresBackend
+
+    from .pg import PostgresStore
+
+    assert isinstance(backend, PostgresBackend)
+    return PostgresStore(backend.url, schema=schema or default_schema())
+
+
+def create_app(
+    database: str | None = None, backend: str | None = None, *, schema: str | None = None
+) -> FastAPI:
     """Build the demo app; nothing is opened until the app starts.
 
     Args:
-        database: SQLite file, or ``":memory:"``; default :func:`default_database`.
-        backend: budget_ws backend URL; default :func:`default_backend`.
+        database: SQLite file, or ``":memory:"``; default :func:`default_database`. For
+            SQLite only.
+        backend: budget_ws backend URL; default :func:`default_backend`. With
+            ``postgresql://…``, the demo keeps its data in that database too, and publishes
+            each change in the transaction that writes it. budget_ws's schema must be
+            there already (``python -m budget_ws migrate URL``).
+        schema: The schema of the demo's tables on PostgreSQL; default
+            :func:`default_schema`.
+
+    Raises:
+        SettingsConflict: ``database`` (or ``$BUDGET_DEMO_DB``) with a PostgreSQL backend.
     """
-    db = Database(database or default_database())
+    url = backend or default_backend()
+    backend_instance = create_backend(url)
+    db: Store
+    if is_postgres(url):
+        db = postgres_store(backend_instance, database, schema)
+    else:
+        db = Database(database or default_database())
 
     async def authenticate(handshake: Handshake) -> User:
         # Runs before the WebSocket is accepted: no known user, no connection.
@@ -99,7 +166,7 @@ def create_app(database: str | None = None, backend: str | None = None) -> FastA
         # Tabs only listen (changes come through the forms), and only to their own budget.
         return action == "subscribe" and topic == budget_topic(user.budget_id)
 
-    manager = ConnectionManager(backend or default_backend(), authorize=authorize)
+    manager = ConnectionManager(backend_instance, authorize=authorize)
     manager_lifespan = lifespan(manager)
     # Its own registry: several apps in one process (tests) would clash in the global one.
     prometheus = metrics_app(manager, registry=CollectorRegistry())
@@ -107,12 +174,8 @@ def create_app(database: str | None = None, backend: str | None = None) -> FastA
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        db.open()
-        try:
-            async with manager_lifespan(app) as state:
-                yield {**state, "database": db, "readings": readings}
-        finally:
-            db.close()
+        async with db, manager_lifespan(app) as state:
+            yield {**state, "database": db, "readings": readings}
 
     app = FastAPI(
         title="Family budget",
@@ -129,6 +192,7 @@ def create_app(database: str | None = None, backend: str | None = None) -> FastA
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, bad_request)
+    app.add_exception_handler(WriteFailed, write_failed)
     return app
 
 
@@ -144,12 +208,12 @@ class LoginRequired(Exception):
     """No demo user is logged in (or the cookie names nobody)."""
 
 
-def get_database(request: Request) -> Database:
-    database: Database = request.state.database
+def get_database(request: Request) -> Store:
+    database: Store = request.state.database
     return database
 
 
-Db = Annotated[Database, Depends(get_database)]
+Db = Annotated[Store, Depends(get_database)]
 
 
 def get_readings(request: Request) -> Readings:
@@ -225,6 +289,12 @@ async def bad_request(request: Request, exc: Exception) -> Response:
     return error_response(request, 400, f"Bad request: check {fields}.")
 
 
+async def write_failed(request: Request, exc: Exception) -> Response:
+    logger.warning("%s %s: %s", request.method, request.url.path, exc)
+    message = "The database refused the change: nothing was saved, and no tab was told."
+    return error_response(request, 500, message)
+
+
 def error_response(request: Request, status: int, message: str) -> Response:
     if is_htmx(request):
         # Whatever the request meant to replace, the message goes to the page's flash area.
@@ -273,7 +343,7 @@ async def logout() -> RedirectResponse:
     return response
 
 
-async def budget_context(db: Database, user: User, **context: Any) -> dict[str, Any]:
+async def budget_context(db: Store, user: User, **context: Any) -> dict[str, Any]:
     """Everything the budget page shows."""
     budget_id = user.budget_id
     return {
@@ -291,7 +361,7 @@ async def budget_context(db: Database, user: User, **context: Any) -> dict[str, 
     }
 
 
-async def ledger_context(db: Database, budget_id: int) -> dict[str, Any]:
+async def ledger_context(db: Store, budget_id: int) -> dict[str, Any]:
     """The facts table and the totals."""
     facts = await db.facts(budget_id)
     return {"budget_id": budget_id, "facts": facts, "totals": Totals.of(facts)}
@@ -299,7 +369,7 @@ async def ledger_context(db: Database, budget_id: int) -> dict[str, Any]:
 
 async def render_page(
     request: Request,
-    db: Database,
+    db: Store,
     manager: ConnectionManager,
     user: User,
     *,
@@ -352,7 +422,7 @@ async def article_options(
     return render(request, "_article_options.html", context)
 
 
-# Writes: check, save, publish -------------------------------------------------------------
+# Writes: check, then save and publish in one unit of work ---------------------------------
 
 FormField = Annotated[str, Form()]
 
@@ -370,11 +440,13 @@ async def create_fact(
 ) -> Response:
     form = FactForm(amount, article_id, financial_center_id)
     try:
-        fact = await db.create_fact(budget_id, form.parse(), author=user.name)
+        async with db.unit_of_work(manager) as work:
+            fact = await work.create_fact(budget_id, form.parse(), author=user.name)
+            event = FactCreated.of(fact, author=user.name)
+            await work.publish(event, topic=budget_topic(budget_id))
     except InvalidInput as invalid:
         form.errors = invalid.errors
         return await fact_form_error(request, db, manager, user, form=form)
-    await manager.publish(FactCreated.of(fact, author=user.name), topic=budget_topic(budget_id))
     if not is_htmx(request):
         return back_to_budget(budget_id)
     # A fresh form that keeps the article and center chosen: facts often come in runs.
@@ -416,16 +488,18 @@ async def update_fact(
 ) -> Response:
     form = FactForm(amount, article_id, financial_center_id)
     try:
-        fact = await db.update_fact(budget_id, fact_id, form.parse())
+        async with db.unit_of_work(manager) as work:
+            fact = await work.update_fact(budget_id, fact_id, form.parse())
+            if fact is None:
+                raise HTTPException(404, "That fact does not exist (any more).")
+            event = FactUpdated.of(fact, author=user.name)
+            await work.publish(event, topic=budget_topic(budget_id))
     except InvalidInput as invalid:
         form.errors = invalid.errors
         editing = await db.fact(budget_id, fact_id)
         if editing is None:
             raise HTTPException(404, "That fact does not exist (any more).") from None
         return await fact_form_error(request, db, manager, user, editing=editing, edit_form=form)
-    if fact is None:
-        raise HTTPException(404, "That fact does not exist (any more).")
-    await manager.publish(FactUpdated.of(fact, author=user.name), topic=budget_topic(budget_id))
     if not is_htmx(request):
         return back_to_budget(budget_id)
     return HTMLResponse("", headers={"HX-Trigger": "facts-changed"})  # empties the editor
@@ -435,9 +509,11 @@ async def update_fact(
 async def delete_fact(
     request: Request, budget_id: BudgetId, fact_id: int, user: CurrentUser, db: Db, manager: Manager
 ) -> Response:
-    if not await db.delete_fact(budget_id, fact_id):
-        raise HTTPException(404, "That fact does not exist (any more).")
-    await manager.publish(FactDeleted(id=fact_id, author=user.name), topic=budget_topic(budget_id))
+    async with db.unit_of_work(manager) as work:
+        if not await work.delete_fact(budget_id, fact_id):
+            raise HTTPException(404, "That fact does not exist (any more).")
+        event = FactDeleted(id=fact_id, author=user.name)
+        await work.publish(event, topic=budget_topic(budget_id))
     if not is_htmx(request):
         return back_to_budget(budget_id)
     return HTMLResponse("", headers={"HX-Trigger": "facts-changed"})  # removes the row
@@ -455,7 +531,12 @@ async def rename_article(
 ) -> Response:
     form = ArticleName(name)
     try:
-        article = await db.rename_article(budget_id, article_id, form.parse())
+        async with db.unit_of_work(manager) as work:
+            article = await work.rename_article(budget_id, article_id, form.parse())
+            if article is None:
+                raise HTTPException(404, "That article does not exist.")
+            event = ArticleUpdated.of(article, author=user.name)
+            await work.publish(event, topic=budget_topic(budget_id))
     except InvalidInput as invalid:
         form.error = invalid.errors["name"]
         renaming = {"id": article_id, "form": form}
@@ -463,10 +544,6 @@ async def rename_article(
             return await render_page(request, db, manager, user, status=400, renaming=renaming)
         context = {"budget_id": budget_id, "articles": await db.articles(budget_id)}
         return render(request, "_articles.html", {**context, "renaming": renaming}, status=400)
-    if article is None:
-        raise HTTPException(404, "That article does not exist.")
-    event = ArticleUpdated.of(article, author=user.name)
-    await manager.publish(event, topic=budget_topic(budget_id))
     if not is_htmx(request):
         return back_to_budget(budget_id)
     context = {"budget_id": budget_id, "articles": await db.articles(budget_id), "renaming": None}
@@ -474,7 +551,7 @@ async def rename_article(
 
 
 async def fact_form_error(
-    request: Request, db: Database, manager: ConnectionManager, user: User, **form: Any
+    request: Request, db: Store, manager: ConnectionManager, user: User, **form: Any
 ) -> HTMLResponse:
     """Show a fact form again with what is wrong, as typed (status 400)."""
     if not is_htmx(request):

@@ -1,5 +1,9 @@
 """The demo's data: budgets, users, articles, financial centers and facts, in SQLite.
 
+The default store (:mod:`family_budget.store`); :mod:`family_budget.pg` keeps the same
+data in PostgreSQL. The value types the pages show (:class:`Fact`, ...) are defined here,
+for both.
+
 One ``sqlite3`` connection per process, used by one thread at a time: the methods that
 route handlers await run the query in a worker thread, so a slow disk never stalls the
 event loop (and with it every WebSocket of the process). Amounts are stored as integer
@@ -15,17 +19,21 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio.to_thread
+from typing_extensions import Self
+
+from budget_ws import ConnectionManager, Event, Position
 
 from .forms import FactInput, InvalidInput
 
-__all__ = ["Article", "Database", "Fact", "FinancialCenter", "Totals", "User"]
+__all__ = ["Article", "Database", "Fact", "FinancialCenter", "SQLiteWork", "Totals", "User"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -59,6 +67,13 @@ CREATE TABLE IF NOT EXISTS facts (
 );
 CREATE INDEX IF NOT EXISTS facts_by_budget ON facts (budget_id, id);
 """
+
+CHOICES = [
+    ("articles", "article_id", "Choose one of this budget's articles."),
+    ("financial_centers", "financial_center_id", "Choose one of this budget's financial centers."),
+]
+"""The tables a fact's choices must come from (of its own budget), the form field of each,
+and what to say when one does not."""
 
 # Two households, each with its own articles and financial centers.
 SEED: dict[str, list[tuple[Any, ...]]] = {
@@ -171,18 +186,20 @@ def _in_thread(
     return run
 
 
-def _cents(amount: Decimal) -> int:
+def to_cents(amount: Decimal) -> int:
+    """An amount as the databases keep it: integer cents, never a float."""
     return int(amount * 100)
 
 
-def _amount(cents: int) -> Decimal:
-    return Decimal(cents).scaleb(-2)  # 1200 -> Decimal("12.00"), exactly
+def from_cents(cents: int) -> Decimal:
+    """The amount of ``cents``: 1200 -> Decimal("12.00"), exactly."""
+    return Decimal(cents).scaleb(-2)
 
 
 def _fact(row: sqlite3.Row) -> Fact:
     return Fact(
         id=row["id"],
-        amount=_amount(row["amount_cents"]),
+        amount=from_cents(row["amount_cents"]),
         article_id=row["article_id"],
         article=row["article"],
         financial_center_id=row["financial_center_id"],
@@ -228,6 +245,19 @@ class Database:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+
+    async def __aenter__(self) -> Self:
+        """:meth:`open` it: the app's lifespan opens either store with ``async with``."""
+        self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -307,6 +337,11 @@ class Database:
 
     # Writes -------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def unit_of_work(self, manager: ConnectionManager) -> AsyncIterator[SQLiteWork]:
+        """Writes that each commit on their own, and events published after them."""
+        yield SQLiteWork(self, manager)
+
     @_in_thread
     def create_fact(self, budget_id: int, fact: FactInput, *, author: str) -> Fact:
         """Add a fact to the budget.
@@ -319,7 +354,13 @@ class Database:
             cursor = db.execute(
                 "INSERT INTO facts (budget_id, article_id, financial_center_id, amount_cents, "
                 "author) VALUES (?, ?, ?, ?, ?)",
-                (budget_id, fact.article_id, fact.financial_center_id, _cents(fact.amount), author),
+                (
+                    budget_id,
+                    fact.article_id,
+                    fact.financial_center_id,
+                    to_cents(fact.amount),
+                    author,
+                ),
             )
             assert cursor.lastrowid is not None
             created = self._select_fact(db, budget_id, cursor.lastrowid)
@@ -335,7 +376,7 @@ class Database:
         """
         with self._write() as db:
             self._check_choices(db, budget_id, fact)
-            values = (fact.article_id, fact.financial_center_id, _cents(fact.amount))
+            values = (fact.article_id, fact.financial_center_id, to_cents(fact.amount))
             db.execute(
                 "UPDATE facts SET article_id = ?, financial_center_id = ?, amount_cents = ? "
                 "WHERE id = ? AND budget_id = ?",
@@ -372,20 +413,41 @@ class Database:
     @staticmethod
     def _check_choices(db: sqlite3.Connection, budget_id: int, fact: FactInput) -> None:
         errors: dict[str, str] = {}
-        checks = [
-            ("articles", fact.article_id, "article_id", "Choose one of this budget's articles."),
-            (
-                "financial_centers",
-                fact.financial_center_id,
-                "financial_center_id",
-                "Choose one of this budget's financial centers.",
-            ),
-        ]
-        for table, row_id, field, message in checks:
+        for table, field, message in CHOICES:
             found = db.execute(
-                f"SELECT 1 FROM {table} WHERE id = ? AND budget_id = ?", (row_id, budget_id)
+                f"SELECT 1 FROM {table} WHERE id = ? AND budget_id = ?",
+                (getattr(fact, field), budget_id),
             ).fetchone()
             if found is None:
                 errors[field] = message
         if errors:
             raise InvalidInput(errors)
+
+
+class SQLiteWork:
+    """A unit of work on SQLite: each write commits on its own, and the publish follows it.
+
+    A *dual write*, the best SQLite allows: an event is published only after its change
+    is saved, but a crash (or a failing publish) between the two leaves the change saved
+    and unannounced; tabs that reconnect see it when they re-fetch.
+    """
+
+    def __init__(self, database: Database, manager: ConnectionManager) -> None:
+        self.database = database
+        self.manager = manager
+
+    async def create_fact(self, budget_id: int, fact: FactInput, *, author: str) -> Fact:
+        return await self.database.create_fact(budget_id, fact, author=author)
+
+    async def update_fact(self, budget_id: int, fact_id: int, fact: FactInput) -> Fact | None:
+        return await self.database.update_fact(budget_id, fact_id, fact)
+
+    async def delete_fact(self, budget_id: int, fact_id: int) -> bool:
+        return await self.database.delete_fact(budget_id, fact_id)
+
+    async def rename_article(self, budget_id: int, article_id: int, name: str) -> Article | None:
+        return await self.database.rename_article(budget_id, article_id, name)
+
+    async def publish(self, event: Event, *, topic: str) -> Position:
+        """Publish at once: the writes before it are committed already."""
+        return await self.manager.publish(event, topic=topic)

@@ -5,7 +5,15 @@ through a bounded outbox, and clients that reconnect recover what they missed.
 """
 
 from .__about__ import __version__
-from .backends import Backend, Listener, MemoryBackend, Position, Recovery, create_backend
+from .backends import (
+    Backend,
+    Listener,
+    MemoryBackend,
+    Position,
+    Recovery,
+    TransactionalBackend,
+    create_backend,
+)
 from .compat import Compatibility
 from .connection import Connection, Transport
 from .errors import (
@@ -90,6 +98,7 @@ __all__ = [
     "SlowConsumerPolicy",
     "Stats",
     "SubscriptionRefused",
+    "TransactionalBackend",
     "TransactionalPublishUnsupported",
     "Transport",
     "UnknownBackend",

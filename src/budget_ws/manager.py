@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from ._runtime import BackgroundTask
-from .backends import Backend, Position, create_backend
+from .backends import Backend, Position, TransactionalBackend, create_backend
 from .connection import Connection, Transport
 from .errors import (
     BackendError,
@@ -652,13 +652,13 @@ class ConnectionManager:
 
     def _publisher_within(self, transaction: object) -> Callable[[str, bytes], Awaitable[Position]]:
         """The backend's publish inside ``transaction``, or a clear refusal."""
-        publish_within = getattr(self.backend, "publish_within", None)
-        if publish_within is None:
+        backend = self.backend
+        if not isinstance(backend, TransactionalBackend):
             raise TransactionalPublishUnsupported(
-                f"{self.backend!r} cannot publish inside a database transaction "
+                f"{backend!r} cannot publish inside a database transaction "
                 "(publish(..., within=...)); the PostgreSQL backend can"
             )
-        return functools.partial(publish_within, transaction)
+        return functools.partial(backend.publish_within, transaction)
 
     async def _publish_traced(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from budget_ws import InvalidBackendOption, MemoryBackend, UnknownBackend, create_backend
+from budget_ws.backends._redis_url import parse_sentinel_address
 from budget_ws.backends.redis import HistoryPolicy, RedisBackend
 
 
@@ -36,6 +37,35 @@ from budget_ws.backends.redis import HistoryPolicy, RedisBackend
         ("redis://127.0.0.1/0?ssl_cert_reqs=none", "ssl_cert_reqs", "known options"),
         ("rediss://127.0.0.1/0?ssl_cert_reqs=maybe", "ssl_cert_reqs", "one of none, optional"),
         ("redis://127.0.0.1/0?retry_on_timeout=1", "retry_on_timeout", "known options"),
+        ("redis://127.0.0.1/0?wait_replicas=-1", "wait_replicas", "a whole number >= 0"),
+        ("redis://127.0.0.1/0?cluster=1&wait_replicas=1", "wait_replicas", "only 0 on a cluster"),
+        ("redis+sentinel://h1:26379/", "master_name", "the name the Sentinels monitor"),
+        ("redis+sentinel://h1:26379", "master_name", "the name the Sentinels monitor"),
+        ("redis+sentinel://h1:26379//0", "master_name", "the name the Sentinels monitor"),
+        ("redis+sentinel://h1:26379/mymaster/zero", "path", "/MASTER_NAME or /MASTER_NAME/DB"),
+        ("redis+sentinel://h1:26379/mymaster/0/1", "path", "/MASTER_NAME or /MASTER_NAME/DB"),
+        ("redis+sentinel:///mymaster", "host", "HOST or HOST:PORT, comma-separated"),
+        ("redis+sentinel://h1:26379,/mymaster", "host", "HOST or HOST:PORT"),
+        ("redis+sentinel://h1:port/mymaster", "host", "HOST or HOST:PORT"),
+        ("redis+sentinel://h1:0/mymaster", "host", "HOST or HOST:PORT"),
+        ("redis+sentinel://h1:99999/mymaster", "host", "HOST or HOST:PORT"),
+        ("redis+sentinel://h1/mymaster?cluster=1", "cluster", "Sentinel and Cluster exclude"),
+        ("redis+sentinel://h1/mymaster?cluster=0", "cluster", "Sentinel and Cluster exclude"),
+        ("redis+sentinel://h1/mymaster/1?db=2", "db", "nothing when the path names one"),
+        ("redis+sentinel://h1/mymaster?sentinel_timeout=0", "sentinel_timeout", "seconds > 0"),
+        ("redis+sentinel://h1/mymaster?sentinel_password=", "sentinel_password", "non-empty"),
+        (
+            "redis+sentinel://h1/mymaster?sentinel_pasword=x",
+            "sentinel_pasword",
+            "sentinel_password",
+        ),
+        (
+            "redis+sentinel://h1/m?sentinel_timeout=1&sentinel_timeout=2",
+            "sentinel_timeout",
+            "twice",
+        ),
+        ("redis+sentinel://h1/mymaster?ssl_cert_reqs=none", "ssl_cert_reqs", "known options"),
+        ("rediss+sentinel://h1/mymaster?ssl_cert_reqs=maybe", "ssl_cert_reqs", "one of none"),
     ],
 )
 def test_a_bad_option_is_refused_at_once_with_what_it_accepts(
@@ -90,3 +120,61 @@ def test_constructor_arguments_are_checked_like_url_options() -> None:
         MemoryBackend(history_size=-1)
     with pytest.raises(InvalidBackendOption, match="health_check_interval"):
         RedisBackend(health_check_interval=float("inf"))
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_options() -> None:
+    backend = create_backend(
+        "redis+sentinel://:secret@10.0.0.1:26379,10.0.0.2,[::1]:26380/my%20master/2"
+        "?key_prefix=app&history_size=10&wait_replicas=1&socket_timeout=3"
+        "&sentinel_username=watcher&sentinel_password=s%26s&sentinel_timeout=0.5"
+    )
+    assert isinstance(backend, RedisBackend)
+    assert (
+        backend.url == "redis+sentinel://:secret@10.0.0.1:26379,10.0.0.2,[::1]:26380/my%20master/2"
+    )
+    assert backend.cluster is False
+    assert backend.wait_replicas == 1
+    assert backend.history_policy == HistoryPolicy(size=10)
+    assert backend._connection_options == {
+        "socket_timeout": 3.0,
+        "sentinel_kwargs": {
+            "username": "watcher",
+            "password": "s&s",
+            "socket_timeout": 0.5,
+            "socket_connect_timeout": 0.5,
+        },
+    }
+    # No password in the repr: it goes to logs.
+    assert repr(backend) == (
+        "RedisBackend(redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,[::1]:26380/my master"
+        " sentinel, prefix='app')"
+    )
+    tls = create_backend("rediss+sentinel://h1/mymaster?db=3&ssl_cert_reqs=required")
+    assert isinstance(tls, RedisBackend)
+    assert tls._connection_options == {"db": 3, "ssl_cert_reqs": "required"}
+
+
+def test_the_constructor_reads_a_sentinel_url_as_strictly() -> None:
+    with pytest.raises(InvalidBackendOption, match="Sentinel and Cluster exclude each other"):
+        RedisBackend("redis+sentinel://h1/mymaster", cluster=True)
+    with pytest.raises(InvalidBackendOption) as caught:
+        RedisBackend("redis+sentinel://h1:26379")
+    assert caught.value.option == "master_name"
+    with pytest.raises(InvalidBackendOption, match="give the options as arguments"):
+        RedisBackend("redis+sentinel://h1/mymaster?history_size=1")
+    with pytest.raises(InvalidBackendOption, match="wait_replicas accepts a whole number"):
+        RedisBackend(wait_replicas=-1)
+
+
+def test_a_sentinel_url_gives_the_master_its_credentials_and_database() -> None:
+    target = parse_sentinel_address("rediss+sentinel://app:p%40ss@s1,[::1]:26380/main/4")
+    assert target.sentinels == (("s1", 26379), ("::1", 26380))
+    assert (target.master_name, target.db, target.tls) == ("main", 4, True)
+    assert (target.username, target.password) == ("app", "p@ss")
+    # The pub/sub connection's URL: the master Sentinel named, the URL's credentials.
+    assert target.node_url("::1", 6380) == "rediss://app:p%40ss@[::1]:6380/4"
+    plain = parse_sentinel_address("redis+sentinel://:only@s1/main")
+    assert (plain.username, plain.password, plain.db) == (None, "only", None)
+    assert plain.node_url("10.0.0.9", 6379) == "redis://:only@10.0.0.9:6379"
+    nobody = parse_sentinel_address("redis+sentinel://s1/main")
+    assert (nobody.username, nobody.password) == (None, None)

@@ -19,6 +19,7 @@ from budget_ws import (
     Event,
     MemoryBackend,
     Position,
+    TransactionalBackend,
     TransactionalPublishUnsupported,
 )
 from budget_ws.backends.postgresql import PostgresBackend
@@ -26,7 +27,8 @@ from budget_ws.testing import RecordingListener
 
 pytestmark = pytest.mark.anyio
 
-SQLALCHEMY_URL = POSTGRES_DSN.replace("postgresql://", "postgresql+asyncpg://")
+DRIVERS = ("asyncpg", "psycopg")
+"""SQLAlchemy's async PostgreSQL drivers: the publish must work through either."""
 
 
 class FactCreated(Event, name="budget_fact_created", register=False):
@@ -44,10 +46,12 @@ async def backend(postgres_schema: str) -> AsyncIterator[PostgresBackend]:
         yield opened
 
 
-@pytest.fixture
-async def engine(postgres_schema: str) -> AsyncIterator[AsyncEngine]:
+@pytest.fixture(params=DRIVERS)
+async def engine(
+    postgres_schema: str, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncEngine]:
     """The app's own engine, with a table of facts beside budget_ws's schema."""
-    created = create_async_engine(SQLALCHEMY_URL)
+    created = create_async_engine(POSTGRES_DSN.replace("postgresql", f"postgresql+{request.param}"))
     async with created.begin() as connection:
         await connection.execute(text(f"CREATE TABLE {postgres_schema}.facts (id int)"))
     yield created
@@ -177,6 +181,8 @@ async def test_the_manager_publishes_within_a_session(
 
 
 async def test_a_backend_that_cannot_is_a_clear_error_not_a_plain_publish() -> None:
+    assert isinstance(PostgresBackend(), TransactionalBackend)
+    assert not isinstance(MemoryBackend(), TransactionalBackend)
     listener = RecordingListener()
     async with ConnectionManager(MemoryBackend()) as manager:
         await manager.backend.subscribe("budget:1", listener)

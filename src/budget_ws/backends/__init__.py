@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendNotInstalled, UnknownBackend
 from ._options import parse_query, refuse, seconds, whole
-from .base import Backend, Listener, Position, Recovery
+from .base import Backend, Listener, Position, Recovery, TransactionalBackend
 from .memory import MemoryBackend
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "MemoryBackend",
     "Position",
     "Recovery",
+    "TransactionalBackend",
     "create_backend",
 ]
 
@@ -26,6 +27,8 @@ _LAZY_BACKENDS: dict[str, tuple[str, str, str, str]] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
+    "redis+sentinel": _REDIS,
+    "rediss+sentinel": _REDIS,
     "postgresql": _POSTGRES,
     "postgres": _POSTGRES,
 }

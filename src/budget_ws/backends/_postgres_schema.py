@@ -138,7 +138,12 @@ UPDATE {schema}.schema_version SET version = {SCHEMA_VERSION};
 def publish_sql(schema: str, placeholders: tuple[str, str, str, str]) -> str:
     """``SELECT epoch, offset`` of a publish; placeholders in the driver's style."""
     topic, payload, keep, ttl = placeholders
-    return f'SELECT epoch, "offset" FROM {schema}.publish({topic}, {payload}, {keep}, {ttl})'
+    # Typed, so that any driver's parameter types resolve to the function's.
+    arguments = (
+        f"CAST({topic} AS text), CAST({payload} AS bytea), "
+        f"CAST({keep} AS integer), CAST({ttl} AS double precision)"
+    )
+    return f'SELECT epoch, "offset" FROM {schema}.publish({arguments})'
 
 
 def history_sql(schema: str) -> str:

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AskError,
     MovedError,
     NoScriptError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -55,11 +57,14 @@ class TopicCalls:
         topic_ttl: float,
         operation_timeout: float,
         max_connections: int,
+        wait_replicas: int = 0,
     ) -> None:
         self.key_prefix = key_prefix
         self.cluster = cluster
         self.topic_ttl = topic_ttl
         self.operation_timeout = operation_timeout
+        self.wait_replicas = wait_replicas
+        """Replicas that must hold a publish before it counts as done (Redis ``WAIT``)."""
         self.client: Any = None
         """redis-py's client while the backend is open, else None."""
         # redis-py's pools raise when full (redis-py 8: at 100); waiting here instead keeps
@@ -140,6 +145,7 @@ class TopicCalls:
         client = self.client
         if client is None:
             raise BackendError("the Redis backend is not open: use `async with backend:`")
+        replicas = 0 if retry else self.wait_replicas
         unknown = (
             ""
             if retry
@@ -150,20 +156,31 @@ class TopicCalls:
             with anyio.fail_after(self.operation_timeout):
                 async with self._free_connections:
                     try:
+                        if replicas:
+                            # A third of the time for the replicas: a script the server
+                            # lacks (NOSCRIPT) waits twice, and runs within the rest.
+                            wait_ms = max(1, int(self.operation_timeout * 1000 / 3))
+                            return await _run_acknowledged(
+                                client, script, keys, arguments, replicas, wait_ms
+                            )
                         return await run_script(client, script, keys, arguments, self.cluster)
                     except RedisConnectionError:
                         if not retry:
                             raise
                         # A pooled connection may predate a Redis restart: one fresh try.
                         return await run_script(client, script, keys, arguments, self.cluster)
+        except _NotAcknowledged as short:
+            raise BackendUnavailable(
+                f"only {short.replicas} of {replicas} replicas acknowledged the event of topic "
+                f"{topic!r} in time: it was published, but a failover to a replica may lose it"
+            ) from None
         except TimeoutError:
             raise BackendUnavailable(
                 f"Redis did not answer within {self.operation_timeout:g} s (topic {topic!r})"
                 f"{unknown}"
             ) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            # redis-py's words for a failed connect (5.0.1 to 8): nothing was sent.
-            if unknown and "connecting to" in str(exc):
+            if unknown and _not_sent(exc):
                 unknown = "; the event was not published"
             raise BackendUnavailable(
                 f"Redis failed for topic {topic!r}: {describe(exc)}{unknown}"
@@ -182,6 +199,51 @@ async def run_script(
         return await client.evalsha(script.sha, len(keys), *keys, *arguments)
     except NoScriptError:
         return await client.eval(script.source, len(keys), *keys, *arguments)
+
+
+class _NotAcknowledged(Exception):
+    """Fewer replicas than asked for hold a publish that ran on the master."""
+
+    def __init__(self, replicas: int) -> None:
+        super().__init__(replicas)
+        self.replicas = replicas
+
+
+async def _run_acknowledged(
+    client: Any,
+    script: Script,
+    keys: Sequence[str],
+    arguments: Sequence[Any],
+    replicas: int,
+    wait_ms: int,
+) -> Any:
+    """Run ``script``, then ``WAIT`` for ``replicas`` to hold it, in one write.
+
+    A master that lost its role to a replica has none left to acknowledge, so what it
+    still accepts never counts as published.
+    """
+    result, acknowledged = await _run_and_wait(
+        client, ("EVALSHA", script.sha, len(keys), *keys, *arguments), replicas, wait_ms
+    )
+    if isinstance(result, NoScriptError):  # the script did not run: send its source
+        result, acknowledged = await _run_and_wait(
+            client, ("EVAL", script.source, len(keys), *keys, *arguments), replicas, wait_ms
+        )
+    if isinstance(result, Exception):
+        raise result
+    if int(acknowledged) < replicas:
+        raise _NotAcknowledged(int(acknowledged))
+    return result
+
+
+async def _run_and_wait(
+    client: Any, command: tuple[Any, ...], replicas: int, wait_ms: int
+) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipeline:
+        pipeline.execute_command(*command)
+        pipeline.execute_command("WAIT", replicas, wait_ms)
+        replies: list[Any] = await pipeline.execute(raise_on_error=False)
+    return replies
 
 
 async def _run_on_cluster(
@@ -250,6 +312,16 @@ async def _node_at(client: Any, host: str, port: int) -> Any:
     if node is None:
         raise ResponseError(f"ASK points to {host}:{port}, which is not in the cluster")
     return node
+
+
+def _not_sent(error: BaseException) -> bool:
+    """Whether a failed call certainly did not run its script."""
+    # redis-py's words for a failed connect (5.0.1 to 8): nothing was sent.
+    if "connecting to" in str(error):
+        return True
+    # Behind Sentinel: no master to send it to, or a demoted master refused to write
+    # (redis-py then turns the ReadOnlyError into a ConnectionError).
+    return isinstance(error, MasterNotFoundError) or isinstance(error.__context__, ReadOnlyError)
 
 
 PUBLISH = Script(PUBLISH_SCRIPT)

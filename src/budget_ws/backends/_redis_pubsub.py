@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -14,6 +14,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import BackendUnavailable
+from ._supervisor import cause_of
+from ._supervisor import describe as describe_error
+
+if TYPE_CHECKING:
+    from ._redis_sentinel import SentinelMaster
 
 __all__ = [
     "DeadConnection",
@@ -34,6 +39,9 @@ class Shard:
     redis-py must not reconnect and resubscribe behind our back here: a silent reconnect
     would hide the gap that only the backend knows how to fill. So retries are off, and
     any failure ends the supervisor's task group, which reconnects everything.
+
+    Behind Sentinel (``sentinel`` given), the connection goes to the master the Sentinels
+    named when it opened, and counts as dead once they name another.
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class Shard:
         health_check_interval: float,
         operation_timeout: float,
         connection_options: Mapping[str, Any],
+        sentinel: SentinelMaster | None = None,
     ) -> None:
         self._url = url
         self._sharded = sharded
@@ -56,6 +65,7 @@ class Shard:
         self._health_check_interval = health_check_interval
         self._operation_timeout = operation_timeout
         self._connection_options = connection_options
+        self._sentinel = sentinel
         self._client: Any = None
         self._pubsub: Any = None
         self._pong = anyio.Event()
@@ -79,6 +89,9 @@ class Shard:
         self._client = aioredis.Redis.from_url(self._url, **options)
         self._pubsub = self._client.pubsub()
         await self._pubsub.ping()  # connects, and fails now if the server is away
+        if self._sentinel is not None:
+            with anyio.fail_after(self._operation_timeout):
+                await self._sentinel.settle(self._client, self.address)
 
     async def subscribe(self, channel: str) -> None:
         if self._sharded:
@@ -87,6 +100,8 @@ class Shard:
             await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
+        if self._sentinel is not None:
+            self._sentinel.forget(channel)
         if self._sharded:
             await self._pubsub.sunsubscribe(channel)
         else:
@@ -107,7 +122,10 @@ class Shard:
                 continue
             kind = _text(message["type"])
             if kind in ("message", "smessage"):
-                self._on_message(_text(message["channel"]), message["data"])
+                channel = _text(message["channel"])
+                if self._sentinel is not None:
+                    self._sentinel.heard(channel, message["data"])
+                self._on_message(channel, message["data"])
             elif kind in ("subscribe", "ssubscribe"):
                 self._on_confirmed(_text(message["channel"]))
             elif kind in ("unsubscribe", "sunsubscribe"):
@@ -137,6 +155,9 @@ class Shard:
             if not self._pong.is_set():
                 # The address, not the URL: a URL may hold a password, and this is logged.
                 raise DeadConnection(f"no pong from {self.address}")
+            if self._sentinel is not None:
+                # A demoted master answers pings, and may keep its clients for a while.
+                await self._sentinel.confirm(self.address)
 
     async def close(self) -> None:
         for resource in (self._pubsub, self._client):
@@ -155,8 +176,14 @@ class Shard:
 
 
 def address_of(url: str) -> str:
-    """``host:port`` of a Redis URL, or its socket path, for log lines (no credentials)."""
+    """``host:port`` of a Redis URL, or its socket path, for log lines (no credentials).
+
+    A ``redis+sentinel://`` URL gives its Sentinels and the master's name.
+    """
     parts = urlsplit(url)
+    if "," in parts.netloc or parts.scheme.lower().endswith("+sentinel"):
+        sentinels = parts.netloc.rpartition("@")[2]
+        return f"sentinels {sentinels}{parts.path.rstrip('/')}"
     return f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
 
 
@@ -180,16 +207,6 @@ class ShardLost(DeadConnection):
         self.cause = cause
 
 
-def cause_of(error: BaseException) -> BaseException:
-    """The first error inside nested exception groups: what actually went wrong."""
-    # Duck-typed: BaseExceptionGroup is a builtin from Python 3.11 on only.
-    inner = getattr(error, "exceptions", None)
-    while isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
-        error = inner[0]
-        inner = getattr(error, "exceptions", None)
-    return error
-
-
 _OUTAGES = (RedisError, OSError, TimeoutError, DeadConnection, BackendUnavailable)
 
 
@@ -209,20 +226,7 @@ def describe(error: BaseException) -> str:
     cause = cause_of(error)
     if isinstance(cause, ShardLost):
         return str(cause)
-    text = str(cause) or ("no answer in time" if isinstance(cause, TimeoutError) else "-")
-    errno = next(
-        (
-            link.errno
-            for link in (cause, cause.__cause__, cause.__context__)
-            if isinstance(link, OSError) and link.errno
-        ),
-        None,
-    )
-    if errno is not None and str(errno) not in text:
-        text = f"{text} (errno {errno})"
-    module = type(cause).__module__.split(".")[0]
-    kind = type(cause).__name__ if module == "builtins" else f"{module}.{type(cause).__name__}"
-    return f"{kind}: {text}"
+    return describe_error(cause)
 
 
 def _text(value: Any) -> str:

@@ -19,9 +19,11 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .._runtime import BackgroundTask
+from ..errors import BackendUnavailable
 from ._sequencer import Sequencer
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "cause_of", "describe"]
 
 _RESYNCED_TOPICS_LOGGED = 20
 """Topics named at most in the log line of a restored connection."""
@@ -79,6 +81,7 @@ class Supervisor:
         self._is_outage = is_outage
         self._reconnect_delay = reconnect_delay
         self._logger = logger
+        self._task: BackgroundTask | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._up = anyio.Event()
         self._outage: _Outage | None = None
@@ -93,6 +96,50 @@ class Supervisor:
         """Wait until the link is up."""
         while not self.connected:
             await self._up.wait()
+
+    async def start(self, server: str, where: str, connect_within: float) -> None:
+        """Start supervising, in a task of its own, and wait until the link is up.
+
+        A task of its own, not a task group entered here: the backend may be closed from
+        any task (a lifespan's shutdown, a signal handler), and a group must be exited by
+        the task that entered it.
+
+        Raises:
+            BackendUnavailable: The link was not up within ``connect_within`` seconds (the
+                supervision is stopped again); the message names the last error.
+        """
+        self._task = BackgroundTask(self.run, f"budget_ws {server} supervisor")
+        self._task.start()
+        try:
+            with anyio.fail_after(connect_within):
+                await self.wait_connected()
+        except TimeoutError:
+            await self.stop()
+            last_error = self._describe(self.last_error) if self.last_error else "none"
+            raise BackendUnavailable(
+                f"could not connect to {server} at {where} within "
+                f"{connect_within:g} s (last error: {last_error})"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop supervising and close the link; any number of times."""
+        task, self._task = self._task, None
+        if task is not None:
+            await task.stop()
+
+    def status(self) -> dict[str, Any]:
+        """The link's state, for a backend's ``status()``.
+
+        ``gaps_filled`` counts the topics whose missed events (after a reconnect, or a
+        message the link lost) history filled in, ``events_recovered`` those events.
+        """
+        return {
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "topics": len(self._sequencer),
+            "gaps_filled": self._sequencer.gaps_filled,
+            "events_recovered": self._sequencer.events_recovered,
+        }
 
     def start_soon(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> bool:
         """Run ``function`` under the link: its failure breaks the link, which reconnects.
@@ -220,3 +267,32 @@ class Supervisor:
                 "budget_ws_resynced_topic_names": resynced[:_RESYNCED_TOPICS_LOGGED],
             },
         )
+
+
+def cause_of(error: BaseException) -> BaseException:
+    """The first error inside nested exception groups: what actually went wrong."""
+    # Duck-typed: BaseExceptionGroup is a builtin from Python 3.11 on only.
+    inner = getattr(error, "exceptions", None)
+    while isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        error = inner[0]
+        inner = getattr(error, "exceptions", None)
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """One line for a log: the cause's type and message, with its errno if it has one."""
+    cause = cause_of(error)
+    text = str(cause) or ("no answer in time" if isinstance(cause, TimeoutError) else "-")
+    errno = next(
+        (
+            link.errno
+            for link in (cause, cause.__cause__, cause.__context__)
+            if isinstance(link, OSError) and link.errno
+        ),
+        None,
+    )
+    if errno is not None and str(errno) not in text:
+        text = f"{text} (errno {errno})"
+    module = type(cause).__module__.split(".")[0]
+    kind = type(cause).__name__ if module == "builtins" else f"{module}.{type(cause).__name__}"
+    return f"{kind}: {text}"

@@ -20,7 +20,7 @@ from typing_extensions import Self
 
 from ..position import Position
 
-__all__ = ["Backend", "Listener", "Position", "Recovery"]
+__all__ = ["Backend", "Listener", "Position", "Recovery", "TransactionalBackend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,4 +111,21 @@ class Backend(Protocol):
             after: The last position the client processed; ``None`` asks only for the
                 topic's current position (``recovered`` is then false).
             limit: Recover at most this many events; a larger gap is not recovered.
+        """
+
+
+@runtime_checkable
+class TransactionalBackend(Backend, Protocol):
+    """A backend that can also publish inside the app's own database transaction.
+
+    ``ConnectionManager.publish(..., within=transaction)`` needs one; with any other
+    backend it raises :class:`~budget_ws.TransactionalPublishUnsupported`.
+    """
+
+    async def publish_within(self, transaction: object, topic: str, payload: bytes) -> Position:
+        """Publish as part of ``transaction``: delivered if and only if it commits.
+
+        Raises:
+            TransactionalPublishUnsupported: ``transaction`` is not one the backend can
+                publish in (e.g. not a connection of its database, or none is open).
         """

@@ -33,7 +33,6 @@ import anyio.abc
 import asyncpg
 from typing_extensions import Self
 
-from .._runtime import BackgroundTask
 from ..errors import (
     BackendError,
     BackendUnavailable,
@@ -53,7 +52,7 @@ from ._postgres_schema import (
 )
 from ._postgres_url import SCHEMA, parse_postgres_url
 from ._sequencer import Sequencer
-from ._supervisor import Supervisor
+from ._supervisor import Supervisor, cause_of, describe
 from .base import Listener, Position, Recovery
 
 __all__ = ["HistoryPolicy", "PostgresBackend"]
@@ -180,7 +179,6 @@ class PostgresBackend:
             reconnect_delay=reconnect_delay,
             logger=logger,
         )
-        self._supervisor: BackgroundTask | None = None
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -289,18 +287,11 @@ class PostgresBackend:
                     f"could not reach PostgreSQL at {self._address}: {describe(exc)}"
                 ) from exc
             raise
-        self._supervisor = BackgroundTask(self._link.run, "budget_ws PostgreSQL supervisor")
-        self._supervisor.start()
         try:
-            with anyio.fail_after(self.operation_timeout):
-                await self._link.wait_connected()
-        except TimeoutError:
+            await self._link.start("PostgreSQL", self._address, self.operation_timeout)
+        except BackendUnavailable:
             await self.aclose()
-            last_error = describe(self._link.last_error) if self._link.last_error else "none"
-            raise BackendUnavailable(
-                f"could not listen on PostgreSQL at {self._address} within "
-                f"{self.operation_timeout:g} s (last error: {last_error})"
-            ) from None
+            raise
         return self
 
     async def __aexit__(
@@ -313,10 +304,8 @@ class PostgresBackend:
 
     async def aclose(self) -> None:
         """Stop listening and close every connection; from any task, any number of times."""
-        supervisor, self._supervisor = self._supervisor, None
         with anyio.CancelScope(shield=True):
-            if supervisor is not None:
-                await supervisor.stop()
+            await self._link.stop()
             pool, self._pool = self._pool, None
             if pool is not None:
                 try:
@@ -331,13 +320,7 @@ class PostgresBackend:
 
     def status(self) -> dict[str, Any]:
         """State of the listening connection, for ``ConnectionManager.stats()``."""
-        return {
-            "connected": self._link.connected,
-            "reconnects": self._link.reconnects,
-            "topics": len(self._topics),
-            "gaps_filled": self._topics.gaps_filled,
-            "events_recovered": self._topics.events_recovered,
-        }
+        return self._link.status()
 
     # Publishing and history --------------------------------------------------------------
 
@@ -572,25 +555,7 @@ class PostgresBackend:
 
 def is_outage(error: BaseException) -> bool:
     """Whether ``error`` is a lost, refused or silent server rather than a bug."""
-    return isinstance(_cause_of(error), _OUTAGES)
-
-
-def describe(error: BaseException) -> str:
-    """One line for a log: the cause's type and message."""
-    cause = _cause_of(error)
-    text = str(cause) or ("no answer in time" if isinstance(cause, TimeoutError) else "-")
-    module = type(cause).__module__.split(".")[0]
-    kind = type(cause).__name__ if module == "builtins" else f"{module}.{type(cause).__name__}"
-    return f"{kind}: {text}"
-
-
-def _cause_of(error: BaseException) -> BaseException:
-    # Duck-typed: BaseExceptionGroup is a builtin from Python 3.11 on only.
-    inner = getattr(error, "exceptions", None)
-    while isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
-        error = inner[0]
-        inner = getattr(error, "exceptions", None)
-    return error
+    return isinstance(cause_of(error), _OUTAGES)
 
 
 def _sqlalchemy_execute(transaction: object) -> Any:

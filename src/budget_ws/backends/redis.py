@@ -5,7 +5,8 @@ topic's epoch when absent), appends the payload to the topic's stream, and publi
 with its position, so every worker sees events in history order. Each worker holds one
 pub/sub connection for all its topics, supervised: when it breaks, the backend reconnects
 with jittered backoff, subscribes again and fills every topic's gap from the stream, or
-tells its listeners to resync when the stream cannot cover the gap.
+tells its listeners to resync when the stream cannot cover the gap. Behind Redis Sentinel,
+it follows the master through a failover (see ``_redis_sentinel``).
 
 Requires redis-py (``pip install 'budget-ws[redis]'``) and runs on asyncio.
 """
@@ -29,7 +30,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from typing_extensions import Self
 
-from .._runtime import BackgroundTask
 from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
 from ._options import is_seconds, refuse
 from ._policy import HistoryPolicy, policy_for
@@ -44,7 +44,8 @@ from ._redis_pubsub import (
     is_outage,
     with_host,
 )
-from ._redis_url import KEY_PREFIX, parse_redis_url
+from ._redis_sentinel import SentinelMaster
+from ._redis_url import KEY_PREFIX, SENTINEL_SCHEMES, parse_redis_url, parse_sentinel_address
 from ._sequencer import Sequencer
 from ._supervisor import Supervisor
 from .base import Listener, Position, Recovery
@@ -64,7 +65,9 @@ class RedisBackend:
 
     Args:
         url: ``redis://``, ``rediss://`` or ``unix://`` URL of the server (or of one node
-            of a cluster, with ``cluster=True``).
+            of a cluster, with ``cluster=True``), or a ``redis+sentinel://`` (or
+            ``rediss+sentinel://``) URL of the Sentinels and the master's name,
+            ``redis+sentinel://[[user]:password@]host:26379,host:26379/mymaster/0``.
         key_prefix: Prefix of every key and channel.
         history: Default history policy of every topic.
         history_overrides: Policies for topics matching shell-style patterns, first match
@@ -81,10 +84,20 @@ class RedisBackend:
         max_connections: Commands (publishes, history reads) in flight at once, and the
             size of redis-py's connection pool; more wait for a free connection, within
             ``operation_timeout``.
-        connection_options: Extra keyword arguments for redis-py's client.
+        wait_replicas: Replicas that must hold each publish (Redis ``WAIT``, for up to a
+            third of ``operation_timeout``) before ``publish()`` returns; fewer raise
+            :class:`~budget_ws.BackendUnavailable`. A publish that returned is then kept
+            by a failover to one of those replicas (Sentinel); not on a cluster.
+        connection_options: Extra keyword arguments for redis-py's client; behind
+            Sentinel, those under ``sentinel_kwargs`` are for the connections to the
+            Sentinels (redis-py's ``Sentinel(sentinel_kwargs=...)``).
 
     Raises:
-        InvalidBackendOption: An argument is out of range.
+        InvalidBackendOption: An argument is out of range, a ``redis+sentinel://`` URL
+            is malformed, or it comes with ``cluster=True``.
+
+    .. versionchanged:: Unreleased
+        ``redis+sentinel://`` and ``rediss+sentinel://`` URLs, and ``wait_replicas``.
     """
 
     def __init__(
@@ -100,6 +113,7 @@ class RedisBackend:
         health_check_interval: float = 5.0,
         reconnect_delay: tuple[float, float] = (0.05, 5.0),
         max_connections: int = 50,
+        wait_replicas: int = 0,
         connection_options: Mapping[str, Any] | None = None,
     ) -> None:
         _check_arguments(
@@ -110,6 +124,18 @@ class RedisBackend:
             reconnect_delay=reconnect_delay,
             max_connections=max_connections,
         )
+        self._sentinel_target = (
+            parse_sentinel_address(url)
+            if urlsplit(url).scheme.lower() in SENTINEL_SCHEMES
+            else None
+        )
+        if self._sentinel_target is not None and cluster:
+            accepted = "False with Sentinel: Sentinel and Cluster exclude each other"
+            raise refuse("RedisBackend", "cluster", cluster, accepted)
+        if not isinstance(wait_replicas, int) or wait_replicas < 0 or (cluster and wait_replicas):
+            accepted = "a whole number >= 0, and only 0 on a cluster"
+            raise refuse("RedisBackend", "wait_replicas", wait_replicas, accepted)
+        self._sentinel: SentinelMaster | None = None
         self.url = url
         self.key_prefix = key_prefix
         self.history_policy = history or HistoryPolicy()
@@ -120,6 +146,7 @@ class RedisBackend:
         self.health_check_interval = health_check_interval
         self.reconnect_delay = reconnect_delay
         self.max_connections = max_connections
+        self.wait_replicas = wait_replicas
         self._connection_options = dict(connection_options or {})
         self._calls = TopicCalls(
             key_prefix=key_prefix,
@@ -127,6 +154,7 @@ class RedisBackend:
             topic_ttl=topic_ttl,
             operation_timeout=operation_timeout,
             max_connections=max_connections,
+            wait_replicas=wait_replicas,
         )
         self._client: Any = None
         self._shards: dict[str, Shard] = {}
@@ -153,7 +181,6 @@ class RedisBackend:
             reconnect_delay=reconnect_delay,
             logger=logger,
         )
-        self._supervisor: BackgroundTask | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -165,6 +192,11 @@ class RedisBackend:
         ``db``, ``socket_timeout``, ``socket_connect_timeout``, ``socket_keepalive``,
         ``client_name`` and, for ``rediss://``, ``ssl_cert_reqs``, ``ssl_check_hostname``
         and ``ssl_ca_certs`` are passed to its client.
+
+        Behind Sentinel:
+        ``redis+sentinel://:password@host1:26379,host2:26379/mymaster/0?sentinel_password=s``;
+        the credentials are the master's, ``sentinel_username``, ``sentinel_password``
+        and ``sentinel_timeout`` are for the Sentinels; ``cluster`` is refused.
 
         Raises:
             InvalidBackendOption: An option is unknown, given twice, malformed or out of
@@ -182,6 +214,9 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
+        if self._sentinel_target is not None:
+            where = self._sentinel_target.describe()
+            return f"RedisBackend({parts.scheme}://{where} sentinel, prefix={self.key_prefix!r})"
         where = parts.hostname or parts.path
         port = f":{parts.port}" if parts.port else ""
         kind = "cluster" if self.cluster else "server"
@@ -221,27 +256,26 @@ class RedisBackend:
                 await self._client.aclose()
                 self._client = None
                 raise BackendUnavailable(f"could not reach the Redis cluster: {exc}") from exc
+        elif self._sentinel_target is not None:
+            # Publishes go wherever the Sentinels name the master, never retried either.
+            self._sentinel = SentinelMaster(
+                self._sentinel_target,
+                connection_options=self._connection_options,
+                operation_timeout=self.operation_timeout,
+                max_connections=self.max_connections,
+            )
+            self._client = self._sentinel.client
         else:
             # redis-py would send a command again after a connection error (redis-py 8
             # does by default): a publish whose reply was lost would run twice.
             options["retry"] = Retry(NoBackoff(), 0)
             self._client = aioredis.Redis.from_url(self.url, **options)
         self._calls.client = self._client
-        # A task of its own, not a task group entered here: aclose() may come from any
-        # task (a lifespan's shutdown, a signal handler), and a group must be exited
-        # by the task that entered it.
-        self._supervisor = BackgroundTask(self._link.run, "budget_ws Redis supervisor")
-        self._supervisor.start()
         try:
-            with anyio.fail_after(self.operation_timeout):
-                await self.wait_connected()
-        except TimeoutError:
+            await self._link.start("Redis", repr(self), self.operation_timeout)
+        except BackendUnavailable:
             await self.aclose()
-            last_error = describe(self._link.last_error) if self._link.last_error else "none"
-            raise BackendUnavailable(
-                f"could not connect to Redis at {self!r} within {self.operation_timeout:g} s"
-                f" (last error: {last_error})"
-            ) from None
+            raise
         return self
 
     async def __aexit__(
@@ -254,14 +288,13 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Stop listening and close every connection; from any task, any number of times."""
-        supervisor, self._supervisor = self._supervisor, None
         with anyio.CancelScope(shield=True):
-            if supervisor is not None:
-                await supervisor.stop()
+            await self._link.stop()
             await self._close_shards()
             if self._client is not None:
                 self._calls.client = None
-                await self._client.aclose()
+                sentinel, self._sentinel = self._sentinel, None
+                await (sentinel.aclose() if sentinel is not None else self._client.aclose())
                 self._client = None
 
     async def wait_connected(self) -> None:
@@ -274,13 +307,7 @@ class RedisBackend:
         ``gaps_filled`` counts the topics whose missed events (after a reconnect, or a
         message pub/sub lost) the stream filled in, ``events_recovered`` those events.
         """
-        return {
-            "connected": self._link.connected,
-            "reconnects": self._link.reconnects,
-            "topics": len(self._topics),
-            "gaps_filled": self._topics.gaps_filled,
-            "events_recovered": self._topics.events_recovered,
-        }
+        return self._link.status()
 
     # Keys ------------------------------------------------------------------------------
 
@@ -445,9 +472,14 @@ class RedisBackend:
             return shard
         if self._shard_group is None:
             raise DeadConnection("the pub/sub connections are being re-established")
+        connection_options = self._connection_options
         if self.cluster:
             host, port = key.rsplit(":", 1)
             url = with_host(self.url, host, int(port))
+        elif self._sentinel is not None:
+            # Asked at every (re)connect: after a failover, the new master.
+            url = await self._sentinel.master_url()
+            connection_options = self._sentinel.node_options
         else:
             url = self.url
         shard = Shard(
@@ -458,7 +490,8 @@ class RedisBackend:
             still_wanted=self._still_wanted,
             health_check_interval=self.health_check_interval,
             operation_timeout=self.operation_timeout,
-            connection_options=self._connection_options,
+            connection_options=connection_options,
+            sentinel=self._sentinel,
         )
         self._shards[key] = shard
         with anyio.fail_after(self.operation_timeout):

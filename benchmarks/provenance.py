@@ -19,7 +19,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PACKAGES", "describe", "environment", "git_commit", "load_average", "package_version"]
+__all__ = [
+    "PACKAGES",
+    "checkout",
+    "describe",
+    "environment",
+    "git_commit",
+    "load_average",
+    "package_version",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_MEASURING = frozenset({"report.py", "tables.py"})
@@ -58,6 +66,25 @@ def git_commit(path: str) -> dict[str, Any]:
         "dirty": bool(_git("status", "--porcelain", "--", path)),
         "digest": digest.hexdigest()[:16],
     }
+
+
+def checkout(src: Path) -> dict[str, Any]:
+    """What :func:`git_commit` says of ``src/``, for another checkout's ``src`` (a worktree
+    whose library a run imported through ``PYTHONPATH``); ``checkout`` is its ``HEAD``."""
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *arguments], capture_output=True,
+                              text=True, check=False).stdout.strip()  # fmt: skip
+
+    digest = hashlib.sha256()
+    top = Path(git("rev-parse", "--show-toplevel") or src)
+    for file in sorted(src.rglob("*.py")):
+        if "__pycache__" not in file.parts:
+            digest.update(str(file.relative_to(top)).encode() + b"\0" + file.read_bytes())
+    return {"commit": git("log", "-1", "--format=%h", "--", ".") or "-",
+            "checkout": git("rev-parse", "--short", "HEAD") or "-",
+            "dirty": bool(git("status", "--porcelain", "--", ".")),
+            "digest": digest.hexdigest()[:16], "path": str(src)}  # fmt: skip
 
 
 def load_average() -> list[float]:

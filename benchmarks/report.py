@@ -49,9 +49,11 @@ def load(directory: Path) -> Results:
             results.fanout.append((path.stem, data))
         elif benchmark == "instructions":
             results.instructions.append((path.stem, data))
+        elif benchmark == "postgres":
+            results.postgres.append((path.stem, data))
         else:
             raise ReportError(f"{path}: not a results file of benchmarks.peers, cross_worker, "
-                              "hostile, fanout or instructions")  # fmt: skip
+                              "hostile, fanout, instructions or postgres")  # fmt: skip
     if not results.all():
         raise ReportError(f"no results files in {directory}: run python -m benchmarks.suite")
     return results

@@ -64,6 +64,7 @@ def runs(results: Path, large: int, settings_connections: int,
                                str(settings_connections), *options]))  # fmt: skip
     planned.append(("cross_worker", [sys.executable, "-m", "benchmarks.cross_worker",
                                      "--private-redis"]))  # fmt: skip
+    planned.append(("postgres", [sys.executable, "-m", "benchmarks.postgres"]))
     planned.append(("fanout-observed", [sys.executable, "-m", "benchmarks.fanout",
                                         "--contenders", "budget_ws", "observed", "metrics",
                                         "tracing", "--connections", "1000", "10000",

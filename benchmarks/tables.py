@@ -42,10 +42,12 @@ class Results:
     metrics and tracing."""
     instructions: list[ResultsFile] = field(default_factory=list)
     """``instructions.py`` runs: the same fan-out's instructions per delivery (callgrind)."""
+    postgres: list[ResultsFile] = field(default_factory=list)
+    """``postgres.py`` runs: PostgreSQL against Redis and broadcaster's Postgres backend."""
 
     def all(self) -> list[ResultsFile]:
         return [*self.peers, *self.settings, *self.cross_worker, *self.hostile, *self.fanout,
-                *self.instructions]  # fmt: skip
+                *self.instructions, *self.postgres]  # fmt: skip
 
     def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return [(stem, result) for stem, data in self.peers for result in data["results"]
@@ -605,6 +607,153 @@ def instructions(results: Results) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# PostgreSQL: budget_ws's backend beside the Redis backend and broadcaster's Postgres
+
+
+POSTGRES_CONTENDERS = {"postgresql": "budget_ws PostgreSQL", "redis": "budget_ws Redis",
+                       "broadcaster-postgres": "broadcaster Postgres"}  # fmt: skip
+
+
+STATEMENTS = {
+    "select_1": "`SELECT 1`: a bare round trip",
+    "pg_notify": "`SELECT pg_notify(…)`: broadcaster's publish",
+    "publish_function": "budget_ws's publish function",
+    "publish_function_async_commit": "the same, not waiting for the WAL flush "
+    "(`synchronous_commit = off`; not how budget_ws runs)",
+}
+"""``postgres.py``'s statements, by what they are."""
+
+
+def _pick(runs: Iterable[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return next((run for run in runs if all(run.get(k) == v for k, v in match.items())), None)
+
+
+def _per_second(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "-"
+    return "failed" if run.get("error") else f"{run['per_second']:,.0f}"
+
+
+def _trips(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _postgres_file(results: Results) -> ResultsFile | None:
+    return results.postgres[-1] if results.postgres else None
+
+
+def postgres_publish(results: Results) -> str:
+    found = _postgres_file(results)
+    if found is None:
+        return "*(no PostgreSQL results)*"
+    stem, data = found
+    p = data["environment"]["parameters"]
+    runs = [run for run in data["throughput"] if run["mode"] == "publish"]
+    names = [name for name in POSTGRES_CONTENDERS if any(r["contender"] == name for r in runs)]
+    rows = []
+    for topics, concurrency in dict.fromkeys((r["topics"], r["concurrency"]) for r in runs):
+        by = {name: _pick(runs, contender=name, topics=topics, concurrency=concurrency)
+              for name in names}  # fmt: skip
+        ours = by.get("postgresql")
+        ratios = [_ratio(ours, by.get(peer), lambda run: run.get("per_second"))
+                  for peer in ("redis", "broadcaster-postgres")]  # fmt: skip
+        rows.append([f"{topics:,}", f"{concurrency}", *(_per_second(by[n]) for n in names),
+                     *ratios, " / ".join(_p({"latency_ms": r["call_ms"]} if r else None, "p50")
+                                         for r in by.values())])  # fmt: skip
+    each = " / ".join(POSTGRES_CONTENDERS[n] for n in names)
+    header = ["topics", "publishing tasks", *(f"{POSTGRES_CONTENDERS[n]} /s" for n in names),
+              "PostgreSQL ÷ Redis", "PostgreSQL ÷ broadcaster",
+              f"one publish p50 ms ({each})"]  # fmt: skip
+    trips = [f"{POSTGRES_CONTENDERS[run['contender']]} {_trips(run['per_call'])}"
+             for run in data["round_trips"] if run["mode"] == "publish"]  # fmt: skip
+    text = (f"`{stem}.json`: publishes per second, each task awaiting its publish before the "
+            f"next, {p['publish_duration']:g} s per figure, events of about "
+            f"{p['payload_bytes']:,} B.\n\n")  # fmt: skip
+    text += _table(header, rows, right=2)
+    if trips:
+        text += (f"\n\nRound trips per publish, one at a time ({p['count_calls']} counted on "
+                 f"the wire): {', '.join(trips)}.")  # fmt: skip
+    return text
+
+
+def postgres_transactions(results: Results) -> str:
+    found = _postgres_file(results)
+    if found is None:
+        return "*(no PostgreSQL results)*"
+    stem, data = found
+    rtt = data["rtt_ms"].get("postgresql", {}).get("p50")
+    rows = []
+    for row in data["transactions"]:
+        added = row["added_p50_ms"]
+        rows.append([row["driver"], f"{row['topics']:,}", f"{row['concurrency']}",
+                     *(f"{value:,.0f}" for value in row["per_second"]),
+                     " → ".join(_ms(value) for value in row["p50_ms"]),
+                     "-" if added is None else f"{added:+.2f} ms",
+                     _number(row["added_in_rtts"], 1)])  # fmt: skip
+    header = ["app's transaction", "topics", "tasks", "transactions/s without publish",
+              "with publish", "p50 ms without → with", "added per transaction (p50)",
+              "added ÷ a bare round trip"]  # fmt: skip
+    text = (f"`{stem}.json`: `BEGIN`, an `INSERT` of one row, `COMMIT`; and the same with "
+            f"`publish(..., within=...)` before the `COMMIT`. A bare round trip (`SELECT 1`, "
+            f"p50) took {_ms(rtt)} ms.\n\n")  # fmt: skip
+    text += _table(header, rows, right=1)
+    trips = []
+    for row in data["transaction_round_trips"]:
+        added = row["added"]
+        trips.append([row["driver"], _trips(row["without"]), _trips(row["with"]), _trips(added),
+                      "-" if added is None else "yes" if added <= 1 else "**no**"])  # fmt: skip
+    text += "\n\n" + _table(["app's transaction", "round trips without publish", "with publish",
+                              "added", "at most one added"], trips, right=1)  # fmt: skip
+    return text
+
+
+def postgres_delivery(results: Results) -> str:
+    found = _postgres_file(results)
+    if found is None:
+        return "*(no PostgreSQL results)*"
+    stem, data = found
+    runs = data["delivery"]
+    if not runs:
+        return "*(no cross-worker PostgreSQL results)*"
+    ours = _pick(runs, contender="postgresql")
+    rows = []
+    for run in runs:
+        delivered = f"{run['received']:,}/{run['expected']:,}"
+        if run.get("error"):
+            delivered += " (failed)"
+        elif run["duplicates"]:
+            delivered += f", {run['duplicates']} twice"
+        against = "-"
+        if ours is not None and run is not ours:
+            against = " / ".join(_ratio(ours, run, read) for read in (
+                lambda r: r["latency_ms"].get("p50"), lambda r: r["latency_ms"].get("p99"),
+                lambda r: r.get("receiver_cpu_us_per_event")))  # fmt: skip
+        rows.append([POSTGRES_CONTENDERS.get(run["contender"], run["contender"]), delivered,
+                     _p(run, "p50"), _p(run, "p99"), _p(run, "max"),
+                     _number(run.get("receiver_cpu_us_per_event"), 1), against])  # fmt: skip
+    header = ["contender", "delivered", "p50 ms", "p99 ms", "max ms", "receiving worker CPU "
+              "µs per event", "PostgreSQL ÷ this: p50 / p99 / CPU"]  # fmt: skip
+    run = runs[0]
+    text = (f"`{stem}.json`: a steady {run['rate']:g} events/s for {run['duration']:g} s to one "
+            f"topic, published by one process, received by another with a backend of its "
+            f"own.\n\n")  # fmt: skip
+    text += _table(header, rows)
+    statements = data.get("statements_ms", {})
+    if statements:
+        text += ("\n\nThe PostgreSQL statement behind each publish, alone, one at a time at the "
+                 "same steady rate on one connection:\n\n")  # fmt: skip
+        timed = [[STATEMENTS.get(name, name), *(_ms(figures.get(key)) for key in ("p50", "p99"))]
+                 for name, figures in statements.items()]  # fmt: skip
+        text += _table(["statement", "p50 ms", "p99 ms"], timed)
+    probe = data.get("broadcaster_concurrent_publish")
+    if probe:
+        text += (f"\n\nbroadcaster's Postgres backend, {probe['attempted']} publishes started at "
+                 f"once with no lock around them: {probe['failed']} failed"
+                 + (f" (`{probe['error']}`)." if probe["error"] else "."))  # fmt: skip
+    return text
+
+
+# --------------------------------------------------------------------------------------
 # What was checked, and where the figures came from
 
 
@@ -634,6 +783,19 @@ def _parameters(data: dict[str, Any]) -> str:
                 f"{', '.join(p['contenders'])}; {_runs(p['repeat'] * p.get('rounds', 1))} "
                 f"per figure (median); "
                 f"{p['anyio_backend']}")  # fmt: skip
+    if data["environment"]["benchmark"] == "postgres":
+        env = data["environment"]
+        servers = env.get("servers", {})
+        settings = servers.get("postgresql_settings", {})
+        where = "private" if env.get("postgres_url", "").startswith("private") else "shared"
+        flush = ", ".join(f"{name} {settings[name]}" for name in ("fsync", "synchronous_commit")
+                          if name in settings)  # fmt: skip
+        return (f"PostgreSQL {servers.get('postgresql', '?')} ({where} server"
+                f"{', ' + flush if flush else ''}), Redis {servers.get('redis', '?')}; "
+                f"publishes/s: {', '.join(map(str, p['topics']))} topics {TIMES} "
+                f"{', '.join(map(str, p['concurrency']))} tasks, {p['publish_duration']:g} s "
+                f"each; round trips over {p['count_calls']} calls; across workers: steady "
+                f"{p['rate']:g}/s for {p['duration']:g} s")  # fmt: skip
     if data["environment"]["benchmark"] == "cross_worker":
         return (f"scenarios {', '.join(p['scenario'])}; {p['duration']:g} s per steady run; "
                 f"{p['client_processes']} client processes")  # fmt: skip
@@ -699,6 +861,9 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "hostile": hostile,
     "observability": observability,
     "instructions": instructions,
+    "postgres-publish": postgres_publish,
+    "postgres-transactions": postgres_transactions,
+    "postgres-delivery": postgres_delivery,
     "verdicts": verdicts,
 }
 """Every generated block of the page, by the name its markers carry."""

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
-from tests.support.servers import free_port, wait_listening
+from tests.support.servers import free_ports, wait_listening
 
 MASTER_NAME = "budget"
 """The name the Sentinels monitor the master under."""
@@ -31,9 +31,10 @@ class SentinelGroup:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.data_ports = [free_port() for _ in range(3)]
+        ports = free_ports(6)
+        self.data_ports = ports[:3]
         """The first master's port, then the replicas' (a failover changes the roles)."""
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_ports = ports[3:]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     def url(self, query: str = "") -> str:

@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -23,7 +24,7 @@ from .._runtime import BackgroundTask
 from ..errors import BackendUnavailable
 from ._sequencer import Sequencer
 
-__all__ = ["Supervisor", "cause_of", "describe"]
+__all__ = ["Supervised", "Supervisor", "cause_of", "describe"]
 
 _RESYNCED_TOPICS_LOGGED = 20
 """Topics named at most in the log line of a restored connection."""
@@ -267,6 +268,34 @@ class Supervisor:
                 "budget_ws_resynced_topic_names": resynced[:_RESYNCED_TOPICS_LOGGED],
             },
         )
+
+
+class Supervised:
+    """What every backend with a supervised link offers the same way.
+
+    A subclass sets ``_link`` to its :class:`Supervisor` and defines ``aclose()``.
+    """
+
+    _link: Supervisor
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def wait_connected(self) -> None:
+        """Wait until the backend's link is up (e.g. for a readiness probe)."""
+        await self._link.wait_connected()
+
+    def status(self) -> dict[str, Any]:
+        """State of the link, for ``ConnectionManager.stats()`` (:meth:`Supervisor.status`)."""
+        return self._link.status()
 
 
 def cause_of(error: BaseException) -> BaseException:

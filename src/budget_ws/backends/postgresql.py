@@ -24,7 +24,6 @@ import logging
 import random
 import sys
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,7 +51,7 @@ from ._postgres_schema import (
 )
 from ._postgres_url import SCHEMA, parse_postgres_url
 from ._sequencer import Sequencer
-from ._supervisor import Supervisor, cause_of, describe
+from ._supervisor import Supervised, Supervisor, cause_of, describe
 from .base import Listener, Position, Recovery
 
 __all__ = ["HistoryPolicy", "PostgresBackend"]
@@ -83,7 +82,7 @@ _OUTAGES = (
 """Errors of a lost, refused or silent server (logged without a traceback)."""
 
 
-class PostgresBackend:
+class PostgresBackend(Supervised):
     """Fans events out through PostgreSQL ``NOTIFY`` and keeps their history in a table.
 
     Args:
@@ -295,14 +294,6 @@ class PostgresBackend:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Stop listening and close every connection; from any task, any number of times."""
         with anyio.CancelScope(shield=True):
@@ -314,14 +305,6 @@ class PostgresBackend:
                         await pool.close()
                 except (Exception, TimeoutError):
                     pool.terminate()
-
-    async def wait_connected(self) -> None:
-        """Wait until the listening connection is up (e.g. for a readiness probe)."""
-        await self._link.wait_connected()
-
-    def status(self) -> dict[str, Any]:
-        """State of the listening connection, for ``ConnectionManager.stats()``."""
-        return self._link.status()
 
     # Publishing and history --------------------------------------------------------------
 

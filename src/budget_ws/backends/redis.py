@@ -17,7 +17,6 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +46,7 @@ from ._redis_pubsub import (
 from ._redis_sentinel import SentinelMaster
 from ._redis_url import KEY_PREFIX, SENTINEL_SCHEMES, parse_redis_url, parse_sentinel_address
 from ._sequencer import Sequencer
-from ._supervisor import Supervisor
+from ._supervisor import Supervised, Supervisor
 from .base import Listener, Position, Recovery
 
 __all__ = ["SHARDED_PUBSUB", "HistoryPolicy", "RedisBackend"]
@@ -60,7 +59,7 @@ SHARDED_PUBSUB = hasattr(aioredis.client.PubSub, "ssubscribe")
 Redis Cluster needs; a single server works with redis-py 5.0.1 and later."""
 
 
-class RedisBackend:
+class RedisBackend(Supervised):
     """Fans events out through Redis pub/sub and keeps their history in Redis Streams.
 
     Args:
@@ -278,14 +277,6 @@ class RedisBackend:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Stop listening and close every connection; from any task, any number of times."""
         with anyio.CancelScope(shield=True):
@@ -296,18 +287,6 @@ class RedisBackend:
                 sentinel, self._sentinel = self._sentinel, None
                 await (sentinel.aclose() if sentinel is not None else self._client.aclose())
                 self._client = None
-
-    async def wait_connected(self) -> None:
-        """Wait until the pub/sub connection is up (e.g. for a readiness probe)."""
-        await self._link.wait_connected()
-
-    def status(self) -> dict[str, Any]:
-        """State of the pub/sub connection, for ``ConnectionManager.stats()``.
-
-        ``gaps_filled`` counts the topics whose missed events (after a reconnect, or a
-        message pub/sub lost) the stream filled in, ``events_recovered`` those events.
-        """
-        return self._link.status()
 
     # Keys ------------------------------------------------------------------------------
 

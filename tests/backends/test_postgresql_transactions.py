@@ -19,6 +19,7 @@ from budget_ws import (
     Event,
     MemoryBackend,
     Position,
+    SchemaNotReady,
     TransactionalBackend,
     TransactionalPublishUnsupported,
 )
@@ -127,6 +128,22 @@ async def test_an_asyncpg_connection_needs_an_open_transaction(backend: Postgres
             await listener.wait_for(1)
         assert listener.delivered == [("t", position, b"in a transaction")]
         assert position.offset == 1  # the refused publish took no offset
+    finally:
+        await connection.close()
+
+
+async def test_a_database_without_the_schema_is_named_not_a_driver_error(
+    engine: AsyncEngine,
+) -> None:
+    unmigrated = PostgresBackend(POSTGRES_DSN, schema="never_migrated")
+    async with AsyncSession(engine) as session:
+        with pytest.raises(SchemaNotReady, match="never_migrated"):
+            await unmigrated.publish_within(session, "t", b"x")
+    connection = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        async with connection.transaction():
+            with pytest.raises(SchemaNotReady, match="migrate"):
+                await unmigrated.publish_within(connection, "t", b"x")
     finally:
         await connection.close()
 

@@ -66,6 +66,9 @@ _SCHEMA_ERRORS = (
 )
 """What a database without budget_ws's schema (or with an older one) answers."""
 
+_SCHEMA_SQLSTATES = frozenset({"42883", "42P01", "3F000"})
+"""The same, as SQLSTATE codes, which every driver's errors carry."""
+
 
 class _ListenerClosed(ConnectionError):
     """The listening connection was closed under us (the server ended it)."""
@@ -339,12 +342,26 @@ class PostgresBackend(Supervised):
         the event's only if the transaction commits.
 
         Errors of the statement are the driver's, and abort the app's transaction like
-        any other statement of it.
+        any other statement of it, except a missing schema.
 
         Raises:
             TransactionalPublishUnsupported: ``transaction`` is none of the above, or an
                 asyncpg connection with no transaction open.
+            SchemaNotReady: The transaction's database has no budget_ws schema (or
+                another version of it); the app's transaction is aborted.
         """
+        try:
+            return await self._publish_within(transaction, topic, payload)
+        except Exception as exc:
+            if not _is_schema_error(exc):
+                raise
+            raise SchemaNotReady(
+                f"publishing to {topic!r} in the app's transaction failed: {describe(exc)}; "
+                f"is the transaction's database the backend's, with schema {self.schema!r}? "
+                "Run `python -m budget_ws migrate URL` on it"
+            ) from exc
+
+    async def _publish_within(self, transaction: object, topic: str, payload: bytes) -> Position:
         policy = self._policy(topic)
         arguments = (topic, payload, policy.size, policy.ttl)
         if isinstance(transaction, (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)):
@@ -535,6 +552,19 @@ class PostgresBackend(Supervised):
     def _start_fill(self, topic: str) -> None:
         # Under the supervisor: a failed fill reconnects, and the reconnection fills again.
         self._link.start_soon(self._topics.fill_live_gap, topic)
+
+
+def _is_schema_error(error: BaseException) -> bool:
+    """Whether ``error``, or what it wraps (SQLAlchemy's ``orig``), is a missing schema."""
+    seen: BaseException | None = error
+    for _ in range(4):  # a driver error, wrapped by SQLAlchemy, and their causes
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) in _SCHEMA_SQLSTATES:
+            return True
+        wrapped = getattr(seen, "orig", None)
+        seen = wrapped if isinstance(wrapped, BaseException) else seen.__cause__
+    return False
 
 
 async def _keep_session(connection: object) -> None:

@@ -32,6 +32,7 @@ from budget_ws import (
     Position,
     SlowConsumerPolicy,
 )
+from budget_ws.client_frames import ClientFrames
 from budget_ws.connection import Connection
 from budget_ws.testing import MemoryClient, MemoryTransport, connect
 
@@ -677,10 +678,11 @@ async def test_bad_clients_leak_no_task() -> None:
 async def test_a_server_bug_closes_the_connection_with_1011(
     manager: ConnectionManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(connection: Connection, frame: object) -> None:
+    async def broken(self: object, connection: Connection, frame: object) -> None:
         raise RuntimeError("bug in the manager")
 
-    monkeypatch.setattr(manager, "_handle_frame", broken)
+    # A bug where the manager answers frames (budget_ws.client_frames).
+    monkeypatch.setattr(ClientFrames, "handle", broken)
     async with connect(manager) as client:
         await client.send_raw('{"op": "subscribe", "topic": "t"}')
         assert (await closed_with(client)).code == CloseCode.INTERNAL_ERROR

@@ -4,30 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from ._runtime import BackgroundTask
 from .backends import Backend, Position, TransactionalBackend, create_backend
+from .client_frames import (
+    Action,
+    Authorize,
+    ClientFrames,
+    ClientMessage,
+    Handler,
+)
 from .connection import Connection, Transport
 from .errors import (
     BackendError,
     ConnectionIdInUse,
     EventTooLarge,
-    EventValidationError,
-    InvalidTopic,
     ManagerClosed,
     TransactionalPublishUnsupported,
-    UnknownEvent,
 )
 from .events import Event, EventRegistry, default_registry
 from .limits import Heartbeat, Limits, OutboxLimits, validate_topic
@@ -35,17 +38,14 @@ from .metrics import Metrics
 from .pacemaker import Pacemaker
 from .propagation import CLIENT_CONTEXT_BYTES, Tracer, attach_context, publish_time
 from .protocol import (
-    ClientEvent,
-    ClientFrame,
     CloseCode,
-    ErrorCode,
-    Subscribe,
-    Unsubscribe,
     encode_event,
     encode_unsubscribed,
     encode_welcome,
 )
 from .topics import TopicRouter
+
+ConnectionHook = Callable[[Connection], Awaitable[None]]
 
 __all__ = ["Action", "ClientMessage", "ConnectionManager", "Stats"]
 
@@ -58,24 +58,6 @@ _NO_SPAN = nullcontext()  # reusable: it holds no state
 _POSITION_FIELDS = 64
 
 E = TypeVar("E", bound=Event)
-
-Action = Literal["subscribe", "publish"]
-"""What a client asks ``authorize`` for: to receive a topic, or to send an event to it."""
-
-Authorize = Callable[[Any, str, Action], "bool | Awaitable[bool]"]
-ConnectionHook = Callable[[Connection], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientMessage(Generic[E]):
-    """An event a client sent, validated, as passed to a handler registered with ``on``."""
-
-    connection: Connection
-    """The connection that sent it."""
-    event: E
-    """The validated event."""
-    topic: str | None
-    """The topic the client addressed it to, if any (already authorized)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +139,12 @@ class ConnectionManager:
         self.heartbeat = heartbeat or Heartbeat()
         self.shutdown_timeout = shutdown_timeout
         self.max_connections = max_connections
-        self._authorize = authorize
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._tracer = tracer
         # No round trip to trace when the backend delivers inside publish(), in-process.
         self._backend_in_process = bool(getattr(self.backend, "in_process", False))
-        self._handlers: dict[str, Callable[[ClientMessage[Any]], Awaitable[None]]] = {}
+        self._handlers: dict[str, Handler] = {}
         self._connections: dict[str, Connection] = {}
         self._metrics = Metrics()
         self._router = TopicRouter(
@@ -171,6 +152,13 @@ class ConnectionManager:
             max_replay=self.outbox_limits.max_replay,
             metrics=self._metrics,
             tracer=tracer,
+        )
+        self._frames = ClientFrames(
+            router=self._router,
+            registry=self.registry,
+            limits=self.limits,
+            authorize=authorize,
+            handlers=self._handlers,
         )
         self._pacemaker = Pacemaker(self.heartbeat)
         self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
@@ -339,7 +327,7 @@ class ConnectionManager:
             if self._state == "new":
                 raise ManagerClosed("start the ConnectionManager (`async with manager:`) first")
             connection.close(CloseCode.SERVICE_RESTART, "server shutting down")
-            await connection.run(self._handle_frame)
+            await connection.run(self._frames.handle)
             return
         if connection.id in self._connections:
             raise ConnectionIdInUse(f"connection id {connection.id!r} is already in use")
@@ -359,7 +347,7 @@ class ConnectionManager:
             )
             self._metrics.handshake_refusals["max_connections"] += 1
             connection.close(CloseCode.TRY_AGAIN_LATER, "server full; try again later")
-            await connection.run(self._handle_frame)
+            await connection.run(self._frames.handle)
             return
         self._connections[connection.id] = connection
         self._metrics.connections_opened += 1
@@ -373,7 +361,7 @@ class ConnectionManager:
                     connection.id, heartbeat.interval, heartbeat.timeout, self.limits.describe()
                 )
             )
-            await self._subscribe_server_side(connection, topics)
+            await self._frames.subscribe_server_side(connection, topics)
             if self._on_connect is not None:
                 try:
                     await self._on_connect(connection)
@@ -387,7 +375,7 @@ class ConnectionManager:
                         },
                     )
                     connection.close(CloseCode.INTERNAL_ERROR, "on_connect failed")
-            await connection.run(self._handle_frame)
+            await connection.run(self._frames.handle)
         finally:
             self._pacemaker.remove(connection)
             with anyio.CancelScope(shield=True):
@@ -409,142 +397,10 @@ class ConnectionManager:
                             },
                         )
 
-    async def _subscribe_server_side(self, connection: Connection, topics: tuple[str, ...]) -> None:
-        for topic in topics:
-            if connection.closed:
-                return
-            try:
-                await self._subscribe(connection, topic, None, None)
-            except BackendError as exc:
-                _subscribe_failed(connection, topic, exc, server_side=True)
-                connection.close(
-                    CloseCode.TRY_AGAIN_LATER, f"could not subscribe to {topic}; try again later"
-                )
-                return
-
     @property
     def connections(self) -> dict[str, Connection]:
         """The connections being served, by id (a copy)."""
         return dict(self._connections)
-
-    async def _handle_frame(self, connection: Connection, frame: ClientFrame) -> None:
-        if isinstance(frame, Subscribe):
-            await self._client_subscribe(connection, frame)
-        elif isinstance(frame, Unsubscribe):
-            if not self._topic_valid(connection, frame.topic, frame.id):
-                return
-            if frame.topic in connection.topics:
-                await self._router.detach(connection, frame.topic)
-            connection.push_control(encode_unsubscribed(frame.topic, frame.id))
-        elif isinstance(frame, ClientEvent):
-            await self._client_event(connection, frame)
-
-    async def _client_subscribe(self, connection: Connection, frame: Subscribe) -> None:
-        topic = frame.topic
-        if not await self._topic_allowed(connection, topic, "subscribe", frame.id):
-            return
-        limit = self.limits.max_topics_per_connection
-        if topic not in connection.topics and len(connection.topics) >= limit:
-            connection.reject(
-                ErrorCode.TOO_MANY_TOPICS,
-                f"a connection may hold {limit} topics",
-                frame.id,
-                topic=topic,
-            )
-            return
-        try:
-            await self._subscribe(connection, topic, frame.position, frame.id)
-        except BackendError as exc:
-            # An outage the docs describe, answered with backend_error: one line, no trace.
-            _subscribe_failed(connection, topic, exc, server_side=False)
-            connection.reject(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
-
-    async def _client_event(self, connection: Connection, frame: ClientEvent) -> None:
-        handler = self._handlers.get(frame.event)
-        if handler is None:
-            connection.reject(
-                ErrorCode.UNKNOWN_EVENT,
-                f"the server accepts no event named {frame.event!r}",
-                frame.id,
-            )
-            return
-        topic = frame.topic
-        if topic is not None and not await self._topic_allowed(
-            connection, topic, "publish", frame.id
-        ):
-            return
-        try:
-            event = self.registry.validate(frame.event, frame.data)
-        except EventValidationError as exc:
-            connection.reject(ErrorCode.INVALID_EVENT, str(exc), frame.id, details=exc.errors)
-            return
-        except UnknownEvent as exc:
-            connection.reject(ErrorCode.UNKNOWN_EVENT, str(exc), frame.id)
-            return
-        try:
-            await handler(ClientMessage(connection, event, topic))
-        except Exception:
-            logger.exception(
-                "handler for %r failed",
-                frame.event,
-                extra={
-                    "budget_ws_event": "handler_failed",
-                    "budget_ws_connection_id": connection.id,
-                    "budget_ws_client_event": frame.event,
-                    "budget_ws_topic": topic,
-                },
-            )
-            connection.reject(
-                ErrorCode.HANDLER_ERROR,
-                f"the server failed to handle {frame.event!r}",
-                frame.id,
-            )
-
-    async def _topic_allowed(
-        self, connection: Connection, topic: str, action: Action, request_id: int | str | None
-    ) -> bool:
-        """Check a client's topic name and ``authorize``; answer with an error frame if not."""
-        if not self._topic_valid(connection, topic, request_id):
-            return False
-        if await self._allowed(connection, topic, action):
-            return True
-        connection.reject(
-            ErrorCode.FORBIDDEN, f"not allowed to {action} to {topic!r}", request_id, topic=topic
-        )
-        return False
-
-    def _topic_valid(
-        self, connection: Connection, topic: str, request_id: int | str | None
-    ) -> bool:
-        """Check a client's topic name; answer with an ``invalid_topic`` error if it is bad."""
-        try:
-            validate_topic(topic, self.limits.max_topic_length)
-        except InvalidTopic as exc:
-            connection.reject(ErrorCode.INVALID_TOPIC, str(exc), request_id)
-            return False
-        return True
-
-    async def _allowed(self, connection: Connection, topic: str, action: Action) -> bool:
-        if self._authorize is None:
-            return True
-        try:
-            verdict = self._authorize(connection.principal, topic, action)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception:
-            logger.exception(
-                "authorize failed for %r on %r",
-                connection,
-                topic,
-                extra={
-                    "budget_ws_event": "authorize_failed",
-                    "budget_ws_connection_id": connection.id,
-                    "budget_ws_topic": topic,
-                    "budget_ws_action": action,
-                },
-            )
-            return False
-        return verdict is True
 
     # Topics ----------------------------------------------------------------------------
 
@@ -563,25 +419,13 @@ class ConnectionManager:
         """
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
-        await self._subscribe(connection, topic, position, None)
+        await self._frames.subscribe(connection, topic, position, None)
 
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Unsubscribe a connection from a topic; the client gets an ``unsubscribed`` frame."""
         if topic in connection.topics:
             await self._router.detach(connection, topic)
             connection.push_control(encode_unsubscribed(topic))
-
-    async def _subscribe(
-        self,
-        connection: Connection,
-        topic: str,
-        position: Position | None,
-        request_id: int | str | None,
-    ) -> None:
-        if topic in connection.topics:
-            # A second subscribe restarts the subscription, resuming where it says.
-            await self._router.detach(connection, topic)
-        await self._router.attach(connection, topic, position, request_id)
 
     # Publishing ------------------------------------------------------------------------
 
@@ -765,25 +609,6 @@ class ConnectionManager:
     def topic_connections(self, topic: str) -> Iterable[Connection]:
         """The local connections subscribed to ``topic``."""
         return self._router.connections(topic)
-
-
-def _subscribe_failed(
-    connection: Connection, topic: str, error: BackendError, *, server_side: bool
-) -> None:
-    """One WARNING line, no traceback: a backend outage is a condition the docs describe."""
-    logger.warning(
-        "budget_ws: subscribing %r to %r failed: %s",
-        connection,
-        topic,
-        error,
-        extra={
-            "budget_ws_event": "subscribe_failed",
-            "budget_ws_connection_id": connection.id,
-            "budget_ws_topic": topic,
-            "budget_ws_error": str(error),
-            "budget_ws_server_side": server_side,
-        },
-    )
 
 
 def _backend_status(backend: Backend) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ..errors import InvalidBackendOption
 __all__ = [
     "Option",
     "check",
+    "check_link_arguments",
     "choice",
     "flag",
     "is_seconds",
@@ -152,6 +153,35 @@ def check(scheme: str, name: str, value: str, option: Option) -> Any:
         return option.parse(value)
     except ValueError:
         raise refuse(f"{scheme}:// option", name, value, option.accepted) from None
+
+
+def check_link_arguments(
+    owner: str,
+    *,
+    durations: Mapping[str, object],
+    reconnect_delay: tuple[float, float],
+    max_connections: object,
+) -> None:
+    """Check what every networked backend's constructor takes alike, naming the first bad one.
+
+    Args:
+        owner: The class, for the message (``"RedisBackend"``).
+        durations: Arguments that are numbers of seconds, by name.
+        reconnect_delay: ``(LOW, HIGH)`` seconds of reconnection backoff.
+        max_connections: The size of its connection pool.
+
+    Raises:
+        InvalidBackendOption: naming the argument and what it accepts.
+    """
+    for name, value in durations.items():
+        if not is_seconds(value):
+            raise refuse(owner, name, value, "a number of seconds > 0")
+    low, high = reconnect_delay
+    if not (is_seconds(low) and is_seconds(high) and low <= high):
+        accepted = "(LOW, HIGH) seconds with 0 < LOW <= HIGH"
+        raise refuse(owner, "reconnect_delay", reconnect_delay, accepted)
+    if not isinstance(max_connections, int) or max_connections < 1:
+        raise refuse(owner, "max_connections", max_connections, "a whole number >= 1")
 
 
 def refuse(owner: str, name: str, value: object, accepted: str) -> InvalidBackendOption:

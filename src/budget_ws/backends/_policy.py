@@ -5,10 +5,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ._options import is_seconds, refuse
 
-__all__ = ["HistoryPolicy", "policy_for"]
+__all__ = ["HistoryPolicy", "gather_history", "policy_for"]
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,16 @@ def policy_for(
         if fnmatch.fnmatchcase(topic, pattern):
             return policy
     return default
+
+
+def gather_history(options: dict[str, Any]) -> dict[str, Any]:
+    """A backend URL's options with ``history_size`` and ``history_ttl`` made into the
+    ``history=HistoryPolicy(...)`` its constructor takes (when either is given)."""
+    history = {
+        field: options.pop(name)
+        for field, name in (("size", "history_size"), ("ttl", "history_ttl"))
+        if name in options
+    }
+    if history:
+        options["history"] = HistoryPolicy(**history)
+    return options

@@ -38,8 +38,8 @@ from ..errors import (
     SchemaNotReady,
     TransactionalPublishUnsupported,
 )
-from ._options import is_seconds, refuse
-from ._policy import HistoryPolicy, policy_for
+from ._options import check_link_arguments, refuse
+from ._policy import HistoryPolicy, gather_history, policy_for
 from ._postgres_schema import (
     SCHEMA_VERSION,
     check_schema_name,
@@ -130,20 +130,17 @@ class PostgresBackend(Supervised):
             check_schema_name(schema)
         except ValueError:
             raise refuse("PostgresBackend", "schema", schema, SCHEMA.accepted) from None
-        for name, value in (
-            ("topic_ttl", topic_ttl),
-            ("operation_timeout", operation_timeout),
-            ("health_check_interval", health_check_interval),
-            ("clean_up_interval", clean_up_interval),
-        ):
-            if not is_seconds(value):
-                raise refuse("PostgresBackend", name, value, "a number of seconds > 0")
-        low, high = reconnect_delay
-        if not (is_seconds(low) and is_seconds(high) and low <= high):
-            accepted = "(LOW, HIGH) seconds with 0 < LOW <= HIGH"
-            raise refuse("PostgresBackend", "reconnect_delay", reconnect_delay, accepted)
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise refuse("PostgresBackend", "max_connections", max_connections, ">= 1")
+        check_link_arguments(
+            "PostgresBackend",
+            durations={
+                "topic_ttl": topic_ttl,
+                "operation_timeout": operation_timeout,
+                "health_check_interval": health_check_interval,
+                "clean_up_interval": clean_up_interval,
+            },
+            reconnect_delay=reconnect_delay,
+            max_connections=max_connections,
+        )
         self.url = url
         self.schema = schema
         self.history_policy = history or HistoryPolicy()
@@ -196,14 +193,7 @@ class PostgresBackend(Supervised):
                 range; the message names it and what it accepts.
         """
         dsn, options = parse_postgres_url(url)
-        history = {
-            field: options.pop(name)
-            for field, name in (("size", "history_size"), ("ttl", "history_ttl"))
-            if name in options
-        }
-        if history:
-            options["history"] = HistoryPolicy(**history)
-        return cls(dsn, **options)
+        return cls(dsn, **gather_history(options))
 
     @property
     def _address(self) -> str:

@@ -30,8 +30,8 @@ from redis.exceptions import RedisError
 from typing_extensions import Self
 
 from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
-from ._options import is_seconds, refuse
-from ._policy import HistoryPolicy, policy_for
+from ._options import check_link_arguments, refuse
+from ._policy import HistoryPolicy, gather_history, policy_for
 from ._redis_calls import TopicCalls
 from ._redis_pubsub import (
     DeadConnection,
@@ -115,11 +115,17 @@ class RedisBackend(Supervised):
         wait_replicas: int = 0,
         connection_options: Mapping[str, Any] | None = None,
     ) -> None:
-        _check_arguments(
-            key_prefix=key_prefix,
-            topic_ttl=topic_ttl,
-            operation_timeout=operation_timeout,
-            health_check_interval=health_check_interval,
+        try:
+            KEY_PREFIX.parse(key_prefix)
+        except ValueError:
+            raise refuse("RedisBackend", "key_prefix", key_prefix, KEY_PREFIX.accepted) from None
+        check_link_arguments(
+            "RedisBackend",
+            durations={
+                "topic_ttl": topic_ttl,
+                "operation_timeout": operation_timeout,
+                "health_check_interval": health_check_interval,
+            },
             reconnect_delay=reconnect_delay,
             max_connections=max_connections,
         )
@@ -202,14 +208,7 @@ class RedisBackend(Supervised):
                 range; the message names it and what it accepts.
         """
         address, options = parse_redis_url(url)
-        history = {
-            field: options.pop(name)
-            for field, name in (("size", "history_size"), ("ttl", "history_ttl"))
-            if name in options
-        }
-        if history:
-            options["history"] = HistoryPolicy(**history)
-        return cls(address, **options)
+        return cls(address, **gather_history(options))
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -505,31 +504,3 @@ class RedisBackend(Supervised):
         # Under the supervisor: if the fill fails, everything reconnects and the
         # reconnection fills this topic's gap again.
         self._link.start_soon(self._topics.fill_live_gap, topic)
-
-
-def _check_arguments(
-    *,
-    key_prefix: str,
-    topic_ttl: float,
-    operation_timeout: float,
-    health_check_interval: float,
-    reconnect_delay: tuple[float, float],
-    max_connections: int,
-) -> None:
-    try:
-        KEY_PREFIX.parse(key_prefix)
-    except ValueError:
-        raise refuse("RedisBackend", "key_prefix", key_prefix, KEY_PREFIX.accepted) from None
-    for name, value in (
-        ("topic_ttl", topic_ttl),
-        ("operation_timeout", operation_timeout),
-        ("health_check_interval", health_check_interval),
-    ):
-        if not is_seconds(value):
-            raise refuse("RedisBackend", name, value, "a number of seconds > 0")
-    low, high = reconnect_delay
-    if not (is_seconds(low) and is_seconds(high) and low <= high):
-        accepted = "(LOW, HIGH) seconds with 0 < LOW <= HIGH"
-        raise refuse("RedisBackend", "reconnect_delay", reconnect_delay, accepted)
-    if not isinstance(max_connections, int) or max_connections < 1:
-        raise refuse("RedisBackend", "max_connections", max_connections, "a whole number >= 1")

@@ -196,7 +196,8 @@ def from_cents(cents: int) -> Decimal:
     return Decimal(cents).scaleb(-2)
 
 
-def _fact(row: sqlite3.Row) -> Fact:
+def fact_of(row: Any) -> Fact:
+    """A fact from a row of ``FACT_QUERY``, as either database gives it (by column name)."""
     return Fact(
         id=row["id"],
         amount=from_cents(row["amount_cents"]),
@@ -327,7 +328,7 @@ class Database:
         """The budget's facts, newest first."""
         with self._read() as db:
             rows = db.execute(FACT_QUERY + " ORDER BY facts.id DESC", (budget_id,)).fetchall()
-        return [_fact(row) for row in rows]
+        return [fact_of(row) for row in rows]
 
     @_in_thread
     def fact(self, budget_id: int, fact_id: int) -> Fact | None:
@@ -408,7 +409,7 @@ class Database:
     @staticmethod
     def _select_fact(db: sqlite3.Connection, budget_id: int, fact_id: int) -> Fact | None:
         row = db.execute(FACT_QUERY + " AND facts.id = ?", (budget_id, fact_id)).fetchone()
-        return None if row is None else _fact(row)
+        return None if row is None else fact_of(row)
 
     @staticmethod
     def _check_choices(db: sqlite3.Connection, budget_id: int, fact: FactInput) -> None:

@@ -35,7 +35,7 @@ from typing_extensions import Self
 
 from budget_ws import ConnectionManager, Event, Position
 
-from .db import CHOICES, SEED, Article, Fact, FinancialCenter, User, from_cents, to_cents
+from .db import CHOICES, SEED, Article, Fact, FinancialCenter, User, fact_of, to_cents
 from .forms import FactInput, InvalidInput
 from .store import WriteFailed
 
@@ -89,18 +89,6 @@ WHERE facts.budget_id = $1
 """
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def _fact(row: asyncpg.Record) -> Fact:
-    return Fact(
-        id=row["id"],
-        amount=from_cents(row["amount_cents"]),
-        article_id=row["article_id"],
-        article=row["article"],
-        financial_center_id=row["financial_center_id"],
-        financial_center=row["financial_center"],
-        author=row["author"],
-    )
 
 
 class PostgresStore:
@@ -213,7 +201,7 @@ class PostgresStore:
     async def facts(self, budget_id: int) -> list[Fact]:
         """The budget's facts, newest first."""
         rows = await self.pool.fetch(FACT_QUERY + " ORDER BY facts.id DESC", budget_id)
-        return [_fact(row) for row in rows]
+        return [fact_of(row) for row in rows]
 
     async def fact(self, budget_id: int, fact_id: int) -> Fact | None:
         """One fact of the budget; None if the budget has no such fact."""
@@ -319,4 +307,4 @@ class PostgresWork:
 async def _select_fact(connection: Any, budget_id: int, fact_id: int) -> Fact | None:
     """``connection``: a pool, or the unit of work's connection (to see its own writes)."""
     row = await connection.fetchrow(FACT_QUERY + " AND facts.id = $2", budget_id, fact_id)
-    return None if row is None else _fact(row)
+    return None if row is None else fact_of(row)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +125,27 @@ async def wait_delivered(listener: OrderedListener, publisher: Publisher) -> Non
             await listener.wait_for(len(listener.delivered) + 1)
 
 
+async def stream_through(
+    group: SentinelGroup, backend: RedisBackend, lose_master: Callable[[], int], count: int
+) -> Publisher:
+    """Publish ``count`` events to ``t`` while ``lose_master`` takes the master away.
+
+    Returns once the Sentinels named another master and the subscriber got every
+    published event, checked by :func:`check_delivery`.
+    """
+    listener = OrderedListener()
+    await backend.subscribe("t", listener)
+    publisher = Publisher()
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(publisher.run, backend, "t", count)
+        await anyio.sleep(0.5)
+        old = await anyio.to_thread.run_sync(lose_master)
+        await anyio.to_thread.run_sync(group.wait_master_moved, old)
+    await wait_delivered(listener, publisher)
+    check_delivery(listener, publisher)
+    return publisher
+
+
 async def test_publish_subscribe_and_history_through_sentinel(group: SentinelGroup) -> None:
     async with create_backend(url(group, "wait_replicas=1")) as backend:
         assert isinstance(backend, RedisBackend)
@@ -171,16 +192,7 @@ async def test_sentinel_failover_mid_stream_delivers_every_event_or_resyncs(
 ) -> None:
     async with create_backend(url(group, f"wait_replicas={wait_replicas}")) as backend:
         assert isinstance(backend, RedisBackend)
-        listener = OrderedListener()
-        await backend.subscribe("t", listener)
-        publisher = Publisher()
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(publisher.run, backend, "t", 200)
-            await anyio.sleep(0.5)
-            old = await anyio.to_thread.run_sync(group.failover)
-            await anyio.to_thread.run_sync(group.wait_master_moved, old)
-        await wait_delivered(listener, publisher)
-        check_delivery(listener, publisher)
+        publisher = await stream_through(group, backend, group.failover, 200)
         if publisher.failed_at:  # while the old master had no replica to acknowledge
             assert publisher.failed_at[-1] - publisher.failed_at[0] < 10
         assert b"event-199" in publisher.published
@@ -191,16 +203,7 @@ async def test_a_killed_master_mid_stream_delivers_every_event_or_resyncs(
 ) -> None:
     async with create_backend(url(group, "wait_replicas=1")) as backend:
         assert isinstance(backend, RedisBackend)
-        listener = OrderedListener()
-        await backend.subscribe("t", listener)
-        publisher = Publisher()
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(publisher.run, backend, "t", 300)
-            await anyio.sleep(0.5)
-            old = await anyio.to_thread.run_sync(group.kill_master)
-            await anyio.to_thread.run_sync(group.wait_master_moved, old)
-        await wait_delivered(listener, publisher)
-        check_delivery(listener, publisher)
+        publisher = await stream_through(group, backend, group.kill_master, 300)
         # Publishes failed while no master was up, for a bounded time, then succeeded.
         assert publisher.failed_at
         assert publisher.failed_at[-1] - publisher.failed_at[0] < 10

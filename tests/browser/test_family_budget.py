@@ -79,10 +79,12 @@ def add_fact(page: Page, amount: str, article: str, center: str) -> None:
     form.locator("button[type=submit]").click()
 
 
-def test_a_fact_added_in_one_tab_appears_in_the_other_within_a_second(
-    tab: Callable[[str], Page], budget_url: str, requested: list[str]
-) -> None:
-    first, second = tab("alice"), tab("alice")
+def add_fact_and_expect_it_live(first: Page, second: Page) -> Decimal:
+    """Add 12.34 for Leisure in ``first``; ``second`` shows it within :data:`LIVE`.
+
+    Returns:
+        The budget's total before the fact.
+    """
     before = total(second)
     rows = second.locator("#facts tr[data-fact-id]")
     count = rows.count()
@@ -95,11 +97,21 @@ def test_a_fact_added_in_one_tab_appears_in_the_other_within_a_second(
     expect(newest).to_contain_text("Leisure")
     expect(newest).to_contain_text("Car")
     expect(second.locator("#total")).to_have_text(f"{before + Decimal('12.34'):,.2f}")
-    expect(first.locator("#total")).to_have_text(f"{before + Decimal('12.34'):,.2f}")
     expect(second.locator("#activity")).to_contain_text("alice added 12.34 for Leisure")
-    # The form is ready for the next fact and says what it did.
-    expect(first.locator("#new-fact [name=amount]")).to_have_value("")
     expect(first.locator("#new-fact")).to_contain_text("Added 12.34 for Leisure.")
+    return before
+
+
+def test_a_fact_added_in_one_tab_appears_in_the_other_within_a_second(
+    tab: Callable[[str], Page], budget_url: str, requested: list[str]
+) -> None:
+    first, second = tab("alice"), tab("alice")
+    rows = second.locator("#facts tr[data-fact-id]")
+    count = rows.count()
+    before = add_fact_and_expect_it_live(first, second)
+    expect(first.locator("#total")).to_have_text(f"{before + Decimal('12.34'):,.2f}")
+    # The form is ready for the next fact.
+    expect(first.locator("#new-fact [name=amount]")).to_have_value("")
 
     # A bad amount is explained in the form, as typed, and saves nothing.
     add_fact(first, "12.345", "Rent", "Household")

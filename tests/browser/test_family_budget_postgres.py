@@ -14,13 +14,12 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
-from playwright.sync_api import Page, expect
-from tests.browser.test_family_budget import EXAMPLES, LIVE, add_fact, open_tab, total
+from playwright.sync_api import Page
+from tests.browser.test_family_budget import EXAMPLES, add_fact_and_expect_it_live, open_tab
 from tests.support.postgres import POSTGRES_DSN, url_of
 
 
@@ -64,17 +63,4 @@ def test_on_postgresql_a_fact_added_in_one_tab_appears_in_the_other(
     new_page: Callable[[], Page], budget_url: str
 ) -> None:
     first, second = (open_tab(new_page(), budget_url, "alice") for _ in range(2))
-    before = total(second)
-    rows = second.locator("#facts tr[data-fact-id]")
-    count = rows.count()
-
-    add_fact(first, "12.34", "Leisure", "Car")
-
-    expect(rows).to_have_count(count + 1, timeout=LIVE)
-    newest = rows.first  # newest first
-    expect(newest).to_contain_text("12.34")
-    expect(newest).to_contain_text("Leisure")
-    expect(newest).to_contain_text("Car")
-    expect(second.locator("#total")).to_have_text(f"{before + Decimal('12.34'):,.2f}")
-    expect(second.locator("#activity")).to_contain_text("alice added 12.34 for Leisure")
-    expect(first.locator("#new-fact")).to_contain_text("Added 12.34 for Leisure.")
+    add_fact_and_expect_it_live(first, second)

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
+from benchmarks.children import JsonLinesChild
 from benchmarks.loadgen import read_dump
 from benchmarks.measure import cpu_seconds, cpu_us_per_delivery, free_port, percentiles
 from benchmarks.provenance import describe, environment, load_average
@@ -228,13 +228,8 @@ class Worker:
             self.process.wait()
 
 
-class ClientProcess:
+class ClientProcess(JsonLinesChild):
     """A ``benchmarks.loadgen`` child holding some of the WebSocket clients."""
-
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        self.stdout = BufferedByteReceiveStream(process.stdout)
 
     @classmethod
     async def start(
@@ -248,22 +243,6 @@ class ClientProcess:
         ]  # fmt: skip
         process = await anyio.open_process(command, cwd=ROOT, stderr=None)
         return cls(process)
-
-    async def line(self) -> dict[str, Any]:
-        raw = await self.stdout.receive_until(b"\n", 1 << 20)
-        result: dict[str, Any] = json.loads(raw)
-        return result
-
-    async def send(self, text: str) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send(text.encode() + b"\n")
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        with anyio.move_on_after(5, shield=True):
-            await self.process.wait()
-        await self.process.aclose()
 
 
 # --------------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
 
+from benchmarks.children import JsonLinesChild
 from benchmarks.measure import cpu_us_per_delivery, percentiles
 from benchmarks.postgres_contenders import (
     CONTENDERS,
@@ -335,35 +335,15 @@ async def measure_statements(place: Place, rate: float, note: str,
 # Across two workers
 
 
-class Receiver:
+class Receiver(JsonLinesChild):
     """A ``benchmarks.postgres_receiver`` child: the receiving worker."""
-
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        self.stdout = BufferedByteReceiveStream(process.stdout)
 
     @classmethod
     async def start(cls, contender: str, url: str, topic: str) -> Receiver:
         command = [sys.executable, "-m", "benchmarks.postgres_receiver", "--contender",
                    contender, "--url", url, "--topic", topic]  # fmt: skip
-        return cls(await anyio.open_process(command, cwd=ROOT, stderr=None))
-
-    async def line(self) -> dict[str, Any]:
-        raw = await self.stdout.receive_until(b"\n", 1 << 26)
-        found: dict[str, Any] = json.loads(raw)
-        return found
-
-    async def send(self, text: str) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send(text.encode() + b"\n")
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        with anyio.move_on_after(5, shield=True):
-            await self.process.wait()
-        await self.process.aclose()
+        # Its last report holds every event's timing: a long line.
+        return cls(await anyio.open_process(command, cwd=ROOT, stderr=None), max_line=1 << 26)
 
 
 async def run_delivery(contender: str, place: Place, args: argparse.Namespace) -> Delivery:

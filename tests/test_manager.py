@@ -834,12 +834,12 @@ async def test_the_close_code_of_a_client_is_kept(manager: ConnectionManager) ->
     assert connection.close_code == 1000  # MemoryClient.close() says 1000
 
 
-async def test_the_heartbeat_task_ends_with_the_manager() -> None:
+async def test_the_managers_tasks_end_with_it() -> None:
     before = running_tasks()
     manager = ConnectionManager()
     await manager.start()
     started = running_tasks().items() - before.items()
-    assert [name for _, name in started] == ["budget_ws heartbeats"]
+    assert sorted(name for _, name in started) == ["budget_ws heartbeats", "budget_ws revocations"]
     async with connect(manager), connect(manager):
         pass
     await manager.aclose()

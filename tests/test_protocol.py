@@ -170,7 +170,7 @@ def test_decoding_arbitrary_input_never_raises_anything_else(raw: bytes | str) -
 def test_final_close_codes_are_the_ones_clients_must_not_retry() -> None:
     from budget_ws.protocol import FINAL_CLOSE_CODES, CloseCode
 
-    assert {1000, 1002, 1008, 4003} == FINAL_CLOSE_CODES
+    assert {1000, 1002, 1008, 4003, 4010} == FINAL_CLOSE_CODES
     assert CloseCode.SERVICE_RESTART not in FINAL_CLOSE_CODES
 
 

@@ -10,13 +10,16 @@ from .backends import (
     Listener,
     MemoryBackend,
     Position,
+    PresenceBackend,
     Recovery,
+    SignalBackend,
     TransactionalBackend,
     create_backend,
 )
 from .compat import Compatibility
 from .connection import Connection, Transport
 from .errors import (
+    BackendCapabilityMissing,
     BackendError,
     BackendNotInstalled,
     BackendUnavailable,
@@ -35,6 +38,7 @@ from .errors import (
     InvalidTopic,
     InvalidTraceContext,
     InvalidURL,
+    InvalidUser,
     ManagerClosed,
     PrometheusSetupError,
     SchemaNotReady,
@@ -49,13 +53,16 @@ from .handshake import Authenticate, Handshake, origin_allowed
 from .health import Health, check_health
 from .limits import Heartbeat, Limits, OutboxLimits, SlowConsumerPolicy, validate_topic
 from .manager import Action, ClientMessage, ConnectionManager, Stats
+from .presence import Member, Presence, PresenceOptions
 from .protocol import SUBPROTOCOL, CloseCode, ErrorCode
+from .users import User
 
 __all__ = [
     "SUBPROTOCOL",
     "Action",
     "Authenticate",
     "Backend",
+    "BackendCapabilityMissing",
     "BackendError",
     "BackendNotInstalled",
     "BackendUnavailable",
@@ -85,16 +92,22 @@ __all__ = [
     "InvalidTopic",
     "InvalidTraceContext",
     "InvalidURL",
+    "InvalidUser",
     "Limits",
     "Listener",
     "ManagerClosed",
+    "Member",
     "MemoryBackend",
     "OutboxLimits",
     "Position",
+    "Presence",
+    "PresenceBackend",
+    "PresenceOptions",
     "PrometheusSetupError",
     "Recovery",
     "SchemaNotReady",
     "ServerProtocolError",
+    "SignalBackend",
     "SlowConsumerPolicy",
     "Stats",
     "SubscriptionRefused",
@@ -103,6 +116,7 @@ __all__ = [
     "Transport",
     "UnknownBackend",
     "UnknownEvent",
+    "User",
     "__version__",
     "check_health",
     "create_backend",

@@ -22,6 +22,7 @@ from .connection import Connection
 from .errors import BackendError, EventValidationError, InvalidTopic, UnknownEvent
 from .events import Event, EventRegistry
 from .limits import Limits, validate_topic
+from .presence import PresenceTracker
 from .protocol import (
     ClientEvent,
     ClientFrame,
@@ -32,6 +33,7 @@ from .protocol import (
     encode_unsubscribed,
 )
 from .topics import TopicRouter
+from .users import UserDirectory, user_of_topic
 
 __all__ = [
     "Action",
@@ -47,8 +49,9 @@ logger = logging.getLogger("budget_ws.manager")
 
 E = TypeVar("E", bound=Event)
 
-Action = Literal["subscribe", "publish"]
-"""What a client asks ``authorize`` for: to receive a topic, or to send an event to it."""
+Action = Literal["subscribe", "publish", "presence"]
+"""What a client asks ``authorize`` for: to receive a topic, to send an event to it, or
+to see who is present on it."""
 
 Authorize = Callable[[Any, str, Action], "bool | Awaitable[bool]"]
 
@@ -77,6 +80,8 @@ class ClientFrames:
         limits: The topic name and per-connection topic limits.
         authorize: The app's ``authorize(principal, topic, action)``, or None (allow all).
         handlers: The app's handlers by event name; the manager adds to it.
+        users: The connections by user, which revocations reach.
+        presence: Presence of topics, when the app tracks it.
     """
 
     def __init__(
@@ -87,29 +92,50 @@ class ClientFrames:
         limits: Limits,
         authorize: Authorize | None,
         handlers: Mapping[str, Handler],
+        users: UserDirectory,
+        presence: PresenceTracker | None = None,
     ) -> None:
         self._router = router
         self.registry = registry
         self.limits = limits
         self._authorize = authorize
         self._handlers = handlers
+        self._users = users
+        self._presence = presence
+        # Topics the server subscribed each connection to: its client may resume them.
+        self._server_side: dict[Connection, set[str]] = {}
+        self.to_release: set[str] = set()
+        """Topics revoked from connections, whose backend subscription may now be dropped."""
 
     async def handle(self, connection: Connection, frame: ClientFrame) -> None:
         """Answer one frame of ``connection``'s client, in its reader."""
         if isinstance(frame, Subscribe):
             await self._client_subscribe(connection, frame)
         elif isinstance(frame, Unsubscribe):
-            if not self._topic_valid(connection, frame.topic, frame.id):
+            if user_of_topic(frame.topic) is None and not self._topic_valid(
+                connection, frame.topic, frame.id
+            ):
                 return
             if frame.topic in connection.topics:
+                self._server_topics(connection).discard(frame.topic)
                 await self._router.detach(connection, frame.topic)
             connection.push_control(encode_unsubscribed(frame.topic, frame.id))
         elif isinstance(frame, ClientEvent):
             await self._client_event(connection, frame)
 
     async def _client_subscribe(self, connection: Connection, frame: Subscribe) -> None:
+        # Watched from before `authorize` is asked: a revocation that arrives while the
+        # app's answer is on its way may have come too late for that answer.
+        with self._users.watching(connection, frame.topic) as watch:
+            await self._checked_subscribe(connection, frame)
+        if watch.revoked and frame.topic in connection.topics:
+            self._take_back(connection, frame.topic)
+
+    async def _checked_subscribe(self, connection: Connection, frame: Subscribe) -> None:
         topic = frame.topic
-        if not await self._topic_allowed(connection, topic, "subscribe", frame.id):
+        if not await self._subscribe_allowed(connection, frame):
+            return
+        if frame.presence and not await self._presence_allowed(connection, frame):
             return
         limit = self.limits.max_topics_per_connection
         if topic not in connection.topics and len(connection.topics) >= limit:
@@ -122,10 +148,45 @@ class ClientFrames:
             return
         try:
             await self.subscribe(connection, topic, frame.position, frame.id)
+            if frame.presence and self._presence is not None and topic in connection.topics:
+                await self._presence.watch(connection, topic)
         except BackendError as exc:
             # An outage the docs describe, answered with backend_error: one line, no trace.
             subscribe_failed(connection, topic, exc, server_side=False)
             connection.reject(ErrorCode.BACKEND_ERROR, f"{exc}; retry later", frame.id, topic=topic)
+
+    async def _subscribe_allowed(self, connection: Connection, frame: Subscribe) -> bool:
+        """Whether the client may subscribe: its own user stream, a resumption of what
+        the server subscribed it to, or what ``authorize`` allows."""
+        topic = frame.topic
+        owner = user_of_topic(topic)
+        if owner is not None:
+            if owner == connection.user:
+                return True
+            connection.reject(
+                ErrorCode.FORBIDDEN, "a user stream is only its user's", frame.id, topic=topic
+            )
+            return False
+        if frame.position is not None and topic in self._server_topics(connection):
+            return True
+        return await self._topic_allowed(connection, topic, "subscribe", frame.id)
+
+    async def _presence_allowed(self, connection: Connection, frame: Subscribe) -> bool:
+        topic = frame.topic
+        if self._presence is None or not self._presence.options.tracks(topic):
+            connection.reject(
+                ErrorCode.PRESENCE_UNAVAILABLE,
+                f"the server does not track presence on {topic!r}",
+                frame.id,
+                topic=topic,
+            )
+            return False
+        if await self._allowed(connection, topic, "presence"):
+            return True
+        connection.reject(
+            ErrorCode.FORBIDDEN, f"not allowed to see presence on {topic!r}", frame.id, topic=topic
+        )
+        return False
 
     async def _client_event(self, connection: Connection, frame: ClientEvent) -> None:
         handler = self._handlers.get(frame.event)
@@ -221,6 +282,7 @@ class ClientFrames:
                 return
             try:
                 await self.subscribe(connection, topic, None, None)
+                self._server_topics(connection).add(topic)
             except BackendError as exc:
                 subscribe_failed(connection, topic, exc, server_side=True)
                 connection.close(
@@ -235,11 +297,46 @@ class ClientFrames:
         position: Position | None,
         request_id: int | str | None,
     ) -> None:
-        """Subscribe ``connection`` to ``topic``, from ``position``; no checks."""
-        if topic in connection.topics:
-            # A second subscribe restarts the subscription, resuming where it says.
-            await self._router.detach(connection, topic)
-        await self._router.attach(connection, topic, position, request_id)
+        """Subscribe ``connection`` to ``topic``, from ``position``; no checks.
+
+        A revocation of the topic for the connection's user that arrives meanwhile takes
+        the new subscription back as soon as it is made.
+        """
+        with self._users.watching(connection, topic) as watch:
+            if topic in connection.topics:
+                # A second subscribe restarts the subscription, resuming where it says.
+                await self._router.detach(connection, topic)
+            await self._router.attach(connection, topic, position, request_id)
+        if watch.revoked and topic in connection.topics:
+            self._take_back(connection, topic)
+
+    def mark_server_side(self, connection: Connection, topic: str) -> None:
+        """Record that the server subscribed ``connection`` to ``topic``."""
+        self._server_topics(connection).add(topic)
+
+    def _server_topics(self, connection: Connection) -> set[str]:
+        topics = self._server_side.get(connection)
+        if topics is None:
+            topics = self._server_side[connection] = set()
+        return topics
+
+    def forget(self, connection: Connection) -> None:
+        """``connection`` has closed."""
+        self._server_side.pop(connection, None)
+
+    def revoke(self, user: str, topic: str) -> int:
+        """Take ``topic`` from every local connection of ``user`` at once, and from
+        subscriptions of it still being made. Returns how many connections held it."""
+        connections = self._users.revoke(user, topic)
+        for connection in connections:
+            self._take_back(connection, topic)
+        return len(connections)
+
+    def _take_back(self, connection: Connection, topic: str) -> None:
+        self._router.drop(connection, topic)
+        self._server_topics(connection).discard(topic)
+        connection.push_control(encode_unsubscribed(topic, revoked=True))
+        self.to_release.add(topic)
 
 
 def subscribe_failed(

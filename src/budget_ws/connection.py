@@ -92,6 +92,7 @@ class Connection:
         "state",
         "topics",
         "transport",
+        "user",
     )
 
     def __init__(
@@ -108,6 +109,9 @@ class Connection:
         """Identifier of the connection, unique within the process."""
         self.principal: Any = principal
         """Who is connected, as returned by the app's ``authenticate`` hook."""
+        self.user: str | None = None
+        """The id of the connection's user, from the manager's ``identify`` hook; None for
+        an anonymous connection."""
         self.state: dict[str, Any] = {}
         """Free space for the application's own per-connection data."""
         self.transport = transport

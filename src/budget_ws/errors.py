@@ -8,6 +8,7 @@ raise into the server: they become error frames or close codes (see ``docs/proto
 from __future__ import annotations
 
 __all__ = [
+    "BackendCapabilityMissing",
     "BackendError",
     "BackendNotInstalled",
     "BackendUnavailable",
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidLimit",
     "InvalidTopic",
     "InvalidURL",
+    "InvalidUser",
     "ManagerClosed",
     "SchemaNotReady",
     "ServerProtocolError",
@@ -164,6 +166,22 @@ class TransactionalPublishUnsupported(BackendError, TypeError):
     an asyncpg connection) with a transaction open. Publishing outside that transaction
     instead would bring back the lost or phantom events the option exists to prevent.
     """
+
+
+class BackendCapabilityMissing(BackendError, TypeError):
+    """The backend cannot do what the app configured or called.
+
+    Presence needs a :class:`~budget_ws.backends.PresenceBackend`; ``disconnect_user``,
+    ``unsubscribe_user`` and presence need a :class:`~budget_ws.backends.SignalBackend`.
+    Raised when the manager starts (for presence) or when the method is called, never
+    silently ignored.
+    """
+
+
+class InvalidUser(BudgetWSError, ValueError):
+    """The app's ``identify`` hook returned a user the manager cannot use: an id outside
+    1 to 64 characters of ``A-Z a-z 0-9 _ . : @ / = + -``, or ``info`` that is not JSON or
+    is larger than ``PresenceOptions.max_info_bytes``. The connection is closed with 1011."""
 
 
 class BackendNotInstalled(BudgetWSError, ImportError):

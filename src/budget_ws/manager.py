@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -16,7 +18,14 @@ import anyio
 import anyio.lowlevel
 
 from ._runtime import BackgroundTask
-from .backends import Backend, Position, TransactionalBackend, create_backend
+from .backends import (
+    Backend,
+    Position,
+    PresenceBackend,
+    SignalBackend,
+    TransactionalBackend,
+    create_backend,
+)
 from .client_frames import (
     Action,
     Authorize,
@@ -26,9 +35,11 @@ from .client_frames import (
 )
 from .connection import Connection, Transport
 from .errors import (
+    BackendCapabilityMissing,
     BackendError,
     ConnectionIdInUse,
     EventTooLarge,
+    InvalidUser,
     ManagerClosed,
     TransactionalPublishUnsupported,
 )
@@ -36,14 +47,17 @@ from .events import Event, EventRegistry, default_registry
 from .limits import Heartbeat, Limits, OutboxLimits, validate_topic
 from .metrics import Metrics
 from .pacemaker import Pacemaker
+from .presence import Presence, PresenceOptions, PresenceTracker, encode_info
 from .propagation import CLIENT_CONTEXT_BYTES, Tracer, attach_context, publish_time
 from .protocol import (
+    MAX_CLOSE_REASON_BYTES,
     CloseCode,
     encode_event,
     encode_unsubscribed,
     encode_welcome,
 )
 from .topics import TopicRouter
+from .users import Identify, User, UserDirectory, user_topic
 
 ConnectionHook = Callable[[Connection], Awaitable[None]]
 
@@ -115,6 +129,18 @@ class ConnectionManager:
         on_disconnect: Awaited with each connection after it has closed.
         tracer: Traces publishing and fan-out, such as
             :class:`budget_ws.tracing.OpenTelemetryTracer`; untraced by default.
+        identify: ``identify(principal)`` returns the connection's
+            :class:`~budget_ws.User` (or a bare user id, or None for an anonymous
+            connection); it may be async. An identified connection is subscribed to its
+            user's own stream (:meth:`publish_to_user`), counted in presence, and reached
+            by :meth:`disconnect_user` and :meth:`unsubscribe_user`.
+        presence: Track who is present on topics (:meth:`presence`, and ``presence``
+            frames for clients that ask); needs ``identify`` and a backend that stores
+            presence (memory, Redis, PostgreSQL).
+
+    Raises:
+        BackendCapabilityMissing: ``presence`` was given with a backend that cannot store
+            it.
     """
 
     def __init__(
@@ -131,8 +157,19 @@ class ConnectionManager:
         on_connect: ConnectionHook | None = None,
         on_disconnect: ConnectionHook | None = None,
         tracer: Tracer | None = None,
+        identify: Identify | None = None,
+        presence: PresenceOptions | None = None,
     ) -> None:
         self.backend: Backend = create_backend(backend) if isinstance(backend, str) else backend
+        self._identify = identify
+        self._presence: PresenceTracker | None = None
+        if presence is not None:
+            if not isinstance(self.backend, PresenceBackend):
+                raise BackendCapabilityMissing(
+                    f"{self.backend!r} cannot store presence; the memory, Redis and "
+                    "PostgreSQL backends can"
+                )
+            self._presence = PresenceTracker(self.backend, presence)
         self.registry = registry if registry is not None else default_registry
         self.limits = limits or Limits()
         self.outbox_limits = outbox or OutboxLimits()
@@ -152,16 +189,29 @@ class ConnectionManager:
             max_replay=self.outbox_limits.max_replay,
             metrics=self._metrics,
             tracer=tracer,
+            membership=self._presence,
         )
+        self._users = UserDirectory()
         self._frames = ClientFrames(
             router=self._router,
             registry=self.registry,
             limits=self.limits,
             authorize=authorize,
             handlers=self._handlers,
+            users=self._users,
+            presence=self._presence,
         )
         self._pacemaker = Pacemaker(self.heartbeat)
         self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
+        self._chores = BackgroundTask(self._release_revoked, "budget_ws revocations")
+        self._revoked = anyio.Event()
+        self._presence_task = (
+            BackgroundTask(
+                functools.partial(self._presence.run, self._signal), "budget_ws presence"
+            )
+            if self._presence is not None
+            else None
+        )
         self._state: Literal["new", "running", "closing", "closed"] = "new"
         self._idle = anyio.Event()
         self._idle.set()
@@ -191,7 +241,16 @@ class ConnectionManager:
         if self._state != "new":
             raise ManagerClosed(f"a ConnectionManager can be started once; it is {self._state}")
         await self.backend.__aenter__()
+        try:
+            if isinstance(self.backend, SignalBackend):
+                await self.backend.listen_signals(self._on_signal)
+        except BaseException:
+            await self.backend.aclose()
+            raise
         self._heartbeats.start()
+        self._chores.start()
+        if self._presence_task is not None:
+            self._presence_task.start()
         self._state = "running"
 
     async def aclose(self) -> None:
@@ -220,6 +279,8 @@ class ConnectionManager:
             if was_running:
                 with anyio.CancelScope(shield=True):
                     await self._heartbeats.stop()
+                    await self._chores.stop()
+                    await self._stop_presence()
             # Outside any scope opened here: a backend may close a task group that
             # `start()` opened, which must be the innermost scope when it exits.
             if was_running:
@@ -355,14 +416,24 @@ class ConnectionManager:
         if answers_pings:
             self._pacemaker.add(connection)
         try:
+            identifying_since = anyio.current_time()
+            if self._identify is not None and await self._identified(connection):
+                ended = self._users.add(connection, identifying_since)
+                if ended is not None:  # disconnect_user arrived while identify ran
+                    connection.close(*ended)
+                topics = (user_topic(connection.user), *topics)  # type: ignore[arg-type]
             heartbeat = self.heartbeat
             connection.push_control(
                 encode_welcome(
-                    connection.id, heartbeat.interval, heartbeat.timeout, self.limits.describe()
+                    connection.id,
+                    heartbeat.interval,
+                    heartbeat.timeout,
+                    self.limits.describe(),
+                    connection.user,
                 )
             )
             await self._frames.subscribe_server_side(connection, topics)
-            if self._on_connect is not None:
+            if self._on_connect is not None and not connection.closed:
                 try:
                     await self._on_connect(connection)
                 except Exception:
@@ -381,6 +452,8 @@ class ConnectionManager:
             with anyio.CancelScope(shield=True):
                 for topic in list(connection.topics):
                     await self._router.detach(connection, topic)
+                self._users.remove(connection)
+                self._frames.forget(connection)
                 del self._connections[connection.id]
                 if not self._connections:
                     self._idle.set()
@@ -396,6 +469,48 @@ class ConnectionManager:
                                 "budget_ws_connection_id": connection.id,
                             },
                         )
+
+    async def _identified(self, connection: Connection) -> bool:
+        """Give ``connection`` its user from ``identify``; on a failure, close it with 1011."""
+        assert self._identify is not None
+        try:
+            found = self._identify(connection.principal)
+            if inspect.isawaitable(found):
+                found = await found
+            if found is None:
+                return False
+            user = found if isinstance(found, User) else User(found)
+            user_topic(user.id)  # checks the id
+            presence = self._presence
+            if presence is not None:
+                info = encode_info(user.info, presence.options.max_info_bytes)
+        except InvalidUser as exc:
+            logger.error(
+                "budget_ws: identify gave an unusable user for %r: %s",
+                connection,
+                exc,
+                extra={
+                    "budget_ws_event": "identify_failed",
+                    "budget_ws_connection_id": connection.id,
+                },
+            )
+            connection.close(CloseCode.INTERNAL_ERROR, "the server could not identify the user")
+            return False
+        except Exception:
+            logger.exception(
+                "identify failed for %r",
+                connection,
+                extra={
+                    "budget_ws_event": "identify_failed",
+                    "budget_ws_connection_id": connection.id,
+                },
+            )
+            connection.close(CloseCode.INTERNAL_ERROR, "the server could not identify the user")
+            return False
+        connection.user = user.id
+        if presence is not None:
+            presence.identified(user.id, info)
+        return True
 
     @property
     def connections(self) -> dict[str, Connection]:
@@ -420,6 +535,7 @@ class ConnectionManager:
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
         await self._frames.subscribe(connection, topic, position, None)
+        self._frames.mark_server_side(connection, topic)
 
     async def unsubscribe(self, connection: Connection, topic: str) -> None:
         """Unsubscribe a connection from a topic; the client gets an ``unsubscribed`` frame."""
@@ -458,6 +574,28 @@ class ConnectionManager:
         """
         self._check_running()
         validate_topic(topic, self.limits.max_topic_length)
+        return await self._publish(event, topic, within)
+
+    async def publish_to_user(self, user_id: str, event: Event) -> Position:
+        """Publish an event to every connection of a user, on every worker.
+
+        The user's stream (the topic ``~user:<id>``) is a topic like any other: its events
+        have offsets, and a tab that reconnects within the history window recovers what
+        it missed. Every connection that ``identify`` gave this user is subscribed to it by
+        the server.
+
+        Returns:
+            The position the event got in the user's stream.
+
+        Raises:
+            InvalidUser: ``user_id`` is not a valid user id.
+            ManagerClosed: The manager is not running.
+            EventTooLarge: As for :meth:`publish`.
+        """
+        self._check_running()
+        return await self._publish(event, user_topic(user_id), None)
+
+    async def _publish(self, event: Event, topic: str, within: object) -> Position:
         backend_publish: Callable[[str, bytes], Awaitable[Position]] = self.backend.publish
         if within is not None:
             backend_publish = self._publisher_within(within)
@@ -523,6 +661,131 @@ class ConnectionManager:
                     latency.observe(time.perf_counter() - started)
             span.published(position)
             return position
+
+    # Users and presence -------------------------------------------------------------------
+
+    async def presence(self, topic: str) -> Presence:
+        """Who is present on ``topic`` now, across every worker.
+
+        A user is present once, whatever the number of their connections holding the
+        topic. Changes show within the presence writes' pace (a few milliseconds after a
+        subscribe on an idle worker); a crashed worker's users disappear after
+        ``PresenceOptions.ttl``.
+
+        Raises:
+            BackendCapabilityMissing: The manager was made without ``presence``.
+            InvalidTopic: The topic name breaks the naming rules.
+            BackendError: The backend could not be read.
+        """
+        self._check_running()
+        validate_topic(topic, self.limits.max_topic_length)
+        if self._presence is None:
+            raise BackendCapabilityMissing(
+                "this ConnectionManager does not track presence: pass presence=PresenceOptions()"
+            )
+        return await self._presence.presence(topic)
+
+    async def unsubscribe_user(self, user_id: str, topic: str) -> None:
+        """Take ``topic`` away from every connection of a user, on every worker.
+
+        Each gets an ``unsubscribed`` frame with ``"reason": "revoked"``, and the bundled
+        client does not subscribe to the topic again on its own. Change what ``authorize``
+        answers *before* calling this: a subscribe of the topic by that user still being
+        made when the revocation reaches its worker is taken back once made, and later
+        ones ask ``authorize``.
+
+        Raises:
+            InvalidUser: ``user_id`` is not a valid user id.
+            InvalidTopic: The topic name breaks the naming rules.
+            BackendCapabilityMissing: The backend cannot signal other workers.
+            BackendError: The backend could not pass the revocation on.
+        """
+        self._check_running()
+        user_topic(user_id)
+        validate_topic(topic, self.limits.max_topic_length)
+        await self._signal({"k": "u", "u": user_id, "t": topic})
+
+    async def disconnect_user(
+        self, user_id: str, *, code: int = CloseCode.DISCONNECTED, reason: str = ""
+    ) -> None:
+        """Close every connection of a user, on every worker (logout, removal).
+
+        Args:
+            user_id: Whose connections.
+            code: The close code: 4010 by default, after which the bundled client does not
+                reconnect; 1000, 1012, 1013 or an application code from 3000 to 4999.
+            reason: Told to the client; at most 123 bytes as UTF-8.
+
+        Raises:
+            InvalidUser: ``user_id`` is not a valid user id.
+            ValueError: ``code`` or ``reason`` cannot be sent in a close frame.
+            BackendCapabilityMissing: The backend cannot signal other workers.
+            BackendError: The backend could not pass the request on.
+        """
+        self._check_running()
+        user_topic(user_id)
+        if (
+            isinstance(code, bool)
+            or not isinstance(code, int)
+            or not (code in (1000, 1012, 1013) or 3000 <= code <= 4999)
+        ):
+            raise ValueError(f"close code {code!r} must be 1000, 1012, 1013 or 3000-4999")
+        if len(reason.encode()) > MAX_CLOSE_REASON_BYTES:
+            raise ValueError(f"a close reason holds at most {MAX_CLOSE_REASON_BYTES} bytes")
+        await self._signal({"k": "d", "u": user_id, "c": int(code), "r": reason})
+
+    async def _signal(self, message: dict[str, Any]) -> None:
+        backend = self.backend
+        if not isinstance(backend, SignalBackend):
+            raise BackendCapabilityMissing(
+                f"{backend!r} cannot signal other workers; the memory, Redis and PostgreSQL "
+                "backends can"
+            )
+        await backend.signal(json.dumps(message, separators=(",", ":")).encode())
+
+    def _on_signal(self, payload: bytes) -> None:
+        """A signal from any worker (this one included): apply it to local connections."""
+        try:
+            message = json.loads(payload)
+            kind = message["k"]
+        except (ValueError, TypeError, KeyError):
+            logger.warning(
+                "budget_ws: ignored a signal that is not the manager's: %r",
+                payload[:80],
+                extra={"budget_ws_event": "foreign_signal"},
+            )
+            return
+        if kind == "p" and self._presence is not None:
+            self._presence.on_signal(message, anyio.current_time())
+        elif kind == "u":
+            if self._frames.revoke(str(message["u"]), str(message["t"])):
+                self._revoked.set()
+        elif kind == "d":
+            code, reason = int(message["c"]), str(message["r"])
+            for connection in self._users.disconnect(str(message["u"]), code, reason):
+                connection.close(code, reason)
+
+    async def _release_revoked(self) -> None:
+        """Drop backend subscriptions that revocations left without a local subscriber."""
+        while True:
+            await self._revoked.wait()
+            self._revoked = anyio.Event()
+            while self._frames.to_release:
+                await self._router.release(self._frames.to_release.pop())
+
+    async def _stop_presence(self) -> None:
+        if self._presence_task is None or self._presence is None:
+            return
+        await self._presence_task.stop()
+        try:
+            with anyio.fail_after(self.shutdown_timeout):
+                await self._presence.forget(self._signal)
+        except (BackendError, TimeoutError) as exc:
+            logger.warning(
+                "budget_ws: could not remove this worker's presence (it expires after the TTL): %s",
+                exc,
+                extra={"budget_ws_event": "presence_failed", "budget_ws_error": str(exc)},
+            )
 
     async def position(self, topic: str) -> Position:
         """The topic's latest position.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "ClientFrame",
     "CloseCode",
     "ErrorCode",
+    "MemberFields",
     "Ping",
     "Pong",
     "ProtocolViolation",
@@ -48,6 +50,8 @@ __all__ = [
     "encode_event",
     "encode_ping",
     "encode_pong",
+    "encode_presence",
+    "encode_presence_diff",
     "encode_resync",
     "encode_subscribe",
     "encode_subscribed",
@@ -92,6 +96,9 @@ class CloseCode(enum.IntEnum):
     """No pong arrived in time; reconnect and resume."""
     FORBIDDEN = 4003
     """Authentication or authorization failed for the connection; do not reconnect."""
+    DISCONNECTED = 4010
+    """The app ended the user's connections (``disconnect_user``: logout, removal); do not
+    reconnect."""
     RATE_LIMITED = 4029
     """The client sent frames faster than ``Limits.max_messages_per_second``."""
 
@@ -123,7 +130,13 @@ def excerpt(text: str, limit: int = 40) -> str:
 
 
 FINAL_CLOSE_CODES = frozenset(
-    {CloseCode.NORMAL, CloseCode.PROTOCOL_ERROR, CloseCode.POLICY_VIOLATION, CloseCode.FORBIDDEN}
+    {
+        CloseCode.NORMAL,
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.FORBIDDEN,
+        CloseCode.DISCONNECTED,
+    }
 )
 """Close codes after which a client must not reconnect on its own."""
 
@@ -149,6 +162,8 @@ class ErrorCode(str, enum.Enum):
     """The server's handler for the event failed."""
     BACKEND_ERROR = "backend_error"
     """The backend could not subscribe the topic; retry later."""
+    PRESENCE_UNAVAILABLE = "presence_unavailable"
+    """The client asked for presence of a topic whose presence the server does not track."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +173,8 @@ class Subscribe:
     topic: str
     position: Position | None = None
     id: int | str | None = None
+    presence: bool = False
+    """Whether the client also wants the topic's ``presence`` frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +269,14 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
     if op == "ping":
         return _PING
     if op == "subscribe":
+        presence = frame.get("presence", False)
+        if not isinstance(presence, bool):
+            raise ProtocolViolation(ErrorCode.BAD_FRAME, "'presence' must be a boolean", request_id)
         return Subscribe(
-            _topic_field(frame, request_id), _position_field(frame, request_id), request_id
+            _topic_field(frame, request_id),
+            _position_field(frame, request_id),
+            request_id,
+            presence,
         )
     if op == "unsubscribe":
         return Unsubscribe(_topic_field(frame, request_id), request_id)
@@ -383,17 +406,19 @@ def encode_welcome(
     heartbeat_interval: float,
     heartbeat_timeout: float,
     limits: dict[str, float],
+    user: str | None = None,
 ) -> str:
     """The first frame of every connection: what the client needs to behave."""
-    return _dumps(
-        {
-            "op": "welcome",
-            "protocol": SUBPROTOCOL,
-            "connection_id": connection_id,
-            "heartbeat": {"interval": heartbeat_interval, "timeout": heartbeat_timeout},
-            "limits": limits,
-        }
-    )
+    frame: dict[str, Any] = {
+        "op": "welcome",
+        "protocol": SUBPROTOCOL,
+        "connection_id": connection_id,
+        "heartbeat": {"interval": heartbeat_interval, "timeout": heartbeat_timeout},
+        "limits": limits,
+    }
+    if user is not None:
+        frame["user"] = user
+    return _dumps(frame)
 
 
 def _position_json(position: Position) -> dict[str, Any]:
@@ -415,12 +440,54 @@ def encode_subscribed(
     return _dumps(frame)
 
 
-def encode_unsubscribed(topic: str, request_id: int | str | None = None) -> str:
-    """Confirms that no more events of ``topic`` will follow."""
+def encode_unsubscribed(
+    topic: str, request_id: int | str | None = None, *, revoked: bool = False
+) -> str:
+    """Confirms that no more events of ``topic`` will follow; ``revoked`` says the app took
+    the topic away (the client must not subscribe to it again on its own)."""
     frame: dict[str, Any] = {"op": "unsubscribed", "topic": topic}
     if request_id is not None:
         frame["id"] = request_id
+    if revoked:
+        frame["reason"] = "revoked"
     return _dumps(frame)
+
+
+MemberFields = tuple[str, int, str]
+"""A present user as the protocol sends it: user id, connections, info as JSON text."""
+
+
+def encode_presence(
+    topic: str, members: Sequence[MemberFields], count: int, truncated: bool
+) -> str:
+    """Who is present on ``topic``: the whole list, replacing what the client held."""
+    return (
+        f'{{"op":"presence","topic":{json.dumps(topic)},"count":{count},'
+        f'"truncated":{"true" if truncated else "false"},"members":{_members(members)}}}'
+    )
+
+
+def encode_presence_diff(
+    topic: str, joins: Sequence[MemberFields], leaves: Sequence[str], count: int
+) -> str:
+    """What changed on ``topic``'s presence since the last frame: users who joined or
+    changed (upserts), and users who left."""
+    return (
+        f'{{"op":"presence_diff","topic":{json.dumps(topic)},"count":{count},'
+        f'"joins":{_members(joins)},"leaves":{json.dumps(list(leaves))}}}'
+    )
+
+
+def _members(members: Sequence[MemberFields]) -> str:
+    # `info` is JSON the core encoded and checked once per user, not per frame.
+    return (
+        "["
+        + ",".join(
+            f'{{"user":{json.dumps(user)},"connections":{connections},"info":{info}}}'
+            for user, connections, info in members
+        )
+        + "]"
+    )
 
 
 def encode_resync(topic: str, position: Position) -> str:
@@ -487,7 +554,11 @@ def encode_pong() -> str:
 
 
 def encode_subscribe(
-    topic: str, position: Position | None = None, request_id: int | str | None = None
+    topic: str,
+    position: Position | None = None,
+    request_id: int | str | None = None,
+    *,
+    presence: bool = False,
 ) -> str:
     """A client's subscribe frame."""
     frame: dict[str, Any] = {"op": "subscribe", "topic": topic}
@@ -495,6 +566,8 @@ def encode_subscribe(
         frame["position"] = _position_json(position)
     if request_id is not None:
         frame["id"] = request_id
+    if presence:
+        frame["presence"] = True
     return _dumps(frame)
 
 

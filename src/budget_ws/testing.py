@@ -159,7 +159,12 @@ class MemoryClient:
                 return frame
 
     async def subscribe(
-        self, topic: str, *, position: Position | None = None, resume: bool = False
+        self,
+        topic: str,
+        *,
+        position: Position | None = None,
+        resume: bool = False,
+        presence: bool = False,
     ) -> dict[str, Any]:
         """Subscribe and return the server's answer (``subscribed`` or ``error``).
 
@@ -169,12 +174,13 @@ class MemoryClient:
             topic: The topic.
             position: Resume after this position.
             resume: Resume after the last position this client saw on the topic.
+            presence: Also ask for the topic's ``presence`` frames.
         """
         if resume and position is None:
             position = self.positions.get(topic)
         self._request_ids += 1
         request_id = self._request_ids
-        await self.send_raw(encode_subscribe(topic, position, request_id))
+        await self.send_raw(encode_subscribe(topic, position, request_id, presence=presence))
         return await self._answer(request_id)
 
     async def unsubscribe(self, topic: str) -> dict[str, Any]:

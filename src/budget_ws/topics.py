@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 
@@ -15,9 +16,17 @@ from .metrics import Metrics
 from .propagation import Tracer, publish_instant, split_context
 from .protocol import encode_resync, encode_subscribed, position_frame
 
-__all__ = ["TopicRouter"]
+__all__ = ["Membership", "TopicRouter"]
 
 logger = logging.getLogger("budget_ws.topics")
+
+
+class Membership(Protocol):
+    """Told whenever a connection starts or stops holding a topic (presence counts it)."""
+
+    def joined(self, connection: Connection, topic: str) -> None: ...
+
+    def left(self, connection: Connection, topic: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -63,8 +72,10 @@ class TopicRouter:
         *,
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self._backend = backend
+        self._membership = membership
         self._max_replay = max_replay
         self._metrics = metrics or Metrics()
         self._tracer = tracer
@@ -141,17 +152,37 @@ class TopicRouter:
             connection.topics.add(topic)
             state.connections.add(connection)
             state.floors[connection] = sent
+            if self._membership is not None:
+                self._membership.joined(connection, topic)
         finally:
             state.reserved -= 1
             await self._release(topic, state)
 
     async def detach(self, connection: Connection, topic: str) -> None:
         """Stop delivering ``topic`` to ``connection``."""
+        self.drop(connection, topic)
+        state = self._topics.get(topic)
+        if state is not None:
+            await self._release(topic, state)
+
+    def drop(self, connection: Connection, topic: str) -> bool:
+        """Stop delivering ``topic`` to ``connection`` at once, without waiting on the
+        backend; :meth:`release` drops the topic's backend subscription later if it was
+        the last. Returns whether the connection held the topic."""
+        held = topic in connection.topics
         connection.topics.discard(topic)
         state = self._topics.get(topic)
         if state is not None:
             state.connections.discard(connection)
             state.floors.pop(connection, None)
+        if held and self._membership is not None:
+            self._membership.left(connection, topic)
+        return held
+
+    async def release(self, topic: str) -> None:
+        """Drop ``topic``'s backend subscription if no local connection needs it."""
+        state = self._topics.get(topic)
+        if state is not None:
             await self._release(topic, state)
 
     async def _release(self, topic: str, state: _Topic) -> None:

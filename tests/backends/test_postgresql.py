@@ -311,7 +311,7 @@ def test_the_migrate_command_creates_the_schema_once_and_says_so(
     try:
         for _ in range(2):  # safe to run again
             assert main(["migrate", url_of(schema)]) == 0
-            assert f"schema={schema!r}): schema at version 1" in capsys.readouterr().out
+            assert f"schema={schema!r}): schema at version 2" in capsys.readouterr().out
     finally:
         anyio.run(admin, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { fakePage, flush, setup } from "./helpers.mjs";
 
 const RECONNECT = [1006, 1001, 1005, 1009, 1011, 1012, 1013, 4000, 4001, 4029];
-const FINAL = [1000, 1002, 1008, 4003];
+const FINAL = [1000, 1002, 1008, 4003, 4010];
 
 for (const code of RECONNECT) {
   test(`close code ${code}: reconnects with backoff and resumes`, () => {

@@ -170,7 +170,7 @@ test("a server-side unsubscribe is not undone on reconnect", () => {
   assert.deepEqual(t.open().sentOps("subscribe"), []);
 });
 
-test("a server-side subscribe is tracked; a later one past our position is a gap", () => {
+test("a server-side subscribe is tracked; a later one in another epoch is a gap", () => {
   const t = setup({ onResync: () => {} });
   const ws = t.open();
   ws.receive({ op: "subscribed", topic: "user:1", position: at(5), recovered: false });
@@ -178,8 +178,9 @@ test("a server-side subscribe is tracked; a later one past our position is a gap
   ws.receive(event(6, "e1", "user:1"));
   ws.receive({ op: "subscribed", topic: "user:1", position: at(6), recovered: false });
   assert.deepEqual(t.seen("budget-ws:resync-needed"), []);
-  ws.receive({ op: "subscribed", topic: "user:1", position: at(9), recovered: false });
-  assert.deepEqual(t.seen("budget-ws:resync-needed"), [{ topic: "user:1", position: at(9) }]);
+  ws.receive({ op: "subscribed", topic: "user:1", position: at(9, "e2"), recovered: false });
+  assert.deepEqual(t.seen("budget-ws:resync-needed"), [{ topic: "user:1", position: at(9, "e2") }]);
+  assert.deepEqual(ws.sentOps("subscribe"), [], "nothing to resume in another history");
 });
 
 test("positions persist in storage and resume after a page reload", () => {

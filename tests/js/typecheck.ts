@@ -1,7 +1,15 @@
 // Compile-time checks of budget-ws.d.ts; not run by `node --test`. Check with:
 //   npx -p typescript@5 tsc --noEmit --strict --target es2022 --module esnext \
 //     --moduleResolution bundler --lib es2022,dom tests/js/typecheck.ts
-import { BudgetWS, connect, htmxTrigger, type Position } from "../../src/budget_ws/static/budget-ws.js";
+import {
+  BudgetWS,
+  connect,
+  htmxTrigger,
+  type Member,
+  type Position,
+  type Presence,
+  type SubscribeError,
+} from "../../src/budget_ws/static/budget-ws.js";
 
 type Events = {
   budget_fact_created: { id: number; amount: string };
@@ -44,6 +52,27 @@ ws.send("chat_message", { text: "hi" }, { topic: "room:1" });
 // @ts-expect-error: wrong data for a known event
 ws.send("budget_total_changed", { total: 1 });
 ws.close(4000, "bye");
+
+// Presence, the user stream, revocation
+ws.subscribe("room:1", { presence: true });
+// @ts-expect-error: presence is a flag
+ws.subscribe("room:1", { presence: "yes" });
+const present: Presence | undefined = ws.presence("room:1");
+const firstMember: Member | undefined = present?.members[0];
+const tabs: number | undefined = firstMember?.connections;
+ws.on("budget-ws:presence", ({ topic, members, count, truncated }) => [topic, members[0].info, count, truncated]);
+ws.on("budget-ws:join", ({ topic, member }) => [topic, member.user, member.connections]);
+ws.on("budget-ws:leave", ({ topic, user }) => [topic.length, user.length]);
+ws.on("budget-ws:revoked", ({ topic }) => topic.length);
+ws.on("budget-ws:unsubscribed", ({ topic, reason }) => reason === "revoked" && topic);
+const me: string | null = ws.user;
+ws.onUser((data, frame) => {
+  if (frame.event === "budget_total_changed") frame.data.total.length;
+  const topic: string | undefined = frame.topic;
+})();
+ws.subscribe("room:1").catch((error: SubscribeError) => error.code === "revoked" || error.code === "presence_unavailable");
+// @ts-expect-error: the user is read-only
+ws.user = "bob";
 
 const untyped = new BudgetWS("ws://x");
 untyped.on("anything", (data) => data.whatever);

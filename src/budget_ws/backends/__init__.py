@@ -7,7 +7,17 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendNotInstalled, UnknownBackend
 from ._options import parse_query, refuse, seconds, whole
-from .base import Backend, Listener, Position, Recovery, TransactionalBackend
+from .base import (
+    Backend,
+    Listener,
+    Position,
+    PresenceBackend,
+    PresenceRow,
+    PresenceSnapshot,
+    Recovery,
+    SignalBackend,
+    TransactionalBackend,
+)
 from .memory import MemoryBackend
 
 __all__ = [
@@ -15,7 +25,11 @@ __all__ = [
     "Listener",
     "MemoryBackend",
     "Position",
+    "PresenceBackend",
+    "PresenceRow",
+    "PresenceSnapshot",
     "Recovery",
+    "SignalBackend",
     "TransactionalBackend",
     "create_backend",
 ]

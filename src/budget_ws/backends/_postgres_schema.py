@@ -11,11 +11,17 @@ may not create tables, and a schema change belongs in a deployment, not a first 
   by age by each worker's periodic clean-up.
 - ``publish()`` does all of a publish in one statement, so a transactional publish adds
   one round trip to the app's transaction; ``NOTIFY`` is sent only when it commits.
+- From version 2 on, presence tables and functions (:mod:`._postgres_presence`).
+
+Each version adds to the one before with statements that change nothing when run again,
+so one migration creates a schema or upgrades an older one in place.
 """
 
 from __future__ import annotations
 
 import re
+
+from ._postgres_presence import presence_schema_sql
 
 __all__ = [
     "NOTIFY_LIMIT",
@@ -28,7 +34,7 @@ __all__ = [
     "publish_sql",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version :func:`migration_sql` brings a database to; a backend refuses others."""
 
 NOTIFY_LIMIT = 7999
@@ -45,8 +51,28 @@ def check_schema_name(name: str) -> str:
     return name
 
 
-def migration_sql(schema: str) -> str:
-    """Create or upgrade ``schema``'s tables and functions; idempotent, one transaction."""
+def migration_sql(schema: str, version: int = SCHEMA_VERSION) -> str:
+    """Create or upgrade ``schema``'s tables and functions; idempotent, one transaction.
+
+    Args:
+        schema: The schema's name.
+        version: The version to bring it to (an older one only to test upgrades).
+    """
+    steps = [_history_sql(schema), presence_schema_sql(schema)][:version]
+    return "\n".join(
+        [
+            *steps,
+            f"""
+INSERT INTO {schema}.schema_version (version)
+    SELECT 0 WHERE NOT EXISTS (SELECT FROM {schema}.schema_version);
+UPDATE {schema}.schema_version SET version = {version};
+""",
+        ]
+    )
+
+
+def _history_sql(schema: str) -> str:
+    """Version 1: the topics, their history and publishing."""
     return f"""
 CREATE SCHEMA IF NOT EXISTS {schema};
 
@@ -130,10 +156,6 @@ BEGIN
     PERFORM pg_notify('{schema}', message);
 END
 $$;
-
-INSERT INTO {schema}.schema_version (version)
-    SELECT 0 WHERE NOT EXISTS (SELECT FROM {schema}.schema_version);
-UPDATE {schema}.schema_version SET version = {SCHEMA_VERSION};
 """
 
 

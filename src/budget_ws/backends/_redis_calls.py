@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -32,10 +33,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import BackendError, BackendUnavailable
 from ..position import Position
 from ._redis_pubsub import describe
-from ._redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT
+from ._redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, SIGNAL_SCRIPT
 from .base import Recovery
 
-__all__ = ["Script", "TopicCalls", "run_script"]
+__all__ = ["Script", "SentOnce", "TopicCalls", "run_script"]
 
 
 class Script:
@@ -47,7 +48,7 @@ class Script:
 
 
 class TopicCalls:
-    """Publishes and history reads of topics: one script call each."""
+    """Publishes and history reads of topics, and signals: one script call each."""
 
     def __init__(
         self,
@@ -128,6 +129,11 @@ class TopicCalls:
             expected += 1
         return Recovery(True, position, items)
 
+    async def signal(self, channel: str, payload: bytes) -> None:
+        """Publish ``payload`` on ``channel``, once: a signal sent twice would arrive twice."""
+        sharded = "1" if self.cluster else "0"
+        await self.call(SIGNAL, [channel], [payload, sharded], about="a signal", once=SIGNAL_ONCE)
+
     async def _call(
         self,
         script: Script,
@@ -137,21 +143,44 @@ class TopicCalls:
         *,
         retry: bool,
     ) -> Any:
-        """Run a script once; ``retry`` allows one more try after a connection error.
+        """A topic's script; a publish (``retry`` false) waits for ``wait_replicas``."""
+        if retry:
+            return await self.call(script, keys, arguments, about=f"topic {topic!r}")
+        return await self.call(
+            script,
+            keys,
+            arguments,
+            about=f"topic {topic!r}",
+            once=EVENT_ONCE,
+            replicas=self.wait_replicas,
+        )
 
-        A publish is never sent again: when its reply is lost, whether it ran is unknown,
-        and running it again could publish the event twice. The caller is told so.
+    async def call(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        arguments: Sequence[Any],
+        *,
+        about: str,
+        once: SentOnce | None = None,
+        replicas: int = 0,
+    ) -> Any:
+        """Run a script within ``operation_timeout``; every failure is a budget_ws error.
+
+        Without ``once`` the call is tried once more after a connection error (a pooled
+        connection may predate a Redis restart). With it, the call is never sent again:
+        when its reply is lost, whether it ran is unknown, and running it twice could do
+        it twice (publish an event at two offsets). The caller is told so.
+
+        Raises:
+            BackendError: The backend is not open.
+            BackendUnavailable: Redis failed, or did not answer in time; the message
+                names ``about``.
         """
         client = self.client
         if client is None:
             raise BackendError("the Redis backend is not open: use `async with backend:`")
-        replicas = 0 if retry else self.wait_replicas
-        unknown = (
-            ""
-            if retry
-            else "; the event may or may not have been published (not retried, "
-            "so that it is never published twice)"
-        )
+        unknown = f"; {once.unknown}" if once is not None else ""
         try:
             with anyio.fail_after(self.operation_timeout):
                 async with self._free_connections:
@@ -165,28 +194,46 @@ class TopicCalls:
                             )
                         return await run_script(client, script, keys, arguments, self.cluster)
                     except RedisConnectionError:
-                        if not retry:
+                        if once is not None:
                             raise
                         # A pooled connection may predate a Redis restart: one fresh try.
                         return await run_script(client, script, keys, arguments, self.cluster)
         except _NotAcknowledged as short:
             raise BackendUnavailable(
-                f"only {short.replicas} of {replicas} replicas acknowledged the event of topic "
-                f"{topic!r} in time: it was published, but a failover to a replica may lose it"
+                f"only {short.replicas} of {replicas} replicas acknowledged the event of "
+                f"{about} in time: it was published, but a failover to a replica may lose it"
             ) from None
         except TimeoutError:
             raise BackendUnavailable(
-                f"Redis did not answer within {self.operation_timeout:g} s (topic {topic!r})"
-                f"{unknown}"
+                f"Redis did not answer within {self.operation_timeout:g} s ({about}){unknown}"
             ) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if unknown and _not_sent(exc):
-                unknown = "; the event was not published"
-            raise BackendUnavailable(
-                f"Redis failed for topic {topic!r}: {describe(exc)}{unknown}"
-            ) from exc
+            if once is not None and _not_sent(exc):
+                unknown = f"; {once.not_done}"
+            raise BackendUnavailable(f"Redis failed for {about}: {describe(exc)}{unknown}") from exc
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis failed for topic {topic!r}: {exc}") from exc
+            raise BackendUnavailable(f"Redis failed for {about}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SentOnce:
+    """How to tell the caller of a call that is never sent twice what became of it."""
+
+    unknown: str
+    """Its reply was lost: it may have run."""
+    not_done: str
+    """It certainly did not run (it was never sent)."""
+
+
+EVENT_ONCE = SentOnce(
+    "the event may or may not have been published (not retried, so that it is never "
+    "published twice)",
+    "the event was not published",
+)
+SIGNAL_ONCE = SentOnce(
+    "the signal may or may not have been sent (not retried, so that it never arrives twice)",
+    "the signal was not sent",
+)
 
 
 async def run_script(
@@ -326,6 +373,7 @@ def _not_sent(error: BaseException) -> bool:
 
 PUBLISH = Script(PUBLISH_SCRIPT)
 HISTORY = Script(HISTORY_SCRIPT)
+SIGNAL = Script(SIGNAL_SCRIPT)
 
 
 def _text(value: Any) -> str:

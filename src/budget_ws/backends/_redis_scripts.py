@@ -1,10 +1,10 @@
 """The Redis backend's server-side Lua scripts: one round trip per publish or history read.
 
 Each script touches only the keys of one topic, which share a hash tag, so it runs on one
-cluster node.
+cluster node (a signal's channel is its only key).
 """
 
-__all__ = ["HISTORY_SCRIPT", "PUBLISH_SCRIPT"]
+__all__ = ["HISTORY_SCRIPT", "PUBLISH_SCRIPT", "SIGNAL_SCRIPT"]
 
 # KEYS: meta hash, stream. ARGV: payload, history size, history ttl (ms), key ttl (ms),
 # new epoch, channel, "1" for sharded pub/sub.
@@ -51,4 +51,14 @@ if after >= 0 and after < top and top - after <= tonumber(ARGV[2]) then
   entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-1', top .. '-1')
 end
 return {epoch, top, oldest, entries}
+"""
+
+# KEYS: the signal channel (a key for a cluster's slot check). ARGV: payload, "1" for
+# sharded pub/sub. A script, so that it goes the way of every call: sent once, and on a
+# cluster to the node of the channel's slot, through a resharding.
+SIGNAL_SCRIPT = """
+if ARGV[2] == '1' then
+  return redis.call('SPUBLISH', KEYS[1], ARGV[1])
+end
+return redis.call('PUBLISH', KEYS[1], ARGV[1])
 """

@@ -231,7 +231,8 @@ class SentinelMaster:
 
     def heard(self, channel: str, message: bytes) -> None:
         """Remember the last live message of ``channel``, to check the next master by."""
-        self._last_heard[channel] = message
+        if channel.endswith("}"):  # a topic's (``prefix:{topic}``); signals carry no position
+            self._last_heard[channel] = message
 
     def forget(self, channel: str) -> None:
         self._last_heard.pop(channel, None)

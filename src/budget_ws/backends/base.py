@@ -11,7 +11,7 @@ A third-party backend implements :class:`Backend`; the contract tests in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -20,7 +20,17 @@ from typing_extensions import Self
 
 from ..position import Position
 
-__all__ = ["Backend", "Listener", "Position", "Recovery", "TransactionalBackend"]
+__all__ = [
+    "Backend",
+    "Listener",
+    "Position",
+    "PresenceBackend",
+    "PresenceRow",
+    "PresenceSnapshot",
+    "Recovery",
+    "SignalBackend",
+    "TransactionalBackend",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +139,84 @@ class TransactionalBackend(Backend, Protocol):
             TransactionalPublishUnsupported: ``transaction`` is not one the backend can
                 publish in (e.g. not a connection of its database, or none is open).
         """
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRow:
+    """How many connections one user has on one topic through one worker.
+
+    The manager writes these; the backend stores them without looking inside ``info``.
+    """
+
+    topic: str
+    worker: str
+    """The writing manager's id, random per process."""
+    user: str
+    connections: int
+    """How many of the user's connections on that worker hold the topic; 0 deletes the row."""
+    info: bytes = b"{}"
+    """The public info the app chose to show for the user (JSON, encoded by the core)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSnapshot:
+    """The presence rows of one topic, as stored, from live workers only."""
+
+    rows: Sequence[PresenceRow]
+    seqs: dict[str, int] = field(default_factory=dict)
+    """Each live worker's ``seq`` of its latest write: later signals of that worker are
+    news, earlier ones are already in ``rows``."""
+
+
+@runtime_checkable
+class SignalBackend(Backend, Protocol):
+    """A backend that can also tell every worker something, once, without history.
+
+    ``ConnectionManager.disconnect_user``/``unsubscribe_user`` and presence changes travel
+    this way; a manager whose backend lacks it raises
+    :class:`~budget_ws.BackendCapabilityMissing` when they are used.
+    """
+
+    async def signal(self, payload: bytes) -> None:
+        """Deliver ``payload`` to the signal listener of every worker, this one included.
+
+        At most once and in publishing order per worker; nothing is kept for a worker that
+        is not listening at the time.
+        """
+
+    async def listen_signals(self, listener: Callable[[bytes], None]) -> None:
+        """Hand every signal to ``listener`` (called from the backend's task, must not
+        block) until the backend closes. Returns once listening is confirmed. A backend
+        that loses its server and listens again delivers nothing of the gap: the manager
+        notices missed signals by their sequence numbers."""
+
+
+@runtime_checkable
+class PresenceBackend(SignalBackend, Protocol):
+    """A backend that also stores who is present on which topic, per worker, with a TTL.
+
+    Each worker writes only its own rows and stays alive by writing within ``ttl``
+    seconds; the rows of a worker that stops writing (it crashed) are not returned after
+    that, and are deleted by a later write of any worker.
+    """
+
+    async def presence_write(
+        self, worker: str, seq: int, ttl: float, rows: Sequence[PresenceRow], *, replace: bool
+    ) -> bool:
+        """Store ``worker``'s changed rows and keep it alive for ``ttl`` more seconds.
+
+        Atomic: readers see all of the write or none of it, with ``seq`` (increasing per
+        worker). With ``replace``, every other row of ``worker`` is deleted first (``rows``
+        is then its whole state). Rows with ``connections == 0`` are deleted.
+
+        Returns:
+            Whether the backend still held ``worker`` as alive before this write; false
+            after it lost its data (a restart) or the worker expired, so the manager
+            writes its whole state again.
+        """
+
+    async def presence_read(self, topic: str) -> PresenceSnapshot:
+        """The rows of ``topic`` written by workers alive now, with their ``seq``."""
+
+    async def presence_forget(self, worker: str) -> None:
+        """Delete every row of ``worker`` at once (it is shutting down)."""

@@ -7,14 +7,14 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import anyio.lowlevel
 from typing_extensions import Self
 
 from ._options import is_seconds, refuse
-from .base import Listener, Position, Recovery
+from .base import Listener, Position, PresenceRow, PresenceSnapshot, Recovery
 
 __all__ = ["MemoryBackend"]
 
@@ -65,6 +65,10 @@ class MemoryBackend:
         self._clock = clock
         self._topics: dict[str, _Topic] = {}
         self._last_sweep = clock()
+        self._signal_listeners: list[Callable[[bytes], None]] = []
+        # topic -> (worker, user) -> row; worker -> (alive until, seq of its last write)
+        self._presence: dict[str, dict[tuple[str, str], PresenceRow]] = {}
+        self._workers: dict[str, tuple[float, int]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryBackend(history_size={self.history_size}, history_ttl={self.history_ttl})"
@@ -84,6 +88,7 @@ class MemoryBackend:
         """Forget every listener; history stays until the object is gone."""
         for state in self._topics.values():
             state.listeners.clear()
+        self._signal_listeners.clear()
 
     def status(self) -> dict[str, object]:
         """What ``ConnectionManager.stats()`` reports of this backend."""
@@ -171,3 +176,78 @@ class MemoryBackend:
             for offset, _, payload in itertools.islice(entries, start, None)
         ]
         return Recovery(True, top, items)
+
+    # Signals and presence (SignalBackend, PresenceBackend) -----------------------------
+
+    async def signal(self, payload: bytes) -> None:
+        """Hand ``payload`` to every signal listener before returning."""
+        for listener in tuple(self._signal_listeners):
+            try:
+                listener(payload)
+            except Exception:
+                logger.exception(
+                    "signal listener %r failed",
+                    listener,
+                    extra={"budget_ws_event": "listener_failed"},
+                )
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def listen_signals(self, listener: Callable[[bytes], None]) -> None:
+        """Add a signal listener; confirmed at once."""
+        if listener not in self._signal_listeners:
+            self._signal_listeners.append(listener)
+
+    def _sweep_workers(self, now: float) -> None:
+        dead = {worker for worker, (until, _) in self._workers.items() if until <= now}
+        if not dead:
+            return
+        for worker in dead:
+            del self._workers[worker]
+        for topic, rows in list(self._presence.items()):
+            for key in [key for key in rows if key[0] in dead]:
+                del rows[key]
+            if not rows:
+                del self._presence[topic]
+
+    async def presence_write(
+        self, worker: str, seq: int, ttl: float, rows: Sequence[PresenceRow], *, replace: bool
+    ) -> bool:
+        """Store ``worker``'s rows; see :class:`~budget_ws.backends.PresenceBackend`."""
+        now = self._clock()
+        known = worker in self._workers and self._workers[worker][0] > now
+        self._sweep_workers(now)
+        if replace:
+            for topic, stored in list(self._presence.items()):
+                for key in [key for key in stored if key[0] == worker]:
+                    del stored[key]
+                if not stored:
+                    del self._presence[topic]
+        for row in rows:
+            stored = self._presence.setdefault(row.topic, {})
+            if row.connections > 0:
+                stored[(worker, row.user)] = row
+            else:
+                stored.pop((worker, row.user), None)
+                if not stored:
+                    del self._presence[row.topic]
+        self._workers[worker] = (now + ttl, seq)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return known
+
+    async def presence_read(self, topic: str) -> PresenceSnapshot:
+        """The rows of ``topic`` from live workers."""
+        now = self._clock()
+        alive = {worker: seq for worker, (until, seq) in self._workers.items() if until > now}
+        rows = [row for row in self._presence.get(topic, {}).values() if row.worker in alive]
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return PresenceSnapshot(rows, alive)
+
+    async def presence_forget(self, worker: str) -> None:
+        """Delete every row of ``worker``."""
+        self._workers.pop(worker, None)
+        for topic, stored in list(self._presence.items()):
+            for key in [key for key in stored if key[0] == worker]:
+                del stored[key]
+            if not stored:
+                del self._presence[topic]
+        await anyio.lowlevel.checkpoint_if_cancelled()

@@ -12,18 +12,21 @@ after a break it reconnects with jittered backoff and fills every topic's gap fr
 table, or tells listeners to resync. The schema is created only by the explicit
 :meth:`PostgresBackend.migrate` step (``python -m budget_ws migrate URL``).
 
+Signals (:class:`~budget_ws.backends.SignalBackend`) travel on the same channel as the
+events, marked so that no topic's notification can be taken for one, and presence
+(:class:`~budget_ws.backends.PresenceBackend`) lives in tables of the schema (see
+:mod:`._postgres_presence`).
+
 Requires asyncpg (``pip install 'budget-ws[postgres]'``) and runs on asyncio.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +43,13 @@ from ..errors import (
 )
 from ._options import check_link_arguments, refuse
 from ._policy import HistoryPolicy, gather_history, policy_for
+from ._postgres_notifications import (
+    SIGNAL_LIMIT,
+    Announcement,
+    read_notification,
+    signal_message,
+)
+from ._postgres_presence import forget_sql, read_sql, snapshot_of, write_arguments, write_sql
 from ._postgres_schema import (
     SCHEMA_VERSION,
     check_schema_name,
@@ -52,9 +62,9 @@ from ._postgres_schema import (
 from ._postgres_url import SCHEMA, parse_postgres_url
 from ._sequencer import Sequencer
 from ._supervisor import Supervised, Supervisor, cause_of, describe
-from .base import Listener, Position, Recovery
+from .base import Listener, Position, PresenceRow, PresenceSnapshot, Recovery
 
-__all__ = ["HistoryPolicy", "PostgresBackend"]
+__all__ = ["SIGNAL_LIMIT", "HistoryPolicy", "PostgresBackend"]
 
 logger = logging.getLogger("budget_ws.backend.postgresql")
 """Lines about the listening connection and gaps; see ``docs/reference/logging.md``."""
@@ -155,6 +165,10 @@ class PostgresBackend(Supervised):
         self._publish_sql = publish_sql(schema, ("$1", "$2", "$3", "$4"))
         self._history_sql = history_sql(schema)
         self._event_sql = event_sql(schema)
+        self._presence_write_sql = write_sql(schema)
+        self._presence_read_sql = read_sql(schema)
+        self._presence_forget_sql = forget_sql(schema)
+        self._signal_listeners: list[Callable[[bytes], None]] = []
         self._pool: Any = None
         self._listening: Any = None
         self._lost = anyio.Event()
@@ -227,17 +241,29 @@ class PostgresBackend(Supervised):
                 await connection.execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1))", f"budget_ws {self.schema}"
                 )
+                version = await self._version(connection)
+                if version is not None and version > SCHEMA_VERSION:
+                    raise SchemaNotReady(
+                        f"the database at {self._address} has schema version {version} in "
+                        f"{self.schema!r}, newer than this budget_ws's {SCHEMA_VERSION}: "
+                        "migrate with the newer budget_ws, not this one"
+                    )
                 await connection.execute(migration_sql(self.schema))
         finally:
             await connection.close()
         return SCHEMA_VERSION
 
-    async def _check_schema(self) -> None:
+    async def _version(self, connection: Any) -> int | None:
+        """The schema version the database holds, None without a schema."""
         table = f"{self.schema}.schema_version"
+        if not await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            return None
+        version: int | None = await connection.fetchval(f"SELECT max(version) FROM {table}")
+        return version
+
+    async def _check_schema(self) -> None:
         async with self._pool.acquire() as connection:
-            version = None
-            if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-                version = await connection.fetchval(f"SELECT max(version) FROM {table}")
+            version = await self._version(connection)
         if version != SCHEMA_VERSION:
             found = "no budget_ws schema" if version is None else f"schema version {version}"
             raise SchemaNotReady(
@@ -289,6 +315,7 @@ class PostgresBackend(Supervised):
 
     async def aclose(self) -> None:
         """Stop listening and close every connection; from any task, any number of times."""
+        self._signal_listeners.clear()
         with anyio.CancelScope(shield=True):
             await self._link.stop()
             pool, self._pool = self._pool, None
@@ -437,10 +464,10 @@ class PostgresBackend(Supervised):
     async def subscribe(self, topic: str, listener: Listener) -> None:
         """Deliver ``topic`` to ``listener``; returns once events after now reach it."""
         if not self._topics.add(topic, listener):
-            await self._wait_listening(topic)
+            await self._wait_listening(repr(topic))
             return
         try:
-            await self._wait_listening(topic)
+            await self._wait_listening(repr(topic))
             # The channel carries every topic: from here on nothing is missed, and what
             # came before is history.
             recovery = await self.history(topic, None, 0)
@@ -449,18 +476,89 @@ class PostgresBackend(Supervised):
             raise
         self._topics.start(topic, recovery.position)
 
-    async def _wait_listening(self, topic: str) -> None:
+    async def _wait_listening(self, what: str) -> None:
         try:
             with anyio.fail_after(self.operation_timeout):
                 await self._link.wait_connected()
         except TimeoutError:
             raise BackendUnavailable(
-                f"PostgreSQL is not listening for {topic!r} within {self.operation_timeout:g} s"
+                f"PostgreSQL is not listening for {what} within {self.operation_timeout:g} s"
             ) from None
 
     async def unsubscribe(self, topic: str, listener: Listener) -> None:
         """Stop delivering ``topic`` to ``listener``; unknown pairs are ignored."""
         self._topics.remove(topic, listener)
+
+    # Signals and presence (SignalBackend, PresenceBackend) -----------------------------
+
+    async def signal(self, payload: bytes) -> None:
+        """Notify every worker's listening connection, this one's included: one round trip.
+
+        Raises:
+            BackendError: ``payload`` is larger than :data:`SIGNAL_LIMIT` bytes, more
+                than a ``NOTIFY`` carries.
+            BackendUnavailable: PostgreSQL failed or did not answer; when the reply was
+                lost, the signal may have been sent.
+        """
+        message = signal_message(payload)
+        await self._call("sending a signal", "execute", _NOTIFY_SQL, self.schema, message)
+
+    async def listen_signals(self, listener: Callable[[bytes], None]) -> None:
+        """Hand every signal to ``listener``; returns once the channel is listened to.
+
+        A listening connection that breaks listens again when it reconnects; the signals
+        sent in between are lost.
+
+        Raises:
+            BackendUnavailable: The channel is not listened to within ``operation_timeout``.
+        """
+        if self._pool is None:
+            raise BackendError("this PostgresBackend is not open: use `async with backend:`")
+        added = listener not in self._signal_listeners
+        if added:
+            self._signal_listeners.append(listener)
+        try:
+            await self._wait_listening("signals")
+        except BaseException:
+            if added and listener in self._signal_listeners:
+                self._signal_listeners.remove(listener)
+            raise
+
+    async def presence_write(
+        self, worker: str, seq: int, ttl: float, rows: Sequence[PresenceRow], *, replace: bool
+    ) -> bool:
+        """Store ``worker``'s rows in one statement; see
+        :class:`~budget_ws.backends.PresenceBackend`.
+
+        Raises:
+            BackendUnavailable: PostgreSQL failed or did not answer; when the reply was
+                lost, the write may have happened.
+            SchemaNotReady: The schema is missing.
+        """
+        arguments = write_arguments(worker, seq, ttl, rows, replace=replace)
+        alive = await self._call(
+            f"writing the presence of worker {worker!r}",
+            "fetchval",
+            self._presence_write_sql,
+            *arguments,
+        )
+        return bool(alive)
+
+    async def presence_read(self, topic: str) -> PresenceSnapshot:
+        """The rows of ``topic`` from live workers, and every live worker's ``seq``."""
+        records = await self._call(
+            f"reading the presence of {topic!r}", "fetch", self._presence_read_sql, topic
+        )
+        return snapshot_of(topic, records)
+
+    async def presence_forget(self, worker: str) -> None:
+        """Delete ``worker``'s rows and liveness in one statement."""
+        await self._call(
+            f"forgetting the presence of worker {worker!r}",
+            "execute",
+            self._presence_forget_sql,
+            worker,
+        )
 
     # The supervised listening connection ----------------------------------------------
 
@@ -523,25 +621,32 @@ class PostgresBackend(Supervised):
                 )
 
     def _on_notification(self, connection: object, pid: int, channel: str, message: str) -> None:
-        try:
-            offset, epoch, length, rest = message.split(" ", 3)
-            topic, body = rest[: int(length)], rest[int(length) :]
-            if len(topic) != int(length) or (body and body[0] != "="):
-                raise ValueError(message)
-            payload = base64.b64decode(body[1:], validate=True) if body else None
-            position = Position(int(offset), epoch)
-        except (ValueError, binascii.Error):
+        notification = read_notification(message)
+        if isinstance(notification, Announcement):
+            self._topics.receive(notification.topic, notification.position, notification.payload)
+        elif notification is None:
             logger.warning(
                 "budget_ws: ignored a notification on channel %r that budget_ws did not send",
                 channel,
                 extra={"budget_ws_event": "foreign_notification"},
             )
-            return
-        self._topics.receive(topic, position, payload)
+        else:
+            for listener in tuple(self._signal_listeners):
+                try:
+                    listener(notification)
+                except Exception:  # one broken listener must not stop the others
+                    logger.exception(
+                        "signal listener %r failed",
+                        listener,
+                        extra={"budget_ws_event": "listener_failed"},
+                    )
 
     def _start_fill(self, topic: str) -> None:
         # Under the supervisor: a failed fill reconnects, and the reconnection fills again.
         self._link.start_soon(self._topics.fill_live_gap, topic)
+
+
+_NOTIFY_SQL = "SELECT pg_notify($1, $2)"
 
 
 def _is_schema_error(error: BaseException) -> bool:

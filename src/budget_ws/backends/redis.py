@@ -6,7 +6,8 @@ with its position, so every worker sees events in history order. Each worker hol
 pub/sub connection for all its topics, supervised: when it breaks, the backend reconnects
 with jittered backoff, subscribes again and fills every topic's gap from the stream, or
 tells its listeners to resync when the stream cannot cover the gap. Behind Redis Sentinel,
-it follows the master through a failover (see ``_redis_sentinel``).
+it follows the master through a failover (see ``_redis_sentinel``). Signals travel on one
+more channel of that connection, without history; presence is kept by ``_redis_presence``.
 
 Requires redis-py (``pip install 'budget-ws[redis]'``) and runs on asyncio.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from ..errors import BackendError, BackendNotInstalled, BackendUnavailable
 from ._options import check_link_arguments, refuse
 from ._policy import HistoryPolicy, gather_history, policy_for
 from ._redis_calls import TopicCalls
+from ._redis_presence import PresenceStore
 from ._redis_pubsub import (
     DeadConnection,
     Shard,
@@ -47,7 +49,7 @@ from ._redis_sentinel import SentinelMaster
 from ._redis_url import KEY_PREFIX, SENTINEL_SCHEMES, parse_redis_url, parse_sentinel_address
 from ._sequencer import Sequencer
 from ._supervisor import Supervised, Supervisor
-from .base import Listener, Position, Recovery
+from .base import Listener, Position, PresenceRow, PresenceSnapshot, Recovery
 
 __all__ = ["SHARDED_PUBSUB", "HistoryPolicy", "RedisBackend"]
 
@@ -161,6 +163,13 @@ class RedisBackend(Supervised):
             max_connections=max_connections,
             wait_replicas=wait_replicas,
         )
+        self._presence = PresenceStore(self._calls, key_prefix)
+        # Beside every topic channel (``prefix:{topic}``), never one of them.
+        self._signal_channel = f"{key_prefix}:signals"
+        self._signal_listeners: list[Callable[[bytes], None]] = []
+        # Set when Redis confirmed the signal channel on the current connection; None
+        # while nobody listens.
+        self._signals_confirmed: anyio.Event | None = None
         self._client: Any = None
         self._shards: dict[str, Shard] = {}
         self._unsubscribing: Counter[str] = Counter()
@@ -281,6 +290,8 @@ class RedisBackend(Supervised):
         with anyio.CancelScope(shield=True):
             await self._link.stop()
             await self._close_shards()
+            self._signal_listeners.clear()
+            self._signals_confirmed = None
             if self._client is not None:
                 self._calls.client = None
                 sentinel, self._sentinel = self._sentinel, None
@@ -324,7 +335,7 @@ class RedisBackend(Supervised):
         self._confirmed[topic] = anyio.Event()
         try:
             if self._link.connected:
-                await self._send_subscribe([topic])
+                await self._send_subscribe(self._keys(topic)[2], [topic])
             await self._wait_confirmed(topic)
             # Everything published from here on reaches us; what came before is history.
             recovery = await self.history(topic, None, 0)
@@ -364,18 +375,17 @@ class RedisBackend(Supervised):
         node = self._client.get_node_from_key(channel)
         return str(node.name)
 
-    async def _send_subscribe(self, topics: Sequence[str]) -> None:
+    async def _send_subscribe(self, channel: str, topics: Sequence[str]) -> None:
+        """Subscribe ``channel`` (of ``topics``, none for signals) on the live connection."""
         try:
-            for topic in topics:
-                channel = self._keys(topic)[2]
-                shard = await self._shard_for(channel)
-                with anyio.fail_after(self.operation_timeout):
-                    await shard.subscribe(channel)
+            shard = await self._shard_for(channel)
+            with anyio.fail_after(self.operation_timeout):
+                await shard.subscribe(channel)
         except (RedisError, OSError, TimeoutError, DeadConnection) as exc:
             # The health check notices the broken connection; reconnecting subscribes again.
             logger.warning(
                 "budget_ws: subscribing %s failed: %s",
-                topics,
+                topics or "signals",
                 exc,
                 extra={
                     "budget_ws_event": "pubsub_subscribe_failed",
@@ -407,6 +417,73 @@ class RedisBackend(Supervised):
                 },
             )
 
+    # Signals and presence (SignalBackend, PresenceBackend) -----------------------------
+
+    async def signal(self, payload: bytes) -> None:
+        """Publish ``payload`` to every worker's signal listener: one round trip, sent once.
+
+        Raises:
+            BackendUnavailable: Redis failed or did not answer; when the reply was lost,
+                the signal may have been sent.
+        """
+        await self._calls.signal(self._signal_channel, payload)
+
+    async def listen_signals(self, listener: Callable[[bytes], None]) -> None:
+        """Hand every signal to ``listener``; returns once Redis confirmed the subscription.
+
+        The signal channel is subscribed again after every reconnect; what was signalled
+        meanwhile is lost (no history), as the contract allows.
+        """
+        if self._client is None:
+            raise BackendError("the Redis backend is not open: use `async with backend:`")
+        added = listener not in self._signal_listeners
+        if added:
+            self._signal_listeners.append(listener)
+        if self._signals_confirmed is None:
+            self._signals_confirmed = anyio.Event()
+            if self._link.connected:
+                await self._send_subscribe(self._signal_channel, [])
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                while (confirmed := self._signals_confirmed) is not None:
+                    await confirmed.wait()
+                    if confirmed is self._signals_confirmed:
+                        return
+        except TimeoutError:
+            if added:  # as if never called; one given before still listens
+                self._signal_listeners.remove(listener)
+            if not self._signal_listeners:
+                self._signals_confirmed = None
+            raise BackendUnavailable(
+                f"Redis did not confirm the signal subscription within {self.operation_timeout:g} s"
+            ) from None
+
+    def _hand_signal(self, payload: bytes) -> None:
+        for listener in tuple(self._signal_listeners):
+            try:
+                listener(payload)
+            except Exception:  # one broken listener must not stop the others
+                logger.exception(
+                    "signal listener %r failed",
+                    listener,
+                    extra={"budget_ws_event": "listener_failed"},
+                )
+
+    async def presence_write(
+        self, worker: str, seq: int, ttl: float, rows: Sequence[PresenceRow], *, replace: bool
+    ) -> bool:
+        """Store ``worker``'s rows and liveness (Redis's clock), sweep dead workers: one
+        round trip, sent once; see :class:`~budget_ws.backends.PresenceBackend`."""
+        return await self._presence.write(worker, seq, ttl, rows, replace=replace)
+
+    async def presence_read(self, topic: str) -> PresenceSnapshot:
+        """The rows of ``topic`` from workers alive now, with their ``seq``."""
+        return await self._presence.read(topic)
+
+    async def presence_forget(self, worker: str) -> None:
+        """Delete every row of ``worker`` and its liveness."""
+        await self._presence.forget(worker)
+
     # The supervised listener -----------------------------------------------------------
 
     async def _connect(self, task_group: anyio.abc.TaskGroup, attempt: int) -> None:
@@ -422,6 +499,12 @@ class RedisBackend(Supervised):
             shard = await self._shard_for(channel)
             with anyio.fail_after(self.operation_timeout):
                 await shard.subscribe(channel)
+        # Last, with no await after a "no": listen_signals() subscribes by itself once
+        # the link is up, and the link is up as soon as this returns.
+        if self._signals_confirmed is not None:
+            shard = await self._shard_for(self._signal_channel)
+            with anyio.fail_after(self.operation_timeout):
+                await shard.subscribe(self._signal_channel)
 
     async def _disconnect(self) -> None:
         self._shard_group = None
@@ -429,6 +512,9 @@ class RedisBackend(Supervised):
         for topic, stale in list(self._confirmed.items()):
             # Wake whoever waits on the old event, to wait on the new one.
             self._confirmed[topic] = anyio.Event()
+            stale.set()
+        if self._signals_confirmed is not None:
+            stale, self._signals_confirmed = self._signals_confirmed, anyio.Event()
             stale.set()
         await self._close_shards()
 
@@ -485,17 +571,25 @@ class RedisBackend(Supervised):
 
     def _still_wanted(self, channel: str) -> bool:
         """Whether an unsubscribe notice from Redis concerns a channel we did not give up."""
+        if channel == self._signal_channel:
+            return self._signals_confirmed is not None
         if self._unsubscribing[channel] > 0:
             self._unsubscribing[channel] -= 1
             return False
         return self._topic_of(channel) in self._topics
 
     def _on_confirmed(self, channel: str) -> None:
-        confirmed = self._confirmed.get(self._topic_of(channel))
+        if channel == self._signal_channel:
+            confirmed = self._signals_confirmed
+        else:
+            confirmed = self._confirmed.get(self._topic_of(channel))
         if confirmed is not None:
             confirmed.set()
 
     def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == self._signal_channel:
+            self._hand_signal(data)
+            return
         offset, epoch, payload = data.split(b" ", 2)
         position = Position(int(offset), epoch.decode())
         self._topics.receive(self._topic_of(channel), position, payload)

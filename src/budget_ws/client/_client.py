@@ -34,7 +34,7 @@ class Client:
     """A budget-ws client over a real WebSocket, on asyncio (``websockets`` is asyncio-only).
 
     Keeps one connection open, reconnects with fully jittered backoff after any end but a
-    final one (1000, 1002, 1008, 4003, a refused handshake), resubscribes every topic the
+    final one (1000, 1002, 1008, 4003, 4010, a refused handshake), resubscribes every topic the
     app subscribed with the position of the last item it handed on, answers the server's
     pings and reconnects when the server has been silent for longer than its heartbeat
     allows. Events reach the app at most once each and, per topic, in offset order; what

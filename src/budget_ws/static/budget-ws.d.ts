@@ -9,6 +9,9 @@
  * const ws = connect<Events>("/ws");
  * ws.on("budget_fact_created", (data) => data.amount);
  * ```
+ *
+ * Events the app sends to a user (`manager.publish_to_user`) arrive on the user stream,
+ * topic `~user:<id>`, as ordinary event frames of the same map.
  */
 
 /** The WebSocket subprotocol this client speaks. */
@@ -47,6 +50,8 @@ export interface WelcomeFrame {
   /** Seconds. */
   heartbeat: { interval: number; timeout: number };
   limits: Record<string, number>;
+  /** The user the server identified the connection as; absent when anonymous. */
+  user?: string;
   [field: string]: unknown;
 }
 
@@ -59,6 +64,42 @@ export interface SubscribedFrame {
   [field: string]: unknown;
 }
 
+/** A user present on a topic: once, however many tabs and workers (`connections`). */
+export interface Member {
+  user: string;
+  connections: number;
+  /** What the app's `identify` hook gave for the user (`User.info`). */
+  info: Record<string, unknown>;
+}
+
+/** Who is present on a topic. */
+export interface Presence {
+  members: Member[];
+  /** Users present; more than `members.length` when `truncated`. */
+  count: number;
+  /** The server lists at most `max_members` users. */
+  truncated: boolean;
+}
+
+/** The server's full list for a topic subscribed with `presence: true`. */
+export interface PresenceFrame extends Presence {
+  op: "presence";
+  topic: string;
+  [field: string]: unknown;
+}
+
+/** What changed on a topic since the last presence frame. */
+export interface PresenceDiffFrame {
+  op: "presence_diff";
+  topic: string;
+  count: number;
+  /** Users new, or whose `connections` or `info` changed. */
+  joins: Member[];
+  /** Users gone. */
+  leaves: string[];
+  [field: string]: unknown;
+}
+
 export type ErrorCode =
   | "bad_frame"
   | "unknown_op"
@@ -68,7 +109,8 @@ export type ErrorCode =
   | "unknown_event"
   | "invalid_event"
   | "handler_error"
-  | "backend_error";
+  | "backend_error"
+  | "presence_unavailable";
 
 export interface ErrorFrame {
   op: "error";
@@ -83,9 +125,10 @@ export interface ErrorFrame {
 /** Any frame: an event frame or a control frame (`op`). */
 export type Frame = EventFrame | { op: string; [field: string]: unknown };
 
-/** The rejection of `subscribe()`: an error frame's code, or `"closed"`/`"unsubscribed"`. */
+/** The rejection of `subscribe()`: an error frame's code, or `"closed"`, `"unsubscribed"`,
+ * `"revoked"` (the app removed the user from the topic). */
 export interface SubscribeError extends Error {
-  code: ErrorCode | "closed" | "unsubscribed" | (string & {});
+  code: ErrorCode | "closed" | "unsubscribed" | "revoked" | (string & {});
   frame?: ErrorFrame;
 }
 
@@ -103,8 +146,17 @@ export interface ConnectionEvents {
   "budget-ws:subscribed": { topic: string; position: Position; recovered: boolean };
   /** The topic's state is stale: reload it; the client continues from `position`. */
   "budget-ws:resync-needed": { topic: string; position: Position };
-  /** The server unsubscribed the connection (or confirmed `unsubscribe()`). */
-  "budget-ws:unsubscribed": { topic: string };
+  /** The server unsubscribed the connection (or confirmed `unsubscribe()`); `reason`
+   * `"revoked"`: the app removed the user from the topic. */
+  "budget-ws:unsubscribed": { topic: string; reason?: "revoked" | (string & {}) };
+  /** The app removed the user from the topic: it is forgotten, not resubscribed. */
+  "budget-ws:revoked": { topic: string };
+  /** Who is present changed on a topic subscribed with `presence: true` (first list too). */
+  "budget-ws:presence": { topic: string } & Presence;
+  /** A user arrived, or their `connections` or `info` changed. */
+  "budget-ws:join": { topic: string; member: Member };
+  /** A user is gone (also when a new list after a reconnect lacks them). */
+  "budget-ws:leave": { topic: string; user: string };
   "budget-ws:error": ErrorFrame;
 }
 
@@ -156,7 +208,15 @@ export interface SubscribeOptions {
    * `await manager.position(topic)`: the server replays what was published since. A
    * position the client already knows for the topic wins if it is newer in the same epoch. */
   position?: Position | null;
+  /** Also follow who is present: `presence(topic)`, events `budget-ws:presence`, `join`,
+   * `leave`. Remembered until the topic is left. */
+  presence?: boolean;
 }
+
+/** An event frame of any event of the map, narrowed by its `event`. */
+export type AnyEventFrame<Events extends Record<string, unknown>> = {
+  [K in keyof Events & string]: EventFrame<K, Events[K]>;
+}[keyof Events & string];
 
 export declare class BudgetWS<Events extends Record<string, unknown> = Record<string, any>> {
   constructor(url: string, options?: BudgetWSOptions);
@@ -166,13 +226,16 @@ export declare class BudgetWS<Events extends Record<string, unknown> = Record<st
   readonly state: ConnectionState;
   /** Last processed position per topic. */
   readonly positions: Map<string, Position>;
+  /** The user the server identified the connection as (`welcome.user`), or null. */
+  readonly user: string | null;
 
   /** Open the connection (again, after `close()`). */
   connect(): this;
   /** Close for good: no reconnect until `connect()`. */
   close(code?: number, reason?: string): void;
   /** Subscribe; remembered and resumed on every reconnect. Rejects when no reconnect is
-   * coming (not on `pagehide`: `pageshow` may resume the page). */
+   * coming (not on `pagehide`: `pageshow` may resume the page), or when the app revokes
+   * the topic first (`"revoked"`). */
   subscribe(topic: string, options?: SubscribeOptions): Promise<SubscribedFrame>;
   /** Leave the topic; its events still on the way are dropped. */
   unsubscribe(topic: string): void;
@@ -205,6 +268,14 @@ export declare class BudgetWS<Events extends Record<string, unknown> = Record<st
   ): Unsubscribe;
 
   off(event: string, handler: (...args: any[]) => void): void;
+
+  /** Every event of the user stream (`~user:<id>`). */
+  onUser(
+    handler: (data: Events[keyof Events & string], frame: AnyEventFrame<Events>) => void,
+  ): Unsubscribe;
+  /** Who is present on a topic subscribed with `presence: true`; undefined before its
+   * first list. Stale while disconnected. */
+  presence(topic: string): Presence | undefined;
 }
 
 /** Create a client and connect it in a microtask: handlers added right after the call see

@@ -4,14 +4,18 @@
  * It speaks the `budget-ws.v1` wire protocol described in `docs/protocol.md` (the single
  * source of truth): it reconnects with fully jittered backoff, watches the server's
  * heartbeat, re-subscribes with the last processed position of every topic so missed
- * events are replayed, drops duplicates and events of topics it does not hold, and reports
- * gaps (`budget-ws:resync-needed`).
+ * events are replayed (and resumes the subscriptions the server makes itself, such as the
+ * user stream `~user:<id>`), drops duplicates and events of topics it does not hold, and
+ * reports gaps (`budget-ws:resync-needed`). It keeps the list of users present on the
+ * topics subscribed with `presence: true`, and forgets topics the app revoked.
  *
  * @example
  * import { connect } from "/budget-ws.js";
  * const ws = connect("/ws");
  * ws.on("budget_fact_created", (data, frame) => console.log(data, frame.offset));
  * await ws.subscribe("budget:42", { position: renderedPosition }); // position: optional
+ * ws.on("budget-ws:presence", ({ topic, members }) => render(topic, members));
+ * await ws.subscribe("room:1", { presence: true });
  *
  * @module budget-ws
  */
@@ -20,8 +24,13 @@
 export const PROTOCOL = "budget-ws.v1";
 
 const PREFIX = "budget-ws:";
-/** Close codes after which the client must not reconnect on its own (protocol.md). */
-const FINAL_CODES = [1000, 1002, 1008, 4003];
+/** The topic name prefix of user streams, which no app topic can have. */
+const USER_TOPIC = "~user:";
+/**
+ * Close codes after which the client must not reconnect on its own (protocol.md); 4010:
+ * the app ended the user's connections (logout, removal).
+ */
+const FINAL_CODES = [1000, 1002, 1008, 4003, 4010];
 /**
  * Longest server silence (ms) between pings before the welcome frame tells the real
  * heartbeat: the server's default pings every 20 s.
@@ -41,6 +50,9 @@ const report = (error) => (globalThis.reportError || console.error)(error);
 
 /** An Error with the protocol's `code` (and the error frame, when there is one). */
 const failure = (code, message, frame) => Object.assign(new Error(message), { code, frame });
+
+/** Whether two presence members are alike (JSON from the same server: same key order). */
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 /**
  * A budget-ws connection: topics, events and connection state, surviving reconnects.
@@ -77,11 +89,16 @@ export class BudgetWS {
     this.state = "closed";
     /** Last processed position per topic. @type {Map<string, {offset: number, epoch: string}>} */
     this.positions = new Map();
+    /** The user the server identified the connection as (`welcome.user`), or null. */
+    this.user = null;
     this._handlers = new Map(); // event name -> Set of handlers
     this._subs = new Map(); // remembered topic -> [resolve, reject] of unanswered subscribe()s
     this._retries = new Map(); // topic -> timer of its subscribe retry after a backend_error
     this._requests = new Map(); // subscribe id -> {topic, position sent}; the latest per topic
     this._held = new Set(); // topics with a `subscribed` answer on this connection
+    // Topic subscribed with presence -> its {members: Map user -> member, count, truncated},
+    // null until the first snapshot. Kept across reconnects: the next snapshot is diffed.
+    this._presence = new Map();
     this._id = 0;
     this._attempt = 0;
     this._stopped = true;
@@ -121,21 +138,27 @@ export class BudgetWS {
   /**
    * Subscribe to a topic; remembered and re-sent with its last position on every reconnect.
    * @param {string} topic
-   * @param {{position?: {offset: number, epoch: string} | null}} [options] `position`:
-   *   resume after it (e.g. rendered into the page with `await manager.position(topic)`),
-   *   unless the client knows a newer position of the same epoch.
+   * @param {{position?: {offset: number, epoch: string} | null, presence?: boolean}}
+   *   [options] `position`: resume after it (e.g. rendered into the page with
+   *   `await manager.position(topic)`), unless the client knows a newer position of the
+   *   same epoch. `presence: true`: also follow who is present (`presence(topic)`), until
+   *   the topic is left.
    * @returns {Promise<object>} The `subscribed` frame. Rejects with an Error carrying the
-   *   `code` of an error frame answering it (`"backend_error"` is retried all the same).
+   *   `code` of an error frame answering it (`"backend_error"` is retried all the same),
+   *   or `"revoked"` when the app removes the user from the topic first.
    */
-  subscribe(topic, { position } = {}) {
+  subscribe(topic, { position, presence } = {}) {
     const known = this.positions.get(topic);
     const adopt = position && !(known?.epoch === position.epoch && known.offset >= position.offset);
     if (adopt) this._store(topic, position);
+    const ask = presence && !this._presence.has(topic);
+    if (ask) this._presence.set(topic, null);
     return new Promise((resolve, reject) => {
       const waiting = this._subs.get(topic) || [];
       this._subs.set(topic, [...waiting, [resolve, reject]]);
-      // A new position needs a new request; the server restarts the subscription from it.
-      if (!waiting.length || adopt) this._subscribe(topic);
+      // A new position or presence needs a new request; the server restarts the
+      // subscription from it.
+      if (!waiting.length || adopt || ask) this._subscribe(topic);
     });
   }
 
@@ -173,6 +196,32 @@ export class BudgetWS {
     const handlers = this._handlers.get(name) || new Set();
     this._handlers.set(name, handlers.add(handler));
     return () => this.off(name, handler);
+  }
+
+  /**
+   * Call `handler(data, frame)` for each event of the user stream (`~user:<id>`): what the
+   * app sends to every connection of the user (`manager.publish_to_user`).
+   * @param {(data: any, frame: any) => void} handler
+   * @returns {() => void} Removes the handler.
+   */
+  onUser(handler) {
+    return this.on("*", (data, frame) => {
+      if (frame.topic?.startsWith(USER_TOPIC)) handler(data, frame);
+    });
+  }
+
+  /**
+   * Who is present on a topic subscribed with `presence: true`: a user once, however many
+   * tabs (`connections`). Stale while disconnected, until the next snapshot.
+   * @param {string} topic
+   * @returns {{members: object[], count: number, truncated: boolean} | undefined} Undefined
+   *   before the first snapshot. `count` may exceed the members listed when `truncated`.
+   */
+  presence(topic) {
+    const roster = this._presence.get(topic);
+    if (!roster) return undefined;
+    const { members, count, truncated } = roster;
+    return { members: [...members.values()], count, truncated };
   }
 
   /** Remove a handler added with `on` or `once`. */
@@ -362,13 +411,19 @@ export class BudgetWS {
     const position = this.positions.get(topic);
     this._drop(topic);
     this._requests.set(id, { topic, position });
-    this._send({ op: "subscribe", topic, id, position });
+    const presence = this._presence.has(topic) || undefined; // remembered across reconnects
+    this._send({ op: "subscribe", topic, id, position, presence });
   }
 
   _cancelRetry(topic) {
     const { clearTimeout } = this.options;
     clearTimeout(this._retries.get(topic));
     this._retries.delete(topic);
+  }
+
+  /** Whether a request for the topic awaits its answer. */
+  _pending(topic) {
+    return [...this._requests.values()].some((request) => request.topic == topic);
   }
 
   /** Ignore the answers to the topic's requests sent so far. */
@@ -378,10 +433,14 @@ export class BudgetWS {
     }
   }
 
-  /** Forget a topic: no resubscribe, no position, and its events are dropped from now on. */
+  /**
+   * Forget a topic: no resubscribe, no position, no presence, and its events are dropped
+   * from now on.
+   */
   _leave(topic) {
     this._cancelRetry(topic);
     this._subs.delete(topic);
+    this._presence.delete(topic);
     this._drop(topic);
     this._held.delete(topic);
     this._forget(topic);
@@ -452,6 +511,7 @@ export class BudgetWS {
         // (protocol.md): silence beyond that, plus the slack, is a dead link.
         this._silence = Math.max(interval, timeout) * 1000 || DEFAULT_SILENCE;
         this.state = "open";
+        this.user = frame.user ?? null;
         this._openedAt = this._now();
         for (const topic of this._subs.keys()) this._subscribe(topic);
         this._emit(PREFIX + "open", frame);
@@ -460,8 +520,19 @@ export class BudgetWS {
       }
       case "subscribed": {
         if (id != null && !request) break; // answers a request superseded or unsubscribed since
-        this._held.add(topic);
         const last = this.positions.get(topic);
+        if (id == null) {
+          // Subscribed by the server: our own request for the topic, if any, decides.
+          if (this._pending(topic)) break;
+          if (last?.epoch === position.epoch && last.offset < position.offset) {
+            // We missed events of this history: resume from our position. The answer
+            // replays them, so the topic's events are dropped until it comes.
+            this._held.delete(topic);
+            this._subscribe(topic);
+            break;
+          }
+        }
+        this._held.add(topic);
         const { recovered } = frame;
         if (recovered) {
           this._emit(PREFIX + "recovered", { topic, position });
@@ -479,11 +550,21 @@ export class BudgetWS {
         this._settle(topic, 0, frame);
         break;
       }
-      case "unsubscribed":
+      case "unsubscribed": {
+        const { reason } = frame; // "revoked": the app removed the user from the topic
         this._held.delete(topic);
         // The server's decision (no id): forget the topic, don't resubscribe.
-        if (id == null || !this._subs.has(topic)) this._leave(topic);
-        this._emit(PREFIX + "unsubscribed", { topic });
+        if (id == null || !this._subs.has(topic)) {
+          this._settle(topic, 1, failure(reason || "unsubscribed", `unsubscribed from ${topic}`));
+          this._leave(topic);
+        }
+        this._emit(PREFIX + "unsubscribed", reason ? { topic, reason } : { topic });
+        if (reason == "revoked") this._emit(PREFIX + "revoked", { topic });
+        break;
+      }
+      case "presence":
+      case "presence_diff":
+        this._roster(frame);
         break;
       case "resync":
         this._resync(topic, position);
@@ -502,6 +583,33 @@ export class BudgetWS {
           }
         }
         this._emit(PREFIX + "error", frame);
+    }
+  }
+
+  /**
+   * Apply a `presence` snapshot (it replaces the list) or a `presence_diff` (joins upsert,
+   * leaves delete), then report what changed.
+   */
+  _roster(frame) {
+    const { op, topic } = frame;
+    const snapshot = op == "presence";
+    const roster = this._presence.get(topic);
+    // Not held (frames of a subscription left), not asked, or a diff before its snapshot.
+    if (!this._held.has(topic) || roster === undefined || (!roster && !snapshot)) return;
+    const before = roster?.members || new Map();
+    const members = new Map(snapshot ? [] : before);
+    for (const user of snapshot ? [] : frame.leaves || []) members.delete(user);
+    const arrived = (snapshot ? frame.members : frame.joins) || [];
+    for (const member of arrived) members.set(member.user, member);
+    const { count = members.size, truncated = !snapshot && roster.truncated } = frame;
+    this._presence.set(topic, { members, count, truncated });
+    const joins = arrived.filter((member) => !same(member, before.get(member.user)));
+    const leaves = [...before.keys()].filter((user) => !members.has(user));
+    for (const member of joins) this._emit(PREFIX + "join", { topic, member });
+    for (const user of leaves) this._emit(PREFIX + "leave", { topic, user });
+    const recounted = !roster || count != roster.count || truncated != roster.truncated;
+    if (recounted || joins.length || leaves.length) {
+      this._emit(PREFIX + "presence", { topic, ...this.presence(topic) });
     }
   }
 

@@ -400,3 +400,24 @@ async def test_info_that_is_not_json_closes_the_connection() -> None:
                 while True:
                     await client.receive()
             assert closed.value.code == CloseCode.INTERNAL_ERROR
+
+
+class SlowWrites(MemoryBackend):
+    """Presence writes take 50 ms, as a round trip to a remote server may."""
+
+    async def presence_write(
+        self, worker: str, seq: int, ttl: float, rows: Any, *, replace: bool
+    ) -> bool:
+        await anyio.sleep(0.05)
+        return await super().presence_write(worker, seq, ttl, rows, replace=replace)
+
+
+async def test_a_change_made_while_its_row_is_being_written_is_written_next() -> None:
+    async with make_manager(SlowWrites()) as manager, connect(manager, principal="alice") as alice:
+        await alice.subscribe("budget:1")
+        await settled(manager, "budget:1", 1)
+        await alice.unsubscribe("budget:1")  # the leave's write starts now...
+        await anyio.sleep(0.01)
+        await alice.subscribe("budget:1")  # ...and the user is back during it
+        await anyio.sleep(0.3)  # several writes later
+        assert (await manager.presence("budget:1")).count == 1

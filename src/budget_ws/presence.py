@@ -434,19 +434,22 @@ class PresenceTracker:
             batch: set[tuple[str, str]] = set(self._dirty)
         else:
             rows, batch = self._batch()
+        # Never reused, even after a failure: a write that timed out may still land, and
+        # readers must not take a later write for one they have seen.
         self._seq += 1
         seq = self._seq
+        # Out of the dirty set before the await: a change made during the write marks
+        # its row dirty again, for the next write.
+        self._dirty -= batch
         try:
             known = await self._backend.presence_write(
                 self.worker, seq, self.options.ttl, rows, replace=replace
             )
-        except BackendError:
-            self._seq -= 1
+        except BaseException as exc:
+            self._dirty |= batch
+            if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+                raise BackendError(f"could not write presence: {exc}") from exc
             raise
-        except Exception as exc:
-            self._seq -= 1
-            raise BackendError(f"could not write presence: {exc}") from exc
-        self._dirty -= batch
         if replace:
             self._replace = False
             message: dict[str, Any] = {"k": "p", "w": self.worker, "s": seq, "reload": True}

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Family budget demo on {url}\n"
         f"  Open it in two browser tabs, log in as alice, add a fact in one tab: it appears\n"
-        f"  in the other. Bob (a private window) keeps another budget and never sees it.\n"
+        f"  in the other. Bob (a private window) sees Alice's budget once she shares it.\n"
         f"  database: {where}   backend: {backend}   (Ctrl+C to stop)",
         flush=True,
     )

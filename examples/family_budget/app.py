@@ -17,6 +17,14 @@ position it was rendered at and subscribes from it, so an event published while 
 was on its way is replayed, not lost. Run it with ``python -m family_budget`` from
 ``examples/`` or with ``uvicorn --factory --app-dir examples family_budget.app:app_factory``.
 
+Who may open a budget is the store's to say (:meth:`~family_budget.db.Budget.admits`): its
+owner, and the members the owner shares it with. The page asks for the budget topic's
+presence too, and lists who is viewing it now (a user once, however many tabs); the
+manager learns who a connection is from ``identify``. When the owner removes a member,
+the store forgets them first, then ``manager.unsubscribe_user`` takes the topic away from
+every tab of theirs, on every worker, and their own stream (``publish_to_user``) tells
+them who did it; ``authorize`` reads the store, so those tabs cannot subscribe again.
+
 For operators, ``/metrics`` serves the manager's metrics to Prometheus and ``/ops`` shows
 the same numbers as a page (see :mod:`family_budget.ops`); both answer only from this
 machine.
@@ -43,14 +51,34 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from budget_ws import Action, BackendError, ConnectionManager, Handshake, HandshakeRejected
+from budget_ws import (
+    Action,
+    BackendError,
+    ConnectionManager,
+    Handshake,
+    HandshakeRejected,
+    PresenceOptions,
+)
+from budget_ws import User as Identity
 from budget_ws.adapters import client_url
 from budget_ws.adapters.fastapi import Manager, create_router, lifespan
 from budget_ws.backends import Backend, create_backend
 from budget_ws.prometheus import metrics_app
 
-from .db import Database, Totals, User
-from .events import ArticleUpdated, FactCreated, FactDeleted, FactUpdated, budget_topic
+from .db import Budget, Database, Totals, User
+from .events import (
+    AddedToBudget,
+    ArticleUpdated,
+    FactCreated,
+    FactDeleted,
+    FactUpdated,
+    MemberAdded,
+    MemberRemoved,
+    RemovedFromBudget,
+    budget_of_topic,
+    budget_topic,
+    is_budget_topic,
+)
 from .forms import ArticleName, FactForm, InvalidInput
 from .ops import (
     LOCAL_ONLY,
@@ -74,6 +102,7 @@ WS_PATH = "/ws"
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.trim_blocks = templates.env.lstrip_blocks = True
 templates.env.filters["money"] = lambda amount: f"{amount:,.2f}"
+templates.env.filters["person"] = str.capitalize  # "alice" -> "Alice"
 templates.env.filters.update(
     milliseconds=milliseconds, per_second=per_second, close_reason=close_reason
 )
@@ -162,11 +191,25 @@ def create_app(
             raise HandshakeRejected("log in first", status=401)
         return user
 
-    def authorize(user: User, topic: str, action: Action) -> bool:
-        # Tabs only listen (changes come through the forms), and only to their own budget.
-        return action == "subscribe" and topic == budget_topic(user.budget_id)
+    def identify(user: User) -> Identity:
+        # What other viewers of a budget see of this user: the name, never the principal.
+        return Identity(user.name, {"name": user.name.capitalize()})
 
-    manager = ConnectionManager(backend_instance, authorize=authorize)
+    async def authorize(user: User, topic: str, action: Action) -> bool:
+        # Tabs only listen (changes come through the forms), and see who else is viewing,
+        # on the budgets the user may open now: a member the owner removed is refused.
+        budget_id = budget_of_topic(topic)
+        if action == "publish" or budget_id is None or not is_budget_id(budget_id):
+            return False
+        budget = await db.budget(budget_id)
+        return budget is not None and budget.admits(user.name)
+
+    manager = ConnectionManager(
+        backend_instance,
+        authorize=authorize,
+        identify=identify,
+        presence=PresenceOptions(topics=is_budget_topic),
+    )
     manager_lifespan = lifespan(manager)
     # Its own registry: several apps in one process (tests) would clash in the global one.
     prometheus = metrics_app(manager, registry=CollectorRegistry())
@@ -237,14 +280,40 @@ async def get_user(db: Db, demo_user: Annotated[str | None, Cookie()] = None) ->
 CurrentUser = Annotated[User, Depends(get_user)]
 
 
-def get_budget_id(budget_id: int, user: CurrentUser) -> int:
-    if budget_id != user.budget_id:
-        raise HTTPException(403, "That is not your budget: you can only see and change your own.")
-    return budget_id
+def is_budget_id(number: int) -> bool:
+    """Whether the databases can hold ``number`` as a budget's id (a signed 64-bit one)."""
+    return 0 < number < 2**63
+
+
+async def get_budget(budget_id: int, user: CurrentUser, db: Db) -> Budget:
+    budget = await db.budget(budget_id) if is_budget_id(budget_id) else None
+    if budget is None or not budget.admits(user.name):
+        raise HTTPException(
+            403, "That is not your budget, nor one shared with you: you cannot see it."
+        )
+    return budget
+
+
+CurrentBudget = Annotated[Budget, Depends(get_budget)]
+"""The budget of the URL, once checked to be one the logged-in user may open."""
+
+
+def get_budget_id(budget: CurrentBudget) -> int:
+    return budget.id
 
 
 BudgetId = Annotated[int, Depends(get_budget_id)]
-"""The budget of the URL, once checked to be the logged-in user's."""
+"""The id of :data:`CurrentBudget`."""
+
+
+def get_owned_budget(budget: CurrentBudget, user: CurrentUser) -> Budget:
+    if user.name != budget.owner:
+        raise HTTPException(403, "Only the owner of the budget can change who shares it.")
+    return budget
+
+
+OwnedBudget = Annotated[Budget, Depends(get_owned_budget)]
+"""The budget of the URL, once checked to be the logged-in user's own."""
 
 
 def is_htmx(request: Request) -> bool:
@@ -343,14 +412,14 @@ async def logout() -> RedirectResponse:
     return response
 
 
-async def budget_context(db: Store, user: User, **context: Any) -> dict[str, Any]:
+async def budget_context(db: Store, user: User, budget: Budget, **context: Any) -> dict[str, Any]:
     """Everything the budget page shows."""
-    budget_id = user.budget_id
+    budget_id = budget.id
     return {
-        "user": user,
-        "budget_id": budget_id,
         "topic": budget_topic(budget_id),
+        "budgets": await db.budgets(user.name),
         **await ledger_context(db, budget_id),
+        **await members_context(db, user, budget),
         "articles": await db.articles(budget_id),
         "centers": await db.financial_centers(budget_id),
         "form": FactForm(),
@@ -367,11 +436,23 @@ async def ledger_context(db: Store, budget_id: int) -> dict[str, Any]:
     return {"budget_id": budget_id, "facts": facts, "totals": Totals.of(facts)}
 
 
+async def members_context(db: Store, user: User, budget: Budget) -> dict[str, Any]:
+    """Who shares the budget and, for its owner, whom it could be shared with."""
+    others = [] if user.name != budget.owner else await db.users()
+    return {
+        "user": user,
+        "budget": budget,
+        "budget_id": budget.id,
+        "candidates": [other.name for other in others if not budget.admits(other.name)],
+    }
+
+
 async def render_page(
     request: Request,
     db: Store,
     manager: ConnectionManager,
     user: User,
+    budget: Budget,
     *,
     status: int = 200,
     **context: Any,
@@ -384,19 +465,19 @@ async def render_page(
     shows already costs one needless re-fetch; none is missed.
     """
     try:
-        position = await manager.position(budget_topic(user.budget_id))
+        position = await manager.position(budget_topic(budget.id))
         rendered = {"offset": position.offset, "epoch": position.epoch}
     except BackendError:  # e.g. Redis is down: the page subscribes fresh and re-fetches
         rendered = None
-    context = await budget_context(db, user, position=rendered, **context)
+    context = await budget_context(db, user, budget, position=rendered, **context)
     return render(request, "budget.html", context, status=status)
 
 
 @router.get("/budgets/{budget_id}")
 async def budget_page(
-    request: Request, budget_id: BudgetId, user: CurrentUser, db: Db, manager: Manager
+    request: Request, budget: CurrentBudget, user: CurrentUser, db: Db, manager: Manager
 ) -> Response:
-    return await render_page(request, db, manager, user)
+    return await render_page(request, db, manager, user, budget)
 
 
 # Fragments the page re-fetches when an event arrives --------------------------------------
@@ -411,6 +492,13 @@ async def ledger(request: Request, budget_id: BudgetId, db: Db) -> HTMLResponse:
 async def articles(request: Request, budget_id: BudgetId, db: Db) -> HTMLResponse:
     context = {"budget_id": budget_id, "articles": await db.articles(budget_id), "renaming": None}
     return render(request, "_articles.html", context)
+
+
+@router.get("/budgets/{budget_id}/members")
+async def members(
+    request: Request, budget: CurrentBudget, user: CurrentUser, db: Db
+) -> HTMLResponse:
+    return render(request, "_members.html", await members_context(db, user, budget))
 
 
 @router.get("/budgets/{budget_id}/article-options")
@@ -430,7 +518,7 @@ FormField = Annotated[str, Form()]
 @router.post("/budgets/{budget_id}/facts", response_model=None)
 async def create_fact(
     request: Request,
-    budget_id: BudgetId,
+    budget: CurrentBudget,
     user: CurrentUser,
     db: Db,
     manager: Manager,
@@ -438,6 +526,7 @@ async def create_fact(
     article_id: FormField = "",
     financial_center_id: FormField = "",
 ) -> Response:
+    budget_id = budget.id
     form = FactForm(amount, article_id, financial_center_id)
     try:
         async with db.unit_of_work(manager) as work:
@@ -446,11 +535,12 @@ async def create_fact(
             await work.publish(event, topic=budget_topic(budget_id))
     except InvalidInput as invalid:
         form.errors = invalid.errors
-        return await fact_form_error(request, db, manager, user, form=form)
+        return await fact_form_error(request, db, manager, user, budget, form=form)
     if not is_htmx(request):
         return back_to_budget(budget_id)
     # A fresh form that keeps the article and center chosen: facts often come in runs.
-    context = await budget_context(db, user, form=FactForm("", article_id, financial_center_id))
+    fresh = FactForm("", article_id, financial_center_id)
+    context = await budget_context(db, user, budget, form=fresh)
     context["added"] = fact
     return render(request, "_new_fact.html", context, headers={"HX-Trigger": "facts-changed"})
 
@@ -458,26 +548,26 @@ async def create_fact(
 @router.get("/budgets/{budget_id}/facts/{fact_id}/edit")
 async def edit_fact(
     request: Request,
-    budget_id: BudgetId,
+    budget: CurrentBudget,
     fact_id: int,
     user: CurrentUser,
     db: Db,
     manager: Manager,
 ) -> HTMLResponse:
-    fact = await db.fact(budget_id, fact_id)
+    fact = await db.fact(budget.id, fact_id)
     if fact is None:
         raise HTTPException(404, "That fact does not exist (any more).")
     form = FactForm(str(fact.amount), str(fact.article_id), str(fact.financial_center_id))
     if not is_htmx(request):
-        return await render_page(request, db, manager, user, editing=fact, edit_form=form)
-    context = await budget_context(db, user, editing=fact, edit_form=form)
+        return await render_page(request, db, manager, user, budget, editing=fact, edit_form=form)
+    context = await budget_context(db, user, budget, editing=fact, edit_form=form)
     return render(request, "_edit_fact.html", context)
 
 
 @router.post("/budgets/{budget_id}/facts/{fact_id}", response_model=None)
 async def update_fact(
     request: Request,
-    budget_id: BudgetId,
+    budget: CurrentBudget,
     fact_id: int,
     user: CurrentUser,
     db: Db,
@@ -486,6 +576,7 @@ async def update_fact(
     article_id: FormField = "",
     financial_center_id: FormField = "",
 ) -> Response:
+    budget_id = budget.id
     form = FactForm(amount, article_id, financial_center_id)
     try:
         async with db.unit_of_work(manager) as work:
@@ -499,7 +590,9 @@ async def update_fact(
         editing = await db.fact(budget_id, fact_id)
         if editing is None:
             raise HTTPException(404, "That fact does not exist (any more).") from None
-        return await fact_form_error(request, db, manager, user, editing=editing, edit_form=form)
+        return await fact_form_error(
+            request, db, manager, user, budget, editing=editing, edit_form=form
+        )
     if not is_htmx(request):
         return back_to_budget(budget_id)
     return HTMLResponse("", headers={"HX-Trigger": "facts-changed"})  # empties the editor
@@ -522,13 +615,14 @@ async def delete_fact(
 @router.post("/budgets/{budget_id}/articles/{article_id}", response_model=None)
 async def rename_article(
     request: Request,
-    budget_id: BudgetId,
+    budget: CurrentBudget,
     article_id: int,
     user: CurrentUser,
     db: Db,
     manager: Manager,
     name: Annotated[str, Form()] = "",
 ) -> Response:
+    budget_id = budget.id
     form = ArticleName(name)
     try:
         async with db.unit_of_work(manager) as work:
@@ -541,7 +635,9 @@ async def rename_article(
         form.error = invalid.errors["name"]
         renaming = {"id": article_id, "form": form}
         if not is_htmx(request):
-            return await render_page(request, db, manager, user, status=400, renaming=renaming)
+            return await render_page(
+                request, db, manager, user, budget, status=400, renaming=renaming
+            )
         context = {"budget_id": budget_id, "articles": await db.articles(budget_id)}
         return render(request, "_articles.html", {**context, "renaming": renaming}, status=400)
     if not is_htmx(request):
@@ -551,14 +647,70 @@ async def rename_article(
 
 
 async def fact_form_error(
-    request: Request, db: Store, manager: ConnectionManager, user: User, **form: Any
+    request: Request,
+    db: Store,
+    manager: ConnectionManager,
+    user: User,
+    budget: Budget,
+    **form: Any,
 ) -> HTMLResponse:
     """Show a fact form again with what is wrong, as typed (status 400)."""
     if not is_htmx(request):
-        return await render_page(request, db, manager, user, status=400, **form)
-    context = await budget_context(db, user, **form)
+        return await render_page(request, db, manager, user, budget, status=400, **form)
+    context = await budget_context(db, user, budget, **form)
     template = "_edit_fact.html" if "editing" in form else "_new_fact.html"
     return render(request, template, context, status=400)
+
+
+# Members: the owner shares the budget, and takes it back ---------------------------------
+
+
+@router.post("/budgets/{budget_id}/members", response_model=None)
+async def add_member(
+    request: Request,
+    budget: OwnedBudget,
+    user: CurrentUser,
+    db: Db,
+    manager: Manager,
+    name: Annotated[str, Form()] = "",
+) -> Response:
+    async with db.unit_of_work(manager) as work:
+        if not await work.add_member(budget.id, name):
+            raise HTTPException(400, "Choose one of the demo users who does not share it yet.")
+        await work.publish(MemberAdded(name=name, author=user.name), topic=budget_topic(budget.id))
+    # Saved and announced: tell the new member, on every tab of theirs.
+    await manager.publish_to_user(
+        name, AddedToBudget(budget_id=budget.id, budget=budget.name, author=user.name)
+    )
+    return await members_changed(request, db, user, budget.id)
+
+
+@router.post("/budgets/{budget_id}/members/{name}/remove", response_model=None)
+async def remove_member(
+    request: Request, budget: OwnedBudget, name: str, user: CurrentUser, db: Db, manager: Manager
+) -> Response:
+    topic = budget_topic(budget.id)
+    async with db.unit_of_work(manager) as work:
+        if not await work.remove_member(budget.id, name):
+            raise HTTPException(404, f"{name} is not a member of this budget (any more).")
+        await work.publish(MemberRemoved(name=name, author=user.name), topic=topic)
+    # The store no longer admits them, so `authorize` refuses any new subscribe: now take
+    # the topic away from the tabs they have open, on every worker. Their pages hear no
+    # more of this budget, and say why.
+    await manager.unsubscribe_user(name, topic)
+    await manager.publish_to_user(
+        name, RemovedFromBudget(budget_id=budget.id, budget=budget.name, author=user.name)
+    )
+    return await members_changed(request, db, user, budget.id)
+
+
+async def members_changed(request: Request, db: Store, user: User, budget_id: int) -> Response:
+    """The answer to a change of members: the members card again, as it is now."""
+    if not is_htmx(request):
+        return back_to_budget(budget_id)
+    budget = await db.budget(budget_id)
+    assert budget is not None
+    return render(request, "_members.html", await members_context(db, user, budget))
 
 
 # The operator page: no login, from this machine only (see ops.py) -----------------------

@@ -1,4 +1,4 @@
-"""The demo's data: budgets, users, articles, financial centers and facts, in SQLite.
+"""The demo's data: budgets, users, members, articles, financial centers and facts, in SQLite.
 
 The default store (:mod:`family_budget.store`); :mod:`family_budget.pg` keeps the same
 data in PostgreSQL. The value types the pages show (:class:`Fact`, ...) are defined here,
@@ -33,7 +33,16 @@ from budget_ws import ConnectionManager, Event, Position
 
 from .forms import FactInput, InvalidInput
 
-__all__ = ["Article", "Database", "Fact", "FinancialCenter", "SQLiteWork", "Totals", "User"]
+__all__ = [
+    "Article",
+    "Budget",
+    "Database",
+    "Fact",
+    "FinancialCenter",
+    "SQLiteWork",
+    "Totals",
+    "User",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,6 +55,12 @@ CREATE TABLE IF NOT EXISTS budgets (
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     budget_id INTEGER NOT NULL REFERENCES budgets (id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_owner_per_budget ON users (budget_id);
+CREATE TABLE IF NOT EXISTS members (
+    budget_id INTEGER NOT NULL REFERENCES budgets (id),
+    name TEXT NOT NULL REFERENCES users (name),
+    PRIMARY KEY (budget_id, name)
 );
 CREATE TABLE IF NOT EXISTS articles (
     id INTEGER PRIMARY KEY,
@@ -75,7 +90,8 @@ CHOICES = [
 """The tables a fact's choices must come from (of its own budget), the form field of each,
 and what to say when one does not."""
 
-# Two households, each with its own articles and financial centers.
+# Two households, each with its own articles and financial centers. Each user owns one
+# budget; none is shared yet (the owner adds members on the budget page).
 SEED: dict[str, list[tuple[Any, ...]]] = {
     "budgets": [(1, "Smith family"), (2, "Jones family")],
     "users": [("alice", 1), ("bob", 2)],
@@ -116,14 +132,36 @@ JOIN financial_centers ON financial_centers.id = facts.financial_center_id
 WHERE facts.budget_id = ?
 """
 
+BUDGET_QUERY = """
+SELECT budgets.id, budgets.name, users.name AS owner FROM budgets
+JOIN users ON users.budget_id = budgets.id
+"""
+
 
 @dataclass(frozen=True)
 class User:
-    """A demo user; each one keeps exactly one budget."""
+    """A demo user: the owner of one budget, their own, and maybe a member of others."""
 
     name: str
     budget_id: int
+    """The user's own budget."""
     budget_name: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget, who owns it and whom the owner shares it with."""
+
+    id: int
+    name: str
+    owner: str
+    """The user whose own budget it is."""
+    members: tuple[str, ...]
+    """The other users the owner shares it with, by name."""
+
+    def admits(self, user: str) -> bool:
+        """Whether ``user`` may see and change the budget (and hear of its changes)."""
+        return user == self.owner or user in self.members
 
 
 @dataclass(frozen=True)
@@ -194,6 +232,11 @@ def to_cents(amount: Decimal) -> int:
 def from_cents(cents: int) -> Decimal:
     """The amount of ``cents``: 1200 -> Decimal("12.00"), exactly."""
     return Decimal(cents).scaleb(-2)
+
+
+def budget_of(row: Any, members: list[Any]) -> Budget:
+    """A budget from a row of ``BUDGET_QUERY`` and its member rows (by column name)."""
+    return Budget(row["id"], row["name"], row["owner"], tuple(m["name"] for m in members))
 
 
 def fact_of(row: Any) -> Fact:
@@ -304,6 +347,26 @@ class Database:
         return [User(*row) for row in rows]
 
     @_in_thread
+    def budget(self, budget_id: int) -> Budget | None:
+        """The budget, with its owner and members; None if there is no such budget."""
+        with self._read() as db:
+            return self._select_budget(db, budget_id)
+
+    @_in_thread
+    def budgets(self, user: str) -> list[Budget]:
+        """The budgets ``user`` may open: their own first, then those shared with them."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT budgets.id FROM budgets JOIN users ON users.budget_id = budgets.id "
+                "WHERE users.name = ? OR budgets.id IN "
+                "(SELECT budget_id FROM members WHERE name = ?) "
+                "ORDER BY users.name = ? DESC, budgets.name, budgets.id",
+                (user, user, user),
+            ).fetchall()
+            found = [self._select_budget(db, row[0]) for row in rows]
+        return [budget for budget in found if budget is not None]
+
+    @_in_thread
     def articles(self, budget_id: int) -> list[Article]:
         """The budget's articles, by name."""
         with self._read() as db:
@@ -404,7 +467,37 @@ class Database:
             )
         return Article(article_id, name) if cursor.rowcount > 0 else None
 
+    @_in_thread
+    def add_member(self, budget_id: int, name: str) -> bool:
+        """Share the budget with user ``name``; False if no such user, or they have it."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO members (budget_id, name) "
+                "SELECT ?, name FROM users WHERE name = ? AND budget_id != ?",
+                (budget_id, name, budget_id),
+            )
+            return cursor.rowcount > 0
+
+    @_in_thread
+    def remove_member(self, budget_id: int, name: str) -> bool:
+        """Stop sharing the budget with ``name``; False if they were no member of it."""
+        with self._write() as db:
+            cursor = db.execute(
+                "DELETE FROM members WHERE budget_id = ? AND name = ?", (budget_id, name)
+            )
+            return cursor.rowcount > 0
+
     # Helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _select_budget(db: sqlite3.Connection, budget_id: int) -> Budget | None:
+        row = db.execute(BUDGET_QUERY + " WHERE budgets.id = ?", (budget_id,)).fetchone()
+        if row is None:
+            return None
+        members = db.execute(
+            "SELECT name FROM members WHERE budget_id = ? ORDER BY name", (budget_id,)
+        ).fetchall()
+        return budget_of(row, members)
 
     @staticmethod
     def _select_fact(db: sqlite3.Connection, budget_id: int, fact_id: int) -> Fact | None:
@@ -448,6 +541,12 @@ class SQLiteWork:
 
     async def rename_article(self, budget_id: int, article_id: int, name: str) -> Article | None:
         return await self.database.rename_article(budget_id, article_id, name)
+
+    async def add_member(self, budget_id: int, name: str) -> bool:
+        return await self.database.add_member(budget_id, name)
+
+    async def remove_member(self, budget_id: int, name: str) -> bool:
+        return await self.database.remove_member(budget_id, name)
 
     async def publish(self, event: Event, *, topic: str) -> Position:
         """Publish at once: the writes before it are committed already."""

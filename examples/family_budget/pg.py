@@ -35,7 +35,19 @@ from typing_extensions import Self
 
 from budget_ws import ConnectionManager, Event, Position
 
-from .db import CHOICES, SEED, Article, Fact, FinancialCenter, User, fact_of, to_cents
+from .db import (
+    BUDGET_QUERY,
+    CHOICES,
+    SEED,
+    Article,
+    Budget,
+    Fact,
+    FinancialCenter,
+    User,
+    budget_of,
+    fact_of,
+    to_cents,
+)
 from .forms import FactInput, InvalidInput
 from .store import WriteFailed
 
@@ -49,6 +61,12 @@ CREATE TABLE IF NOT EXISTS budgets (
 CREATE TABLE IF NOT EXISTS users (
     name text PRIMARY KEY,
     budget_id bigint NOT NULL REFERENCES budgets (id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_owner_per_budget ON users (budget_id);
+CREATE TABLE IF NOT EXISTS members (
+    budget_id bigint NOT NULL REFERENCES budgets (id),
+    name text NOT NULL REFERENCES users (name),
+    PRIMARY KEY (budget_id, name)
 );
 CREATE TABLE IF NOT EXISTS articles (
     id bigint PRIMARY KEY,
@@ -183,6 +201,22 @@ class PostgresStore:
         rows = await self.pool.fetch(USER_QUERY + " ORDER BY users.name")
         return [User(row[0], row[1], row[2]) for row in rows]
 
+    async def budget(self, budget_id: int) -> Budget | None:
+        """The budget, with its owner and members; None if there is no such budget."""
+        return await _select_budget(self.pool, budget_id)
+
+    async def budgets(self, user: str) -> list[Budget]:
+        """The budgets ``user`` may open: their own first, then those shared with them."""
+        rows = await self.pool.fetch(
+            "SELECT budgets.id FROM budgets JOIN users ON users.budget_id = budgets.id "
+            "WHERE users.name = $1 OR budgets.id IN "
+            "(SELECT budget_id FROM members WHERE name = $1) "
+            "ORDER BY users.name = $1 DESC, budgets.name, budgets.id",
+            user,
+        )
+        found = [await _select_budget(self.pool, row["id"]) for row in rows]
+        return [budget for budget in found if budget is not None]
+
     async def articles(self, budget_id: int) -> list[Article]:
         """The budget's articles, by name."""
         rows = await self.pool.fetch(
@@ -286,6 +320,24 @@ class PostgresWork:
         )
         return None if renamed is None else Article(article_id, name)
 
+    async def add_member(self, budget_id: int, name: str) -> bool:
+        added = await self.connection.fetchval(
+            "INSERT INTO members (budget_id, name) "
+            "SELECT $1, name FROM users WHERE name = $2 AND budget_id <> $1 "
+            "ON CONFLICT DO NOTHING RETURNING name",
+            budget_id,
+            name,
+        )
+        return added is not None
+
+    async def remove_member(self, budget_id: int, name: str) -> bool:
+        removed = await self.connection.fetchval(
+            "DELETE FROM members WHERE budget_id = $1 AND name = $2 RETURNING name",
+            budget_id,
+            name,
+        )
+        return removed is not None
+
     async def publish(self, event: Event, *, topic: str) -> Position:
         """Publish inside the transaction: delivered if and only if it commits."""
         return await self.manager.publish(event, topic=topic, within=self.connection)
@@ -302,6 +354,17 @@ class PostgresWork:
                 errors[field] = message
         if errors:
             raise InvalidInput(errors)
+
+
+async def _select_budget(connection: Any, budget_id: int) -> Budget | None:
+    """``connection``: a pool, or a unit of work's connection."""
+    row = await connection.fetchrow(BUDGET_QUERY + " WHERE budgets.id = $1", budget_id)
+    if row is None:
+        return None
+    members = await connection.fetch(
+        "SELECT name FROM members WHERE budget_id = $1 ORDER BY name", budget_id
+    )
+    return budget_of(row, members)
 
 
 async def _select_fact(connection: Any, budget_id: int, fact_id: int) -> Fact | None:

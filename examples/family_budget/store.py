@@ -28,7 +28,7 @@ from typing_extensions import Self
 
 from budget_ws import ConnectionManager, Event, Position
 
-from .db import Article, Fact, FinancialCenter, User
+from .db import Article, Budget, Fact, FinancialCenter, User
 from .forms import FactInput
 
 __all__ = ["Store", "UnitOfWork", "WriteFailed"]
@@ -61,6 +61,13 @@ class UnitOfWork(Protocol):
     async def rename_article(self, budget_id: int, article_id: int, name: str) -> Article | None:
         """Rename an article of the budget; None if the budget has no such article."""
 
+    async def add_member(self, budget_id: int, name: str) -> bool:
+        """Share the budget with user ``name``; False if there is no such user, or they
+        own the budget or are a member of it already."""
+
+    async def remove_member(self, budget_id: int, name: str) -> bool:
+        """Stop sharing the budget with ``name``; False if they were no member of it."""
+
     async def publish(self, event: Event, *, topic: str) -> Position:
         """Announce a change, with the store's guarantee (see the module's docstring)."""
 
@@ -87,6 +94,12 @@ class Store(Protocol):
 
     def users(self) -> Awaitable[list[User]]:
         """Every user, by name."""
+
+    def budget(self, budget_id: int) -> Awaitable[Budget | None]:
+        """The budget, with its owner and members; None if there is no such budget."""
+
+    def budgets(self, user: str) -> Awaitable[list[Budget]]:
+        """The budgets ``user`` may open: their own first, then those shared with them."""
 
     def articles(self, budget_id: int) -> Awaitable[list[Article]]:
         """The budget's articles, by name."""

@@ -11,7 +11,6 @@ published through the workers' HTTP endpoints.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -24,7 +23,7 @@ import httpx
 import pytest
 import redis
 from tests.support.postgres import POSTGRES_DSN, url_of
-from tests.support.servers import free_port, stop, wait_listening
+from tests.support.servers import UvicornWorker
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
@@ -42,48 +41,10 @@ def anyio_backend() -> str:
     return "asyncio"  # uvicorn, the websockets client and redis-py run on asyncio only
 
 
-class Worker:
-    """``uvicorn two_workers_app:app_factory`` in a subprocess on a free loopback port."""
-
-    def __init__(self, name: str, backend_url: str, transactions: str = "") -> None:
-        self.name = name
-        self.backend_url = backend_url
-        self.transactions = transactions
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def launch(self) -> None:
-        command = [
-            sys.executable, "-m", "uvicorn", "two_workers_app:app_factory", "--factory",
-            "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(self.port),
-            "--log-level", "warning", "--ws-per-message-deflate", "false",
-            "--timeout-graceful-shutdown", "5",
-        ]  # fmt: skip
-        environment = {
-            **os.environ,
-            "TWO_WORKERS_BACKEND": self.backend_url,
-            "TWO_WORKERS_TRANSACTIONS": self.transactions,
-        }
-        self.process = subprocess.Popen(command, env=environment)
-
-    def wait_listening(self, timeout: float = 15.0) -> None:
-        # uvicorn listens only once the lifespan has started the manager (and its backend).
-        assert self.process is not None
-        wait_listening(self.port, self.process, timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        stop(self.process, timeout)
-        self.process = None
+def make_worker(name: str, backend_url: str, transactions: str = "") -> UvicornWorker:
+    """A worker of ``two_workers_app`` on ``backend_url``."""
+    environment = {"TWO_WORKERS_BACKEND": backend_url, "TWO_WORKERS_TRANSACTIONS": transactions}
+    return UvicornWorker(name, "two_workers_app", HERE, environment)
 
 
 @pytest.fixture
@@ -109,7 +70,7 @@ def postgres_schema() -> Iterator[str]:
 
 
 @pytest.fixture(params=["redis", "postgres"])
-def workers(request: pytest.FixtureRequest) -> Iterator[tuple[Worker, Worker]]:
+def workers(request: pytest.FixtureRequest) -> Iterator[tuple[UvicornWorker, UvicornWorker]]:
     if request.param == "redis":
         key_prefix = request.getfixturevalue("key_prefix")
         backend_url = f"{REDIS_URL}?key_prefix={key_prefix}&history_size=1000&topic_ttl=300"
@@ -117,7 +78,10 @@ def workers(request: pytest.FixtureRequest) -> Iterator[tuple[Worker, Worker]]:
     else:
         backend_url = url_of(request.getfixturevalue("postgres_schema"), history_size=1000)
         transactions = POSTGRES_DSN
-    pair = (Worker("A", backend_url, transactions), Worker("B", backend_url, transactions))
+    pair = (
+        make_worker("A", backend_url, transactions),
+        make_worker("B", backend_url, transactions),
+    )
     try:
         for worker in pair:
             worker.launch()
@@ -195,7 +159,7 @@ class Clients:
         for client in clients:  # a test that failed may leave unread frames behind
             client.connection.transport.abort()
 
-    async def connect(self, worker: Worker, topic: str) -> Client:
+    async def connect(self, worker: UvicornWorker, topic: str) -> Client:
         connection = await connect(
             worker.ws, subprotocols=[Subprotocol(SUBPROTOCOL)], compression=None, proxy=None
         )
@@ -217,7 +181,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def publish(
-    http: httpx.AsyncClient, worker: Worker, topic: str, count: int
+    http: httpx.AsyncClient, worker: UvicornWorker, topic: str, count: int
 ) -> list[tuple[int, str, int, str]]:
     """Publish ``count`` events through ``worker``: ``(offset, epoch, n, worker name)`` each."""
     response = await http.post(
@@ -227,7 +191,7 @@ async def publish(
     return [(offset, epoch, n, worker.name) for offset, epoch, n in response.json()["published"]]
 
 
-async def stats(http: httpx.AsyncClient, worker: Worker) -> dict[str, Any]:
+async def stats(http: httpx.AsyncClient, worker: UvicornWorker) -> dict[str, Any]:
     response = await http.get(f"{worker.http}/stats")
     response.raise_for_status()
     result: dict[str, Any] = response.json()
@@ -242,7 +206,7 @@ def seen(client: Client) -> list[tuple[int, str, int, str]]:
 
 
 async def test_every_client_of_both_workers_gets_every_event_once_in_order(
-    workers: tuple[Worker, Worker], http: httpx.AsyncClient
+    workers: tuple[UvicornWorker, UvicornWorker], http: httpx.AsyncClient
 ) -> None:
     worker_a, worker_b = workers
     per_worker = {"A": 40, "B": 25}
@@ -275,7 +239,7 @@ async def test_every_client_of_both_workers_gets_every_event_once_in_order(
         # Publish through both workers at once: their events interleave in each topic.
         published: dict[str, list[tuple[int, str, int, str]]] = {topic: [] for topic in TOPICS}
 
-        async def publish_into(worker: Worker, topic: str) -> None:
+        async def publish_into(worker: UvicornWorker, topic: str) -> None:
             published[topic] += await publish(http, worker, topic, per_worker[worker.name])
 
         with anyio.fail_after(10):
@@ -312,7 +276,7 @@ async def test_every_client_of_both_workers_gets_every_event_once_in_order(
 
 
 async def test_a_client_of_worker_a_resumes_on_worker_b_and_recovers_what_it_missed(
-    workers: tuple[Worker, Worker], http: httpx.AsyncClient
+    workers: tuple[UvicornWorker, UvicornWorker], http: httpx.AsyncClient
 ) -> None:
     worker_a, worker_b = workers
     topic = TOPICS[0]

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -30,7 +27,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from tests.backends.conftest import RedisServer
-from tests.support.servers import free_port, stop, wait_listening
+from tests.support.servers import UvicornWorker
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
@@ -61,58 +58,16 @@ def anyio_backend() -> str:
 # Workers ----------------------------------------------------------------------------------
 
 
-class Worker:
-    """``uvicorn users_workers_app:app_factory`` in a subprocess on a free loopback port."""
-
-    def __init__(self, name: str, backend_url: str, grants_key: str) -> None:
-        self.name = name
-        self.backend_url = backend_url
-        self.grants_key = grants_key
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def launch(self) -> None:
-        command = [
-            sys.executable, "-m", "uvicorn", "users_workers_app:app_factory", "--factory",
-            "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(self.port),
-            "--log-level", "warning", "--ws-per-message-deflate", "false",
-            "--timeout-graceful-shutdown", "5",
-        ]  # fmt: skip
-        environment = {
-            **os.environ,
-            "USERS_WORKERS_BACKEND": self.backend_url,
-            "USERS_WORKERS_GRANTS": REDIS_URL,
-            "USERS_WORKERS_GRANTS_KEY": self.grants_key,
-            "USERS_WORKERS_TTL": str(TTL),
-            "USERS_WORKERS_INTERVAL": str(INTERVAL),
-        }
-        self.process = subprocess.Popen(command, env=environment)
-
-    def wait_listening(self) -> None:
-        # uvicorn listens only once the lifespan has started the manager (and its backend).
-        assert self.process is not None
-        wait_listening(self.port, self.process, 15.0)
-
-    def stop(self) -> None:
-        """SIGTERM, as a deployment would: the worker removes its presence itself."""
-        if self.process is not None:
-            stop(self.process, 10.0)
-            self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: nothing of the worker runs any more, its rows stay."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-        self.process = None
+def make_worker(name: str, backend_url: str, grants_key: str) -> UvicornWorker:
+    """A worker of ``users_workers_app`` on ``backend_url``, its grants at ``grants_key``."""
+    environment = {
+        "USERS_WORKERS_BACKEND": backend_url,
+        "USERS_WORKERS_GRANTS": REDIS_URL,
+        "USERS_WORKERS_GRANTS_KEY": grants_key,
+        "USERS_WORKERS_TTL": str(TTL),
+        "USERS_WORKERS_INTERVAL": str(INTERVAL),
+    }
+    return UvicornWorker(name, "users_workers_app", HERE, environment)
 
 
 class Workers:
@@ -120,15 +75,15 @@ class Workers:
 
     def __init__(self, key_prefix: str) -> None:
         self.key_prefix = key_prefix
-        self.started: list[Worker] = []
+        self.started: list[UvicornWorker] = []
 
-    def start(self, names: str, redis_url: str = REDIS_URL) -> list[Worker]:
+    def start(self, names: str, redis_url: str = REDIS_URL) -> list[UvicornWorker]:
         """One worker per letter of ``names``, all on the Redis server at ``redis_url``."""
         backend = (
             f"{redis_url}?key_prefix={self.key_prefix}&history_size=100&topic_ttl=300"
             "&reconnect_delay=0.05,0.5"
         )
-        group = [Worker(name, backend, f"{self.key_prefix}:grants") for name in names]
+        group = [make_worker(name, backend, f"{self.key_prefix}:grants") for name in names]
         self.started += group
         for worker in group:
             worker.launch()
@@ -161,7 +116,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def call(
-    http: httpx.AsyncClient, worker: Worker, route: str, **params: str | int
+    http: httpx.AsyncClient, worker: UvicornWorker, route: str, **params: str | int
 ) -> dict[str, Any]:
     """POST to one of the app's routes; its JSON answer."""
     response = await http.post(f"{worker.http}/{route}", params=params)
@@ -170,13 +125,17 @@ async def call(
     return answer
 
 
-async def grant(http: httpx.AsyncClient, worker: Worker, pairs: Iterable[tuple[str, str]]) -> None:
+async def grant(
+    http: httpx.AsyncClient, worker: UvicornWorker, pairs: Iterable[tuple[str, str]]
+) -> None:
     """Let each ``(user, topic)`` subscribe and see presence (the allow-list is shared)."""
     response = await http.post(f"{worker.http}/grant", json={"grants": [list(p) for p in pairs]})
     response.raise_for_status()
 
 
-async def presence_of(http: httpx.AsyncClient, worker: Worker, topic: str) -> dict[str, int] | None:
+async def presence_of(
+    http: httpx.AsyncClient, worker: UvicornWorker, topic: str
+) -> dict[str, int] | None:
     """``manager.presence(topic)`` on ``worker``, as user -> connections (None: a 503)."""
     response = await http.get(f"{worker.http}/presence", params={"topic": topic})
     if response.status_code == 503:
@@ -193,7 +152,7 @@ async def presence_of(http: httpx.AsyncClient, worker: Worker, topic: str) -> di
 
 async def presence_settles(
     http: httpx.AsyncClient,
-    worker: Worker,
+    worker: UvicornWorker,
     topic: str,
     expected: dict[str, int],
     *,
@@ -237,7 +196,9 @@ class Tab:
     a subscription, emptied when the tab (or its worker) goes away.
     """
 
-    def __init__(self, name: str, worker: Worker, user: str | None, connection: ClientConnection):
+    def __init__(
+        self, name: str, worker: UvicornWorker, user: str | None, connection: ClientConnection
+    ):
         self.name = name
         self.worker = worker
         self.user = user
@@ -347,7 +308,7 @@ class Browser:
         self._task_group = task_group
         self.tabs: list[Tab] = []
 
-    async def open(self, worker: Worker, user: str | None = None) -> Tab:
+    async def open(self, worker: UvicornWorker, user: str | None = None) -> Tab:
         """A new tab on ``worker``, once welcomed (and subscribed to its user's stream)."""
         url = worker.ws if user is None else f"{worker.ws}?user={user}"
         connection = await connect(
@@ -370,7 +331,7 @@ class Browser:
         else:
             await tab.connection.close()
 
-    def lost(self, worker: Worker) -> None:
+    def lost(self, worker: UvicornWorker) -> None:
         """``worker`` died: its tabs hold nothing any more."""
         for tab in self.tabs:
             if tab.worker is worker:
@@ -449,7 +410,7 @@ STORM_USERS = [f"u{k}" for k in range(10)]
 
 
 async def storm_step(
-    rng: random.Random, tabs: Browser, storm: list[Tab], workers: list[Worker]
+    rng: random.Random, tabs: Browser, storm: list[Tab], workers: list[UvicornWorker]
 ) -> str:
     """One random operation: open a tab (maybe anonymous), close one (maybe dropping its
     TCP connection), or subscribe or unsubscribe one; says which it was."""
@@ -633,7 +594,7 @@ async def test_every_tab_of_a_user_gets_its_events_and_a_reopened_tab_resumes_it
     worker_a, worker_b = workers.start("AB")
     stream = "~user:carol"
 
-    async def to_carol(worker: Worker, n: int) -> dict[str, Any]:
+    async def to_carol(worker: UvicornWorker, n: int) -> dict[str, Any]:
         return await call(http, worker, "publish_to_user", user="carol", n=n)
 
     async with browser() as tabs:

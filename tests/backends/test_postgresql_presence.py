@@ -12,6 +12,7 @@ import anyio
 import asyncpg
 import pytest
 from tests.support.postgres import POSTGRES_DSN
+from tests.support.signals import Signals
 
 from budget_ws import BackendError, BackendUnavailable, Position, SchemaNotReady
 from budget_ws.backends import PresenceRow
@@ -33,24 +34,6 @@ async def admin(query: str, *arguments: object) -> object:
         return await connection.fetchval(query, *arguments)
     finally:
         await connection.close()
-
-
-class Signals:
-    """A signal listener that keeps what it is given and can be waited on."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self._changed = anyio.Event()
-
-    def __call__(self, payload: bytes) -> None:
-        self.received.append(payload)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> None:
-        with anyio.fail_after(5):
-            while len(self.received) < count:
-                await self._changed.wait()
-                self._changed = anyio.Event()
 
 
 def row(user: str, connections: int = 1, topic: str = "t", info: bytes = b"{}") -> PresenceRow:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from tests.backends.conftest import backend_url
 from tests.support.postgres import migrated_schema, url_of
+from tests.support.signals import Signals
 
 from budget_ws import Backend, create_backend
 from budget_ws.backends import PresenceBackend, PresenceRow, SignalBackend
@@ -62,24 +63,6 @@ def worker_id() -> str:
 
 def fresh_topic() -> str:
     return f"presence:{uuid.uuid4().hex}"
-
-
-class Signals:
-    """A signal listener that keeps what it is given and can be waited on."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self._changed = anyio.Event()
-
-    def __call__(self, payload: bytes) -> None:
-        self.received.append(payload)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> None:
-        with anyio.fail_after(5):
-            while len(self.received) < count:
-                await self._changed.wait()
-                self._changed = anyio.Event()
 
 
 def stored(rows: Iterable[PresenceRow]) -> set[tuple[str, str, str, int, bytes]]:

@@ -14,6 +14,7 @@ import pytest
 from redis import asyncio as aioredis
 from tests.backends.conftest import RedisServer
 from tests.support.sentinel import sentinel_group
+from tests.support.signals import Signals
 
 from budget_ws import BackendError, BackendUnavailable, create_backend
 from budget_ws.backends import PresenceRow
@@ -45,24 +46,6 @@ def quick(url: str, key_prefix: str, *, cluster: bool = False) -> RedisBackend:
     )
 
 
-class Signals:
-    """A signal listener that keeps what it is given and can be waited on."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self._changed = anyio.Event()
-
-    def __call__(self, payload: bytes) -> None:
-        self.received.append(payload)
-        self._changed.set()
-
-    async def wait_for(self, payload: bytes) -> None:
-        with anyio.fail_after(5):
-            while payload not in self.received:
-                await self._changed.wait()
-                self._changed = anyio.Event()
-
-
 async def probe_until_heard(sender: RedisBackend, signals: Signals, name: bytes) -> None:
     """Signal until ``signals`` hears one: the listener subscribes again on its own time."""
     with anyio.fail_after(15):
@@ -70,7 +53,7 @@ async def probe_until_heard(sender: RedisBackend, signals: Signals, name: bytes)
             probe = b"%s-%d" % (name, number)
             await sender.signal(probe)
             with anyio.move_on_after(0.05):
-                await signals.wait_for(probe)
+                await signals.wait_for_payload(probe)
             if probe in signals.received:
                 return
 
@@ -90,7 +73,7 @@ async def test_a_restarted_redis_lost_the_rows_and_signals_go_on(own_redis: Redi
         assert await backend.presence_write("w1", 1, 30, [row], replace=False) is False
         assert await backend.presence_write("w1", 2, 30, [], replace=False) is True
         await backend.signal(b"before")
-        await signals.wait_for(b"before")
+        await signals.wait_for_payload(b"before")
         reconnects = backend.status()["reconnects"]
         own_redis.stop()
         failing = r"Redis failed for (presence of worker 'w1'|presence of topic 't'|a signal)"
@@ -178,7 +161,7 @@ async def test_listening_to_signals_while_redis_is_away_fails_and_can_be_tried_a
         await wait_reconnected(backend, 0)
         await backend.listen_signals(signals)
         await backend.signal(b"heard")
-        await signals.wait_for(b"heard")
+        await signals.wait_for_payload(b"heard")
 
 
 async def test_a_failing_signal_listener_does_not_stop_the_others(
@@ -192,7 +175,7 @@ async def test_a_failing_signal_listener_does_not_stop_the_others(
         await backend.listen_signals(broken)
         await backend.listen_signals(signals)
         await backend.signal(b"x")
-        await signals.wait_for(b"x")
+        await signals.wait_for_payload(b"x")
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert getattr(record, "budget_ws_event", None) == "listener_failed"
 
@@ -262,7 +245,7 @@ async def test_signals_and_presence_follow_a_sentinel_failover(
             signals = Signals()
             await backend.listen_signals(signals)
             await backend.signal(b"before")  # no spaces: not a topic's message
-            await signals.wait_for(b"before")
+            await signals.wait_for_payload(b"before")
             assert await backend.presence_write("w1", 1, 30, [], replace=False) is False
             old = await anyio.to_thread.run_sync(group.failover)
             await anyio.to_thread.run_sync(group.wait_master_moved, old)
@@ -288,7 +271,7 @@ if SHARDED_PUBSUB:
         ):
             await listening.listen_signals(signals)
             await sender.signal(b"before")
-            await signals.wait_for(b"before")
+            await signals.wait_for_payload(b"before")
             for node in listening._client.get_primaries():
                 admin = aioredis.Redis(host=node.host, port=node.port)
                 await admin.client_kill_filter(_type="pubsub", skipme=True)

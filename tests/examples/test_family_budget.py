@@ -408,12 +408,21 @@ class Socket:
             pass
         return frame
 
-    def subscribe(self, topic: str, position: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = {"op": "subscribe", "topic": topic, "id": topic}
+    def subscribe(
+        self, topic: str, position: dict[str, Any] | None = None, *, presence: bool = False
+    ) -> dict[str, Any]:
+        """Subscribe; return the answer (``subscribed`` or ``error``)."""
+        request: dict[str, Any] = {"op": "subscribe", "topic": topic, "id": topic}
         if position is not None:
             request["position"] = position
+        if presence:
+            request["presence"] = True
         self.connection.send(json.dumps(request))
-        return self.frame()
+        # Frames before the answer are skipped: the server subscribes every connection to
+        # its user's own stream (a `subscribed` frame without id) right after `welcome`.
+        while (frame := self.frame()).get("id") != topic:
+            pass
+        return frame
 
 
 @contextmanager
@@ -421,7 +430,9 @@ def open_socket(base_url: str, user: str) -> Iterator[Socket]:
     headers = {"Cookie": f"demo_user={user}"}
     with connect(ws_url(base_url), subprotocols=PROTOCOLS, additional_headers=headers) as ws:
         socket = Socket(ws)
-        assert socket.frame()["op"] == "welcome"
+        welcome = socket.frame()
+        assert welcome["op"] == "welcome"
+        assert welcome["user"] == user  # the demo's `identify`: the user's name
         yield socket
 
 
@@ -545,6 +556,232 @@ def test_the_websocket_needs_a_demo_user(base_url: str, cookie: str | None) -> N
     with pytest.raises(InvalidStatus) as refused:
         connect(ws_url(base_url), subprotocols=PROTOCOLS, additional_headers=headers)
     assert refused.value.response.status_code == 401
+
+
+# Members: an owner shares a budget, and takes it back ------------------------------------
+
+
+def members(html: str) -> list[str]:
+    """The users the members card lists (the owner first)."""
+    return re.findall(r'<li data-member="([^"]+)"', html)
+
+
+def remove_buttons(html: str) -> list[str]:
+    return re.findall(r'action="/budgets/\d+/members/([^"/]+)/remove"', html)
+
+
+def add_member(client: httpx.Client, name: str, budget_id: int = 1) -> httpx.Response:
+    return client.post(f"/budgets/{budget_id}/members", data={"name": name}, headers=HTMX)
+
+
+def remove_member(client: httpx.Client, name: str, budget_id: int = 1) -> httpx.Response:
+    return client.post(f"/budgets/{budget_id}/members/{name}/remove", headers=HTMX)
+
+
+@contextmanager
+def bob_shares_alices_budget(alice: httpx.Client) -> Iterator[None]:
+    """Bob is a member of Alice's budget in the block; not after it, whatever happens."""
+    response = add_member(alice, "bob")
+    assert response.status_code == 200, response.text
+    try:
+        yield
+    finally:
+        remove_member(alice, "bob")
+
+
+def test_a_budget_starts_with_its_owner_alone(alice: httpx.Client, bob: httpx.Client) -> None:
+    page = alice.get("/budgets/1").text
+    assert members(page) == ["alice"]
+    assert "owner" in page
+    assert remove_buttons(page) == []
+    # The owner may add any other demo user.
+    assert '<option value="bob">Bob</option>' in page
+    assert 'hx-post="/budgets/1/members"' in page
+    assert members(bob.get("/budgets/2/members").text) == ["bob"]
+    assert bob.get("/budgets/1").status_code == 403
+
+
+def test_the_owner_shares_the_budget_and_takes_it_back(
+    alice: httpx.Client, bob: httpx.Client
+) -> None:
+    with bob_shares_alices_budget(alice):
+        card = alice.get("/budgets/1/members").text
+        assert members(card) == ["alice", "bob"]
+        assert remove_buttons(card) == ["bob"]
+        assert "<option" not in card  # nobody else to add
+
+        # Bob may open it and change it, and finds it beside his own; he removes nobody.
+        page = bob.get("/budgets/1")
+        assert page.status_code == 200
+        assert "Smith family" in page.text
+        assert members(page.text) == ["alice", "bob"]
+        assert remove_buttons(page.text) == []
+        assert 'hx-post="/budgets/1/members"' not in page.text
+        assert '<a href="/budgets/1">Smith family</a>' in bob.get("/budgets/2").text
+        assert bob.get("/").headers["location"] == "/budgets/2"  # his own, still
+        fact_id = add_fact(bob, "3.33")
+        assert "bob" in row(alice.get("/budgets/1/ledger").text, fact_id)
+
+        removed = remove_member(alice, "bob")
+        assert removed.status_code == 200
+        assert members(removed.text) == ["alice"]
+        assert '<option value="bob">Bob</option>' in removed.text
+        for path in ("/budgets/1", "/budgets/1/ledger", "/budgets/1/members"):
+            response = bob.get(path)
+            assert response.status_code == 403
+            assert "not your budget" in response.text
+        form = {"amount": "1.00", "article_id": "1", "financial_center_id": "1"}
+        assert bob.post("/budgets/1/facts", data=form).status_code == 403
+        assert '<a href="/budgets/1">' not in bob.get("/budgets/2").text
+        # Removed already: nothing to remove.
+        again = remove_member(alice, "bob")
+        assert again.status_code == 404
+        assert again.headers["HX-Retarget"] == "#flash"
+
+
+def test_members_work_without_javascript_too(alice: httpx.Client, bob: httpx.Client) -> None:
+    try:
+        added = alice.post("/budgets/1/members", data={"name": "bob"})
+        assert added.status_code == 303
+        assert added.headers["location"] == "/budgets/1"
+        assert bob.get("/budgets/1").status_code == 200
+        removed = alice.post("/budgets/1/members/bob/remove")
+        assert removed.status_code == 303
+        assert removed.headers["location"] == "/budgets/1"
+        assert bob.get("/budgets/1").status_code == 403
+    finally:
+        remove_member(alice, "bob")
+
+
+def test_only_the_owner_changes_the_members(alice: httpx.Client, bob: httpx.Client) -> None:
+    with bob_shares_alices_budget(alice):
+        for response in (add_member(bob, "alice"), remove_member(bob, "bob")):
+            assert response.status_code == 403
+            assert "Only the owner of the budget" in response.text
+        assert members(alice.get("/budgets/1/members").text) == ["alice", "bob"]
+    # Nor can anyone change the members of a budget they cannot open.
+    assert add_member(alice, "alice", budget_id=2).status_code == 403
+    assert remove_member(alice, "bob", budget_id=2).status_code == 403
+    assert members(bob.get("/budgets/2/members").text) == ["bob"]
+
+
+@pytest.mark.parametrize("name", ["alice", "mallory", "", "bob' OR 1=1 --"])
+def test_only_another_demo_user_can_be_added(alice: httpx.Client, name: str) -> None:
+    response = add_member(alice, name)
+    assert response.status_code == 400
+    assert "Choose one of the demo users who does not share it yet." in response.text
+    assert members(alice.get("/budgets/1/members").text) == ["alice"]
+
+
+def test_the_owner_cannot_be_removed(alice: httpx.Client) -> None:
+    assert remove_member(alice, "alice").status_code == 404
+    assert members(alice.get("/budgets/1/members").text) == ["alice"]
+
+
+class Roster:
+    """Who a socket is told is present on a topic, from its presence frames."""
+
+    def __init__(self, socket: Socket, topic: str) -> None:
+        self.socket = socket
+        self.topic = topic
+        self.members: dict[str, dict[str, Any]] | None = None
+        self.count = 0
+
+    def until(self, expected: dict[str, int]) -> None:
+        """Read frames until the members and their connections are ``expected``."""
+        while self.connections() != expected:
+            frame = self.socket.frame()
+            if frame.get("topic") != self.topic:
+                continue
+            if frame.get("op") == "presence":
+                self.members = {member["user"]: member for member in frame["members"]}
+            elif frame.get("op") == "presence_diff" and self.members is not None:
+                for user in frame["leaves"]:
+                    self.members.pop(user, None)
+                self.members.update({member["user"]: member for member in frame["joins"]})
+            else:
+                continue
+            self.count = frame["count"]
+            assert self.count == len(self.members)
+
+    def connections(self) -> dict[str, int] | None:
+        if self.members is None:
+            return None
+        return {user: member["connections"] for user, member in self.members.items()}
+
+
+def test_presence_lists_each_viewer_of_a_budget_once(base_url: str, bob: httpx.Client) -> None:
+    with (
+        open_socket(base_url, "alice") as first,
+        open_socket(base_url, "alice") as second,
+        open_socket(base_url, "bob") as bobs,
+    ):
+        assert first.subscribe("budget:1", presence=True)["op"] == "subscribed"
+        roster = Roster(first, "budget:1")
+        roster.until({"alice": 1})
+        assert roster.members == {
+            "alice": {"user": "alice", "connections": 1, "info": {"name": "Alice"}}
+        }
+        assert second.subscribe("budget:1", presence=True)["op"] == "subscribed"
+        roster.until({"alice": 2})  # one user, two tabs
+        # Bob, on his own budget, is never present on Alice's, nor told who is there.
+        assert bobs.subscribe("budget:2", presence=True)["op"] == "subscribed"
+        Roster(bobs, "budget:2").until({"bob": 1})
+        refused = bobs.subscribe("budget:1", presence=True)
+        assert (refused["op"], refused["code"]) == ("error", "forbidden")
+        second.connection.close()
+        roster.until({"alice": 1})
+        assert roster.count == 1
+
+
+def test_a_removed_member_hears_no_more_of_the_budget(
+    base_url: str, alice: httpx.Client, bob: httpx.Client
+) -> None:
+    with open_socket(base_url, "bob") as bobs, open_socket(base_url, "alice") as alices:
+        assert alices.subscribe("budget:1", presence=True)["op"] == "subscribed"
+        roster = Roster(alices, "budget:1")
+        roster.until({"alice": 1})
+        with bob_shares_alices_budget(alice):
+            # Bob's own stream tells him, on whatever page he has open.
+            shared = bobs.event()
+            assert shared == {
+                "event": "added_to_budget",
+                "data": {"budget_id": 1, "budget": "Smith family", "author": "alice"},
+                "topic": "~user:bob",
+                "offset": shared["offset"],
+                "epoch": shared["epoch"],
+            }
+            assert bobs.subscribe("budget:1", presence=True)["op"] == "subscribed"
+            roster.until({"alice": 1, "bob": 1})
+            assert roster.members is not None
+            assert roster.members["bob"]["info"] == {"name": "Bob"}
+
+            assert remove_member(alice, "bob").status_code == 200
+            # Until his own stream tells him: the topic is taken away ...
+            frames = []
+            while (frame := bobs.frame()).get("event") != "removed_from_budget":
+                frames.append(frame)
+            assert frame["topic"] == "~user:bob"
+            assert frame["data"] == {"budget_id": 1, "budget": "Smith family", "author": "alice"}
+            revoked = {"op": "unsubscribed", "topic": "budget:1", "reason": "revoked"}
+            assert revoked in frames
+            # ... and of the budget's events, only the news of his removal, published
+            # before (it may come after `unsubscribed`: control frames overtake events
+            # queued; the browser client drops events of topics it no longer holds).
+            news = [f["event"] for f in frames if f.get("topic") == "budget:1" and "event" in f]
+            assert news in ([], ["budget_member_removed"])
+            roster.until({"alice": 1})
+
+            # Alice's next change does not reach him; his own budget's does.
+            add_fact(alice, "2.22")
+            assert bobs.subscribe("budget:2")["op"] == "subscribed"
+            form = {"amount": "6.66", "article_id": "6", "financial_center_id": "4"}
+            assert bob.post("/budgets/2/facts", data=form, headers=HTMX).status_code == 200
+            event = bobs.event()
+            assert (event["topic"], event["data"]["amount"]) == ("budget:2", "6.66")
+            # And he cannot subscribe again.
+            refused = bobs.subscribe("budget:1")
+            assert (refused["op"], refused["code"]) == ("error", "forbidden")
 
 
 # Running it ---------------------------------------------------------------------------------

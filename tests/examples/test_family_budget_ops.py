@@ -136,7 +136,7 @@ async def test_metrics_count_a_connection_and_the_events_it_gets(
         assert (await tab.event())["event"] == "budget_fact_created"
         during = await scrape(http)
     assert during["budget_ws_connections"] == 1
-    assert during["budget_ws_topics"] == 1
+    assert during["budget_ws_topics"] == 2  # budget:1, and alice's own stream ~user:alice
     assert during["budget_ws_connections_opened_total"] == 1
     published = "budget_ws_events_published_total"
     assert during[published] == before[published] + 1
@@ -162,7 +162,7 @@ async def test_ops_stats_report_the_connection_and_the_latency_of_delivered_even
             assert (await tab.event())["event"] == "budget_fact_created"
         busy = await stats(http)
     assert busy["connections"] == 1
-    assert busy["topics"] == 1
+    assert busy["topics"] == 2  # budget:1, and alice's own stream ~user:alice
     assert busy["totals"]["published"] == quiet["totals"]["published"] + 3
     delivery = busy["latency"]["delivery"]
     assert delivery["count"] == 3  # each event's frame (control frames are not timed)

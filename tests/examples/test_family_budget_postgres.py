@@ -26,9 +26,12 @@ from tests.examples.test_family_budget import (
     EXAMPLES,
     HTMX,
     add_fact,
+    bob_shares_alices_budget,
     client_for,
     fact_ids,
+    members,
     open_socket,
+    remove_member,
 )
 from tests.support.postgres import POSTGRES_DSN, url_of
 from tests.support.servers import free_port, stop, wait_listening
@@ -174,13 +177,14 @@ def test_the_demo_runs_budget_ws_migration_step_and_says_so(demo: Demo) -> None:
     output = demo.output.read_text()
     assert "database: PostgreSQL, schema " + demo.data in output
     assert "Running budget_ws's migration step first, `python -m budget_ws migrate URL`" in output
-    assert f"schema={demo.schema!r}): schema at version 1" in output
+    assert f"schema={demo.schema!r}): schema at version 2" in output
     tables = query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", demo.data
     )
     assert {row["table_name"] for row in tables} == {
         "budgets",
         "users",
+        "members",
         "articles",
         "financial_centers",
         "facts",
@@ -346,3 +350,31 @@ def test_a_fact_is_in_the_table_if_and_only_if_its_event_was_delivered(
     saved = {amount for amount, status in zip(amounts, statuses) if status == 200}
     assert {event["data"]["amount"] for event in events[:-1]} == saved
     assert kept_offsets(demo, start) == list(range(start + 1, start + 18))
+
+
+# Members ------------------------------------------------------------------------------------
+
+
+def test_a_member_removed_loses_the_budget_at_once(demo: Demo, alice: httpx.Client) -> None:
+    """On PostgreSQL the revocation reaches every worker through the backend's signals."""
+
+    def stored() -> list[tuple[int, str]]:
+        rows = query(f"SELECT budget_id, name FROM {demo.data}.members ORDER BY budget_id, name")
+        return [(row["budget_id"], row["name"]) for row in rows]
+
+    with client_for(demo.url, "bob") as bob, open_socket(demo.url, "bob") as bobs:
+        with bob_shares_alices_budget(alice):
+            assert stored() == [(1, "bob")]
+            assert members(bob.get("/budgets/1/members").text) == ["alice", "bob"]
+            assert bobs.subscribe("budget:1", presence=True)["op"] == "subscribed"
+
+            assert remove_member(alice, "bob").status_code == 200
+            assert stored() == []
+            frames = []
+            while (frame := bobs.frame()).get("event") != "removed_from_budget":
+                frames.append(frame)
+            assert frame["topic"] == "~user:bob"
+            assert {"op": "unsubscribed", "topic": "budget:1", "reason": "revoked"} in frames
+            refused = bobs.subscribe("budget:1")
+            assert (refused["op"], refused["code"]) == ("error", "forbidden")
+            assert bob.get("/budgets/1").status_code == 403

@@ -37,7 +37,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def wait_listening(
-    port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0
+    port: int, process: subprocess.Popen[Any] | None = None, timeout: float = 15.0
 ) -> None:
     """Wait until something accepts connections on ``port``; fail early if ``process`` dies."""
     deadline = time.monotonic() + timeout
@@ -52,7 +52,7 @@ def wait_listening(
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def stop(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM, as a deployment would; SIGKILL if it does not end in time."""
     process.terminate()
     try:
@@ -60,6 +60,54 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class UvicornWorker:
+    """``uvicorn <app>:app_factory --factory`` in a subprocess on a free loopback port: one
+    worker of a multi-worker test, with the environment that configures its app."""
+
+    def __init__(self, name: str, app: str, app_dir: Path, environment: dict[str, str]) -> None:
+        self.name = name
+        self.app = app
+        self.app_dir = app_dir
+        self.environment = environment
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def launch(self) -> None:
+        command = [
+            sys.executable, "-m", "uvicorn", f"{self.app}:app_factory", "--factory",
+            "--app-dir", str(self.app_dir), "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-level", "warning", "--ws-per-message-deflate", "false",
+            "--timeout-graceful-shutdown", "5",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, env={**os.environ, **self.environment})
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        # uvicorn listens only once the lifespan has started the manager (and its backend).
+        assert self.process is not None
+        wait_listening(self.port, self.process, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, as a deployment would: the worker shuts down gracefully."""
+        if self.process is not None:
+            stop(self.process, timeout)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing of the worker runs any more."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -21,6 +22,8 @@ from budget_ws import (
     InvalidLimit,
     Member,
     MemoryBackend,
+    OutboxLimits,
+    Presence,
     PresenceOptions,
     User,
 )
@@ -53,14 +56,22 @@ async def manager() -> AsyncIterator[ConnectionManager]:
         yield running
 
 
-async def settled(manager: ConnectionManager, topic: str, count: int) -> Any:
-    """The topic's presence once it counts ``count`` users (writes are asynchronous)."""
+async def until(
+    manager: ConnectionManager, topic: str, check: Callable[[Presence], bool]
+) -> Presence:
+    """The topic's presence once ``check`` holds (writes are asynchronous), within 5 s."""
     with anyio.fail_after(5):
-        while True:
+        for _ in itertools.count():
             presence = await manager.presence(topic)
-            if presence.count == count:
+            if check(presence):
                 return presence
             await anyio.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
+async def settled(manager: ConnectionManager, topic: str, count: int) -> Presence:
+    """The topic's presence once it counts ``count`` users."""
+    return await until(manager, topic, lambda presence: presence.count == count)
 
 
 async def test_a_user_with_two_tabs_is_present_once(manager: ConnectionManager) -> None:
@@ -78,9 +89,7 @@ async def test_a_user_with_two_tabs_is_present_once(manager: ConnectionManager) 
         )
         assert not presence.truncated
         await tab2.unsubscribe("budget:1")
-        with anyio.fail_after(5):
-            while (await manager.presence("budget:1")).members[0].connections != 1:
-                await anyio.sleep(0.01)
+        await until(manager, "budget:1", lambda p: p.members[0].connections == 1)
     await settled(manager, "budget:1", 0)
 
 
@@ -105,7 +114,8 @@ async def test_a_client_that_asks_gets_a_snapshot_then_coalesced_diffs(
             answer = await observer.subscribe("budget:1", presence=True)
             assert answer["op"] == "subscribed"
             snapshot = await next_op(observer, "presence")
-            assert snapshot["topic"] == "budget:1" and not snapshot["truncated"]
+            assert snapshot["topic"] == "budget:1"
+            assert not snapshot["truncated"]
             assert {m["user"] for m in snapshot["members"]} <= {"alice", "observer"}
             async with AsyncExitStack() as stack:
                 clients = [
@@ -148,7 +158,8 @@ async def test_presence_must_be_tracked_and_allowed() -> None:
             answer = await client.subscribe("chat:1", presence=True)
             assert answer["code"] == "presence_unavailable"
             answer = await client.subscribe("budget:1", presence=True)
-            assert answer["code"] == "forbidden" and "presence" in answer["message"]
+            assert answer["code"] == "forbidden"
+            assert "presence" in answer["message"]
             assert (await client.subscribe("budget:1"))["op"] == "subscribed"
 
 
@@ -307,7 +318,8 @@ async def test_an_outage_is_logged_once_and_presence_catches_up_after_it(
             answer = await alice.subscribe("budget:2", presence=True)
             assert answer["op"] == "subscribed"  # the subscription stands...
             refusal = await next_op(alice, "error")  # ...but its presence could not be read
-            assert refusal["code"] == "backend_error" and refusal["topic"] == "budget:2"
+            assert refusal["code"] == "backend_error"
+            assert refusal["topic"] == "budget:2"
             with pytest.raises(BackendError):
                 await manager.presence("budget:1")
             await anyio.sleep(0.3)  # several failed writes
@@ -386,11 +398,9 @@ async def test_a_users_newest_info_is_what_others_see(manager: ConnectionManager
             await settled(manager, "budget:1", 1)
             async with connect(manager, principal="alice") as second:
                 await next_op(second, "subscribed")
-                with anyio.fail_after(5):
-                    while (await manager.presence("budget:1")).members[0].info != {
-                        "name": "Alice B."
-                    }:
-                        await anyio.sleep(0.01)
+                await until(
+                    manager, "budget:1", lambda p: p.members[0].info == {"name": "Alice B."}
+                )
 
 
 async def test_info_that_is_not_json_closes_the_connection() -> None:
@@ -421,3 +431,31 @@ async def test_a_change_made_while_its_row_is_being_written_is_written_next() ->
         await alice.subscribe("budget:1")  # ...and the user is back during it
         await anyio.sleep(0.3)  # several writes later
         assert (await manager.presence("budget:1")).count == 1
+
+
+def test_bounds_whose_largest_frame_no_outbox_holds_are_refused() -> None:
+    options = PresenceOptions(max_members=10_000, max_info_bytes=512)
+    with pytest.raises(InvalidLimit, match=r"OutboxLimits\.max_bytes"):
+        ConnectionManager(presence=options)
+    # Fits once the outbox may hold it, or with less info per user.
+    ConnectionManager(presence=options, outbox=OutboxLimits(max_bytes=8 * 1024 * 1024))
+    ConnectionManager(presence=PresenceOptions(max_members=5_000, max_info_bytes=16))
+
+
+async def test_the_largest_frame_the_bounds_allow_reaches_the_client() -> None:
+    options = PresenceOptions(max_members=50, max_info_bytes=200, interval=0.05)
+    outbox = OutboxLimits(max_bytes=50 * (200 + 112) + 512)
+    info = {"n": "é" * 90}  # 2 bytes each as UTF-8: close to max_info_bytes
+    async with make_manager(
+        options=options, outbox=outbox, identify=lambda p: User(p, info)
+    ) as manager:
+        async with AsyncExitStack() as stack:
+            for index in range(50):
+                name = f"{index:02d}" + "u" * 62  # 64 characters, the longest id
+                client = await stack.enter_async_context(connect(manager, principal=name))
+                await client.subscribe("budget:1")
+            await settled(manager, "budget:1", 50)
+            observer = await stack.enter_async_context(connect(manager, principal="zz"))
+            await observer.subscribe("budget:1", presence=True)
+            snapshot = await next_op(observer, "presence")
+            assert len(snapshot["members"]) == 50

@@ -59,12 +59,15 @@ async def test_an_identified_connection_is_told_its_user_and_holds_its_stream(
 ) -> None:
     async with connect(users_manager, principal="alice") as client:
         welcome = await client.receive()
-        assert welcome["op"] == "welcome" and welcome["user"] == "alice"
+        assert welcome["op"] == "welcome"
+        assert welcome["user"] == "alice"
         subscribed = await client.receive()
-        assert subscribed["op"] == "subscribed" and subscribed["topic"] == "~user:alice"
+        assert subscribed["op"] == "subscribed"
+        assert subscribed["topic"] == "~user:alice"
         assert "id" not in subscribed
         (connection,) = users_manager.connections.values()
-        assert connection.user == "alice" and "~user:alice" in connection.topics
+        assert connection.user == "alice"
+        assert "~user:alice" in connection.topics
 
 
 async def test_an_anonymous_connection_has_no_user(users_manager: ConnectionManager) -> None:
@@ -72,7 +75,8 @@ async def test_an_anonymous_connection_has_no_user(users_manager: ConnectionMana
         welcome = await client.receive()
         assert "user" not in welcome
         (connection,) = users_manager.connections.values()
-        assert connection.user is None and not connection.topics
+        assert connection.user is None
+        assert not connection.topics
 
 
 async def test_publish_to_user_reaches_every_connection_of_that_user_only(
@@ -89,7 +93,8 @@ async def test_publish_to_user_reaches_every_connection_of_that_user_only(
         assert position.offset == 1
         for client in (tab1, tab2):
             frame = await client.receive_event()
-            assert frame["data"] == {"text": "hi"} and frame["topic"] == "~user:alice"
+            assert frame["data"] == {"text": "hi"}
+            assert frame["topic"] == "~user:alice"
         await users_manager.publish_to_user("bob", Notice(text="only bob"))
         assert (await bob.receive_event())["data"] == {"text": "only bob"}
 
@@ -106,18 +111,22 @@ async def test_a_tab_that_was_offline_resumes_its_user_stream(
     await users_manager.publish_to_user("alice", Notice(text="3"))
     async with connect(users_manager, principal="alice", positions=positions) as tab:
         server_side = await next_op(tab, "subscribed")
-        assert server_side["position"]["offset"] == 3 and not server_side["recovered"]
+        assert server_side["position"]["offset"] == 3
+        assert not server_side["recovered"]
         answer = await tab.subscribe("~user:alice", position=positions["~user:alice"])
-        assert answer["op"] == "subscribed" and answer["recovered"] is True
+        assert answer["op"] == "subscribed"
+        assert answer["recovered"] is True
         assert [(await tab.receive_event())["data"]["text"] for _ in range(2)] == ["2", "3"]
 
 
 async def test_another_users_stream_is_forbidden(users_manager: ConnectionManager) -> None:
     async with connect(users_manager, principal="alice") as client:
         answer = await client.subscribe("~user:bob")
-        assert answer["op"] == "error" and answer["code"] == "forbidden"
+        assert answer["op"] == "error"
+        assert answer["code"] == "forbidden"
         answer = await client.subscribe("~other")  # not a user stream: not a name at all
-        assert answer["op"] == "error" and answer["code"] == "invalid_topic"
+        assert answer["op"] == "error"
+        assert answer["code"] == "invalid_topic"
 
 
 async def test_a_server_side_subscription_resumes_without_authorize() -> None:

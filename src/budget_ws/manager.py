@@ -141,6 +141,8 @@ class ConnectionManager:
     Raises:
         BackendCapabilityMissing: ``presence`` was given with a backend that cannot store
             it.
+        InvalidLimit: A ``presence`` frame of ``max_members`` users with the largest
+            ``info`` would not fit in ``OutboxLimits.max_bytes``.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class ConnectionManager:
                     f"{self.backend!r} cannot store presence; the memory, Redis and "
                     "PostgreSQL backends can"
                 )
+            presence.check_fits(outbox or OutboxLimits())
             self._presence = PresenceTracker(self.backend, presence)
         self.registry = registry if registry is not None else default_registry
         self.limits = limits or Limits()

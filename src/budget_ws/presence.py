@@ -30,6 +30,7 @@ import anyio.lowlevel
 from .backends import PresenceBackend, PresenceRow, PresenceSnapshot
 from .connection import Connection
 from .errors import BackendError, InvalidLimit, InvalidUser
+from .limits import OutboxLimits
 from .protocol import MemberFields, encode_presence, encode_presence_diff
 from .users import USER_TOPIC_PREFIX
 
@@ -40,6 +41,9 @@ logger = logging.getLogger("budget_ws.presence")
 _OVERFLOW = ""
 """The user of the row that counts a worker's users beyond ``max_members`` on a topic (a
 user id is never empty)."""
+
+# A member's bytes besides its info: the longest user id (64) and the JSON around both.
+_MEMBER_OVERHEAD = 64 + 48
 
 # A signal stays under PostgreSQL's NOTIFY limit (8,000 bytes) with room to spare.
 _SIGNAL_BUDGET = 6000
@@ -79,6 +83,22 @@ class PresenceOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidLimit(f"PresenceOptions.{name} must be a whole number >= 1")
+
+    def check_fits(self, outbox: OutboxLimits) -> None:
+        """Refuse bounds whose largest ``presence`` frame no outbox could hold.
+
+        Raises:
+            InvalidLimit: ``max_members`` users with ``max_info_bytes`` of info each (and
+                the longest user ids) exceed ``outbox.max_bytes``.
+        """
+        largest = self.max_members * (self.max_info_bytes + _MEMBER_OVERHEAD) + 512
+        if largest > outbox.max_bytes:
+            raise InvalidLimit(
+                f"a presence frame of PresenceOptions.max_members ({self.max_members}) users "
+                f"with max_info_bytes ({self.max_info_bytes}) of info may take {largest} "
+                f"bytes, more than OutboxLimits.max_bytes ({outbox.max_bytes}): lower one "
+                "of them or raise max_bytes"
+            )
 
     def tracks(self, topic: str) -> bool:
         """Whether ``topic``'s presence is tracked."""

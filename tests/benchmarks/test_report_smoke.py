@@ -24,6 +24,7 @@ cross_worker = importlib.import_module("benchmarks.cross_worker")
 fanout = importlib.import_module("benchmarks.fanout")
 instructions = importlib.import_module("benchmarks.instructions")
 peers = importlib.import_module("benchmarks.peers")
+presence = importlib.import_module("benchmarks.presence")
 provenance = importlib.import_module("benchmarks.provenance")
 report = importlib.import_module("benchmarks.report")
 
@@ -122,6 +123,60 @@ def instructions_document() -> dict[str, Any]:
     return instructions.results_document(env, settings, runs)
 
 
+PRESENCE_PARAMETERS = {
+    "parts": ["redis-cost", "storm", "rows", "revocation"], "interval": 1.0,
+    "storm_connections": 10, "steady_connections": 2, "steady_spacing": 1.2, "members": 10,
+    "observers": 2, "concurrency": 5, "queries": 5, "rows": 10, "max_members": 8,
+    "revocation_repetitions": 5, "tabs": 3, "background": 10,
+}  # fmt: skip
+
+
+def presence_document() -> dict[str, Any]:
+    """Made-up presence results: round trips 5 -> 7.5 per connection with presence on; a
+    storm within one frame per interval; disconnect_user's p99 over its 1 s target."""
+    costs = [
+        presence.RedisCost(on, mode, phase, 10 if mode == "storm" else 2, per_connection={
+            "round_trips": 7.5 if on else 5.0, "commands": 30.0 if on else 20.0,
+            "bytes_to_redis": 1500.0 if on else 1000.0, "bytes_from_redis": 500.0,
+            "worker_cpu_us": 3000.0, "redis_cpu_us": 100.0,
+        })
+        for on in (False, True) for mode in ("storm", "steady")
+        for phase in ("connect", "disconnect")
+    ]  # fmt: skip
+    queries = [presence.Query("connections", 14, 14, 8, 5, count=14, listed=8, truncated=True,
+                              latency_ms={"p50": 1.5, "p99": 3.0})]  # fmt: skip
+    rows = [presence.Query("rows", 10, 10, 10, 5, count=10, listed=10,
+                           latency_ms={"p50": 2.5, "p99": 4.0})]  # fmt: skip
+
+    def frames(group: str, phase: str, most: int, expected: int) -> Any:
+        return presence.StormFrames(
+            group, phase, 4 if group == "observers" else 10, 10, 1.0, seconds=2.5, ticks=3,
+            presence_frames={"mean": 2.0, "min": 1, "max": most},
+            snapshots={"mean": 0.0, "min": 0, "max": 0}, diffs={"mean": 2.0, "min": 1, "max": 2},
+            presence_bytes={"mean": 2048.0, "min": 1000, "max": 4096},
+            final_counts=[expected], expected_count=expected,
+        )  # fmt: skip
+
+    storm = {
+        "frames": [frames("observers", "join", 3, 14), frames("members", "join", 4, 14),
+                   frames("observers", "leave", 2, 4)],
+        "queries": queries, "snapshot": {"bytes": 812, "listed": 8, "count": 14,
+                                         "truncated": True},
+        "connect": {"join_seconds": 1.0, "leave_seconds": 0.5, "failed": 0, "errors": []},
+    }  # fmt: skip
+    revocations = [
+        presence.Revocation("unsubscribe_user", 5, 3, 10, complete=5,
+                            latency_ms={"p50": 2.0, "p99": 4.0, "max": 4.0}),
+        presence.Revocation("disconnect_user", 5, 3, 10, complete=5, close_codes=[4010],
+                            latency_ms={"p50": 2.0, "p99": 1200.0, "max": 1200.0}),
+    ]  # fmt: skip
+    env = provenance.environment("presence", PRESENCE_PARAMETERS) | {
+        "load_after": [0.1, 0.1, 0.1], "redis": "7.0.15", "redis_url": "private redis-server"
+    }  # fmt: skip
+    found = {"redis_costs": costs, "storm": storm, "rows": rows, "revocation": revocations}
+    return presence.results_document(env, found)
+
+
 def write_results(directory: Path) -> None:
     env = provenance.environment("peers", PEER_PARAMETERS) | {"load_after": [0.1, 0.1, 0.1]}
     found = peer_results()
@@ -140,6 +195,7 @@ def write_results(directory: Path) -> None:
     (directory / "cross_worker.json").write_text(json.dumps(document))
     (directory / "fanout-observed.json").write_text(json.dumps(fanout_document()))
     (directory / "instructions.json").write_text(json.dumps(instructions_document()))
+    (directory / "presence.json").write_text(json.dumps(presence_document()))
 
 
 @pytest.fixture
@@ -204,6 +260,31 @@ def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> 
     assert "| `fanout-observed.json` |" in text  # provenance
     assert "in-memory fan-out in one process: 10 connections" in text
     assert "| `fanout-observed` | in-memory fanout 10 x 4 events, burst |" in text  # verdicts
+    # Presence: off -> on per connection, presence() and the snapshot, the storm's frames
+    # against its intervals, and revocation against its target.
+    block = text.split("<!-- begin: presence -->")[1].split("<!-- end: presence")[0]
+    assert (
+        "| connect, all at once (10) | 5.00 → 7.50 (+2.50) | 20.0 → 30.0 (+10.0) "
+        "| 1,000 → 1,500 (+500) | 500 → 500 (+0) | 3,000 → 3,000 (+0) |"
+    ) in block
+    assert "| disconnect, one at a time (2) | 5.00 → 7.50 (+2.50) |" in block
+    assert "one at a time 1.2 s apart (presence interval 1 s)" in block
+    assert "| 14 | connected to two workers | 14 | 8 | 8 | 1.50 | 3.00 |" in block
+    assert "| 10 | rows written as two workers would (`presence_write`) | 10 | 10 | 10 |" in block
+    assert "among 14 users: 812 B, 8 members listed (truncated)." in block
+    assert "| join | observers (4) | 10 | 2.5 s | 3 | 2.0 / 3 | 2 KiB / 4 KiB | 5 | yes |" in block
+    assert "| join | members (10) | 10 | 2.5 s | 3 | 2.0 / 4 | 2 KiB / 4 KiB | 5 | yes |" in block
+    assert "| leave | observers (4) | 10 | 2.5 s | 3 | 2.0 / 2 |" in block
+    assert (
+        "| `disconnect_user` | the last tab's socket closed | 5/5 | 2.00 | 1,200 | 1,200 "
+        "| 1.200 | **no** |"
+    ) in block
+    assert (
+        "| `unsubscribe_user` | the last tab's `unsubscribed` frame | 5/5 | 2.00 | 4.00 |" in block
+    )
+    assert "| `presence.json` |" in text  # provenance
+    assert "revocation of 5 users \N{MULTIPLICATION SIGN} 3 tabs beside 10" in text
+    assert "| `presence` | disconnect_user, 3 tabs on 2 workers | p99 1200.0 ms" in text  # verdicts
     # One versions line, each package once, the fan-out's own packages included.
     versions = text.split("Versions: ")[1].split("\n")[0]
     assert versions.count("budget-ws ") == 1

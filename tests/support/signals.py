@@ -16,16 +16,16 @@ class Signals:
         self.received.append(payload)
         self._changed.set()
 
-    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
-        """Wait until ``count`` signals have arrived."""
-        with anyio.fail_after(timeout):
+    async def wait_for(self, count: int) -> None:
+        """Wait until ``count`` signals have arrived (at most 5 s)."""
+        with anyio.fail_after(5):
             while len(self.received) < count:
                 await self._changed.wait()
                 self._changed = anyio.Event()
 
-    async def wait_for_payload(self, payload: bytes, timeout: float = 5.0) -> None:
-        """Wait until ``payload`` has arrived."""
-        with anyio.fail_after(timeout):
+    async def wait_for_payload(self, payload: bytes) -> None:
+        """Wait until ``payload`` has arrived (at most 5 s)."""
+        with anyio.fail_after(5):
             while payload not in self.received:
                 await self._changed.wait()
                 self._changed = anyio.Event()

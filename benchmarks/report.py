@@ -51,9 +51,11 @@ def load(directory: Path) -> Results:
             results.instructions.append((path.stem, data))
         elif benchmark == "postgres":
             results.postgres.append((path.stem, data))
+        elif benchmark == "presence":
+            results.presence.append((path.stem, data))
         else:
             raise ReportError(f"{path}: not a results file of benchmarks.peers, cross_worker, "
-                              "hostile, fanout, instructions or postgres")  # fmt: skip
+                              "hostile, fanout, instructions, postgres or presence")  # fmt: skip
     if not results.all():
         raise ReportError(f"no results files in {directory}: run python -m benchmarks.suite")
     return results

@@ -65,6 +65,7 @@ def runs(results: Path, large: int, settings_connections: int,
     planned.append(("cross_worker", [sys.executable, "-m", "benchmarks.cross_worker",
                                      "--private-redis"]))  # fmt: skip
     planned.append(("postgres", [sys.executable, "-m", "benchmarks.postgres"]))
+    planned.append(("presence", [sys.executable, "-m", "benchmarks.presence"]))
     planned.append(("fanout-observed", [sys.executable, "-m", "benchmarks.fanout",
                                         "--contenders", "budget_ws", "observed", "metrics",
                                         "tracing", "--connections", "1000", "10000",

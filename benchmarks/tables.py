@@ -44,10 +44,12 @@ class Results:
     """``instructions.py`` runs: the same fan-out's instructions per delivery (callgrind)."""
     postgres: list[ResultsFile] = field(default_factory=list)
     """``postgres.py`` runs: PostgreSQL against Redis and broadcaster's Postgres backend."""
+    presence: list[ResultsFile] = field(default_factory=list)
+    """``presence.py`` runs: presence, user streams and revocation on Redis."""
 
     def all(self) -> list[ResultsFile]:
         return [*self.peers, *self.settings, *self.cross_worker, *self.hostile, *self.fanout,
-                *self.instructions, *self.postgres]  # fmt: skip
+                *self.instructions, *self.postgres, *self.presence]  # fmt: skip
 
     def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return [(stem, result) for stem, data in self.peers for result in data["results"]
@@ -754,6 +756,146 @@ def postgres_delivery(results: Results) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Presence, user streams and revocation on Redis
+
+
+COST_MODES = {"storm": "all at once", "steady": "one at a time"}
+"""``presence.py``'s Redis cost windows, by how the connections came (or went)."""
+COST_FIGURES = {"round_trips": ("round trips", 2), "commands": ("commands", 1),
+                "bytes_to_redis": ("bytes to Redis", 0),
+                "bytes_from_redis": ("bytes from Redis", 0),
+                "worker_cpu_us": ("workers' CPU µs", 0)}  # fmt: skip
+"""Per-connection figures of a cost window, by key: their column and decimals."""
+
+
+def _off_on(off: dict[str, Any] | None, on: dict[str, Any] | None, key: str, digits: int) -> str:
+    a = off["per_connection"].get(key) if off else None
+    b = on["per_connection"].get(key) if on else None
+    if a is None or b is None:
+        return "-"
+    return f"{a:,.{digits}f} → {b:,.{digits}f} ({b - a:+,.{digits}f})"
+
+
+def _presence_cost(stem: str, data: dict[str, Any]) -> str:
+    costs = [cost for cost in data["redis_costs"] if not cost["error"]]
+    if not costs:
+        return "*(no Redis cost results)*"
+    p = data["environment"]["parameters"]
+    rows = []
+    for mode, phase in dict.fromkeys((cost["mode"], cost["phase"]) for cost in costs):
+        off, on = (_pick(costs, mode=mode, phase=phase, presence=flag) for flag in (False, True))
+        any_cost = on or off
+        assert any_cost is not None
+        what = f"{phase}, {COST_MODES.get(mode, mode)} ({any_cost['connections']:,})"
+        rows.append([what, *(_off_on(off, on, key, digits)
+                             for key, (_, digits) in COST_FIGURES.items())])  # fmt: skip
+    header = ["per connection", *(f"{name}: off → on (presence's part)"
+                                  for name, _ in COST_FIGURES.values())]  # fmt: skip
+    lead = (f"`{stem}.json`: two workers on Redis; identified users connect and subscribe "
+            f"one topic, then leave, {COST_MODES['storm']} and {COST_MODES['steady']} "
+            f"{p['steady_spacing']:g} s apart (presence interval {p['interval']:g} s); "
+            f"presence off, then on (each connection asking for the topic's presence). "
+            f"Round trips and bytes counted on the wire between the workers and Redis, "
+            f"commands by Redis (`INFO commandstats`, those run by scripts included):")  # fmt: skip
+    return lead + "\n\n" + _table(header, rows)
+
+
+def _presence_queries(stem: str, data: dict[str, Any]) -> str:
+    queries = data["queries"]
+    if not queries:
+        return "*(no presence() results)*"
+    how = {"connections": "connected to two workers",
+           "rows": "rows written as two workers would (`presence_write`)"}  # fmt: skip
+
+    def outbox(query: dict[str, Any]) -> str:
+        raised = query.get("outbox_max_bytes")
+        return f", `OutboxLimits.max_bytes` raised to {_bytes(raised)}" if raised else ""
+
+    rows = [[f"{q['users']:,}", how.get(q["source"], q["source"]) + outbox(q), f"{q['rows']:,}",
+             f"{q['max_members']:,}", "failed" if q["error"] else f"{q['listed']:,}",
+             _p(q, "p50"), _p(q, "p99")]
+            for q in queries]  # fmt: skip
+    header = ["users present", "how", "rows stored for the topic", "`max_members`",
+              "members listed", "p50 ms", "p99 ms"]  # fmt: skip
+    lead = (f"`{stem}.json`: `await manager.presence(topic)`, "
+            f"{queries[0]['queries']} calls one after the other:")  # fmt: skip
+    text = lead + "\n\n" + _table(header, rows, right=2)
+    snapshot = data.get("snapshot_frame")
+    if snapshot and "bytes" in snapshot:
+        text += (f"\n\nThe `presence` frame a client is sent when it subscribes among "
+                 f"{snapshot['count']:,} users: {snapshot['bytes']:,} B, "
+                 f"{snapshot['listed']:,} members listed"
+                 f"{' (truncated)' if snapshot['truncated'] else ''}.")  # fmt: skip
+    return text
+
+
+def _presence_storm(stem: str, data: dict[str, Any]) -> str:
+    storm = data["storm"]
+    if storm.get("error"):
+        return f"*(the presence storm failed: {storm['error']})*"
+    if not storm["frames"]:
+        return "*(no presence storm results)*"
+    p = data["environment"]["parameters"]
+    connect = storm["connect"]
+    rows = []
+    for f in storm["frames"]:
+        frames, sent = f["presence_frames"], f["presence_bytes"]
+        per_frame = f["changes"] / frames["mean"] if frames["mean"] else None
+        rows.append([f["phase"], f"{f['group']} ({f['subscribers']:,})", f"{f['changes']:,}",
+                     f"{f['seconds']:.1f} s", f"{f['ticks']}",
+                     f"{frames['mean']:.1f} / {frames['max']:g}",
+                     f"{_bytes(round(sent['mean']))} / {_bytes(round(sent['max']))}",
+                     _number(per_frame, 0), "yes" if f["bounded"] else "**no**"])  # fmt: skip
+    header = ["storm", "subscribers", "users who joined or left", "storm's start to the last "
+              "presence frame", "intervals in it", "presence frames per subscriber: mean / max",
+              "bytes per subscriber: mean / max", "changes per frame (mean)",
+              "within one frame per interval"]  # fmt: skip
+    members = p["members"] // 2 * 2
+    lead = (f"`{stem}.json`: {members:,} connections join one topic over two workers "
+            f"(in-memory connections, {p['concurrency']} connecting at once per worker; it "
+            f"took {connect.get('join_seconds', 0):.1f} s), each asking for presence, then "
+            f"all leave ({connect.get('leave_seconds', 0):.1f} s); {p['observers'] * 2} "
+            f"observers were there before and after. Presence interval "
+            f"{p['interval']:g} s; a member's frames include its snapshot:")  # fmt: skip
+    return lead + "\n\n" + _table(header, rows, right=2)
+
+
+def _presence_revocation(stem: str, data: dict[str, Any]) -> str:
+    runs = [run for run in data["revocation"] if not run["error"]]
+    if not runs:
+        failed = next(iter(data["revocation"]), None)
+        if failed is None:
+            return "*(no revocation results)*"
+        return f"*(revocation failed: {failed['error']})*"
+    until = {"disconnect_user": "the last tab's socket closed",
+             "unsubscribe_user": "the last tab's `unsubscribed` frame"}  # fmt: skip
+    rows = []
+    for run in sorted(runs, key=lambda run: run["operation"]):
+        p99 = run["latency_ms"].get("p99")
+        met = p99 is not None and p99 <= run["target_ms"] and run["complete"] == run["repetitions"]
+        rows.append([f"`{run['operation']}`", until.get(run["operation"], "-"),
+                     f"{run['complete']}/{run['repetitions']}", _p(run, "p50"), _p(run, "p99"),
+                     _p(run, "max"), _number(run["p99_to_target"], 3),
+                     "yes" if met else "**no**"])  # fmt: skip
+    run = runs[0]
+    header = ["call", "until", "every tab reached", "p50 ms", "p99 ms", "max ms",
+              f"p99 ÷ {run['target_ms'] / 1000:g} s target", "met"]  # fmt: skip
+    lead = (f"`{stem}.json`: two uvicorn workers on Redis, {run['background']:,} other "
+            f"connections and {run['repetitions']} users of {run['tabs']} tabs spread over "
+            f"both (real sockets, one client process); a third process calls the manager for "
+            f"one user at a time, and the time runs from just before the call:")  # fmt: skip
+    return lead + "\n\n" + _table(header, rows, right=2)
+
+
+def presence(results: Results) -> str:
+    if not results.presence:
+        return "*(no presence results)*"
+    stem, data = results.presence[-1]
+    parts = (_presence_cost, _presence_queries, _presence_storm, _presence_revocation)
+    return "\n\n".join(part(stem, data) for part in parts)
+
+
+# --------------------------------------------------------------------------------------
 # What was checked, and where the figures came from
 
 
@@ -796,6 +938,15 @@ def _parameters(data: dict[str, Any]) -> str:
                 f"{', '.join(map(str, p['concurrency']))} tasks, {p['publish_duration']:g} s "
                 f"each; round trips over {p['count_calls']} calls; across workers: steady "
                 f"{p['rate']:g}/s for {p['duration']:g} s")  # fmt: skip
+    if data["environment"]["benchmark"] == "presence":
+        env = data["environment"]
+        where = "private" if env.get("redis_url", "").startswith("private") else "shared"
+        return (f"Redis {env.get('redis', '?')} ({where} server): {', '.join(p['parts'])}; "
+                f"cost of {p['storm_connections']:,} connections at once and "
+                f"{p['steady_connections']} one at a time; a storm of {p['members']:,}; "
+                f"presence() {TIMES} {p['queries']}; revocation of "
+                f"{p['revocation_repetitions']} users {TIMES} {p['tabs']} tabs beside "
+                f"{p['background']:,}")  # fmt: skip
     if data["environment"]["benchmark"] == "cross_worker":
         return (f"scenarios {', '.join(p['scenario'])}; {p['duration']:g} s per steady run; "
                 f"{p['client_processes']} client processes")  # fmt: skip
@@ -864,6 +1015,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "postgres-publish": postgres_publish,
     "postgres-transactions": postgres_transactions,
     "postgres-delivery": postgres_delivery,
+    "presence": presence,
     "verdicts": verdicts,
 }
 """Every generated block of the page, by the name its markers carry."""

@@ -36,7 +36,8 @@ class RoundTripProxy:
     """Forwards 127.0.0.1:``port`` to ``host``:``target_port`` and counts the turns.
 
     Use as ``async with RoundTripProxy(host, port) as proxy:``; point the client at
-    ``proxy.port``; read ``proxy.round_trips`` before and after what is counted.
+    ``proxy.port``; read ``proxy.round_trips`` (and the bytes each way) before and after
+    what is counted.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -47,6 +48,10 @@ class RoundTripProxy:
         """Client turns so far, over every connection."""
         self.connections = 0
         """Connections accepted so far."""
+        self.bytes_from_clients = 0
+        """Bytes relayed to the server so far, over every connection."""
+        self.bytes_to_clients = 0
+        """Bytes relayed from the server so far (answers, and pushes such as pub/sub)."""
         self._task_group: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
@@ -67,7 +72,7 @@ class RoundTripProxy:
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(exc_type, exc, tb)
 
-    async def _serve(self, listener: anyio.abc.SocketListener) -> None:
+    async def _serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
         async with listener:
             await listener.serve(self._relay)
 
@@ -93,8 +98,12 @@ class RoundTripProxy:
         try:
             async for chunk in source:
                 # Counted before forwarding: no answer can come back before it is sent.
-                if from_client and not turns.client_spoke_last:
-                    self.round_trips += 1
+                if from_client:
+                    self.bytes_from_clients += len(chunk)
+                    if not turns.client_spoke_last:
+                        self.round_trips += 1
+                else:
+                    self.bytes_to_clients += len(chunk)
                 turns.client_spoke_last = from_client
                 await sink.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):

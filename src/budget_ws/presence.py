@@ -541,12 +541,21 @@ class PresenceTracker:
             raise
         except Exception as exc:
             raise BackendError(f"could not read the presence of {topic!r}: {exc}") from exc
-        view = _View(rows={(r.worker, r.user): (r.connections, "") for r in snapshot.rows})
-        users, count = self._users(view)
-        info = {row.user: row.info for row in snapshot.rows}
+        # One pass over the rows (thousands of them at most: max_members per worker), and
+        # only the listed users' info decoded.
+        connections: dict[str, int] = {}
+        info: dict[str, bytes] = {}
+        unlisted = 0
+        for row in snapshot.rows:
+            if row.user == _OVERFLOW:
+                unlisted += row.connections
+            else:
+                connections[row.user] = connections.get(row.user, 0) + row.connections
+                info[row.user] = row.info
+        count = len(connections) + unlisted
         members = tuple(
-            Member(user, connections, json.loads(info[user]))
-            for user, connections, _ in self._listed(users)
+            Member(user, connections[user], json.loads(info[user]))
+            for user in sorted(connections)[: self.options.max_members]
         )
         return Presence(topic, members, count, count > len(members))
 

@@ -174,7 +174,8 @@ def presence_document() -> dict[str, Any]:
         "load_after": [0.1, 0.1, 0.1], "redis": "7.0.15", "redis_url": "private redis-server"
     }  # fmt: skip
     found = {"redis_costs": costs, "storm": storm, "rows": rows, "revocation": revocations}
-    return presence.results_document(env, found)
+    document: dict[str, Any] = presence.results_document(env, found)
+    return document
 
 
 def write_results(directory: Path) -> None:

@@ -101,12 +101,15 @@ return 0
 )
 
 # KEYS: workers, seqs. ARGV: base, topic. Returns {live workers, seqs, the topic's rows}.
+# The rows come back as one string, `worker NUL user NUL value` joined by NUL (a value is
+# `<connections> <info>`, and JSON holds no raw NUL): one bulk string for the client to
+# read instead of two per row, which is most of the time of a read of thousands of rows.
 _READ = """
 local now = redis.call('TIME')
 local alive = redis.call('ZRANGEBYSCORE', KEYS[1],
   string.format('(%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)), '+inf')
 local rows = redis.call('HGETALL', ARGV[1] .. ':topic:' .. ARGV[2])
-return {alive, redis.call('HGETALL', KEYS[2]), rows}
+return {alive, redis.call('HGETALL', KEYS[2]), table.concat(rows, string.char(0))}
 """
 
 # KEYS: workers, seqs. ARGV: base, worker.
@@ -169,10 +172,12 @@ class PresenceStore:
             _text(worker): int(seq) for worker, seq in _pairs(seqs) if _text(worker) in live
         }
         rows: list[PresenceRow] = []
-        for field, value in _pairs(stored):
-            worker, _, user = _text(field).partition("\0")
+        parts = stored.split(b"\0") if stored else []
+        for index in range(0, len(parts), 3):
+            worker = parts[index].decode()
             if worker in live:
-                connections, _, info = value.partition(b" ")
+                connections, _, info = parts[index + 2].partition(b" ")
+                user = parts[index + 1].decode()
                 rows.append(PresenceRow(topic, worker, user, int(connections), info))
         return PresenceSnapshot(rows, snapshot_seqs)
 

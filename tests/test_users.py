@@ -325,3 +325,19 @@ async def test_a_connection_still_being_identified_is_reached_by_disconnect_user
             assert (closed.value.code, closed.value.reason) == (4010, "logged out")
         async with connect(manager, principal="bob") as client:
             assert (await client.receive())["user"] == "bob"  # others are not affected
+
+
+async def test_a_revoked_topic_without_local_subscribers_is_released(
+    users_manager: ConnectionManager,
+) -> None:
+    async with connect(users_manager, principal="alice") as alice:
+        await alice.subscribe("budget:1")
+        assert users_manager.stats().topics == 2  # budget:1 and alice's stream
+        await users_manager.unsubscribe_user("alice", "budget:1")
+        await next_op(alice, "unsubscribed")
+        with anyio.fail_after(5):
+            for _ in range(500):
+                if users_manager.stats().topics == 1:
+                    break
+                await anyio.sleep(0.01)
+        assert users_manager.stats().topics == 1

@@ -82,6 +82,9 @@ class ClientFrames:
         handlers: The app's handlers by event name; the manager adds to it.
         users: The connections by user, which revocations reach.
         presence: Presence of topics, when the app tracks it.
+        revoked: Called when a revocation took a topic from a connection, so that the
+            manager drops the topic's backend subscription if it was the last
+            (:attr:`to_release`).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class ClientFrames:
         handlers: Mapping[str, Handler],
         users: UserDirectory,
         presence: PresenceTracker | None = None,
+        revoked: Callable[[], None] = lambda: None,
     ) -> None:
         self._router = router
         self.registry = registry
@@ -102,6 +106,7 @@ class ClientFrames:
         self._handlers = handlers
         self._users = users
         self._presence = presence
+        self._revoked = revoked
         # Topics the server subscribed each connection to: its client may resume them.
         self._server_side: dict[Connection, set[str]] = {}
         self.to_release: set[str] = set()
@@ -167,7 +172,7 @@ class ClientFrames:
                 ErrorCode.FORBIDDEN, "a user stream is only its user's", frame.id, topic=topic
             )
             return False
-        if frame.position is not None and topic in self._server_topics(connection):
+        if frame.position is not None and topic in self._server_side.get(connection, ()):
             return True
         return await self._topic_allowed(connection, topic, "subscribe", frame.id)
 
@@ -324,19 +329,18 @@ class ClientFrames:
         """``connection`` has closed."""
         self._server_side.pop(connection, None)
 
-    def revoke(self, user: str, topic: str) -> int:
+    def revoke(self, user: str, topic: str) -> None:
         """Take ``topic`` from every local connection of ``user`` at once, and from
-        subscriptions of it still being made. Returns how many connections held it."""
-        connections = self._users.revoke(user, topic)
-        for connection in connections:
+        subscriptions of it still being made."""
+        for connection in self._users.revoke(user, topic):
             self._take_back(connection, topic)
-        return len(connections)
 
     def _take_back(self, connection: Connection, topic: str) -> None:
         self._router.drop(connection, topic)
         self._server_topics(connection).discard(topic)
         connection.push_control(encode_unsubscribed(topic, revoked=True))
         self.to_release.add(topic)
+        self._revoked()
 
 
 def subscribe_failed(

@@ -203,6 +203,7 @@ class ConnectionManager:
             handlers=self._handlers,
             users=self._users,
             presence=self._presence,
+            revoked=self._wake_releases,
         )
         self._pacemaker = Pacemaker(self.heartbeat)
         self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
@@ -761,12 +762,14 @@ class ConnectionManager:
         if kind == "p" and self._presence is not None:
             self._presence.on_signal(message, anyio.current_time())
         elif kind == "u":
-            if self._frames.revoke(str(message["u"]), str(message["t"])):
-                self._revoked.set()
+            self._frames.revoke(str(message["u"]), str(message["t"]))
         elif kind == "d":
             code, reason = int(message["c"]), str(message["r"])
             for connection in self._users.disconnect(str(message["u"]), code, reason):
                 connection.close(code, reason)
+
+    def _wake_releases(self) -> None:
+        self._revoked.set()
 
     async def _release_revoked(self) -> None:
         """Drop backend subscriptions that revocations left without a local subscriber."""

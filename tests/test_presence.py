@@ -375,15 +375,45 @@ async def test_a_worker_that_shuts_down_leaves_every_view_at_once() -> None:
             assert anyio.current_time() - leaving_started < 5
 
 
-async def test_many_changes_are_written_in_batches_that_fit_a_signal() -> None:
-    big = {"bio": "x" * 400}
-    async with make_manager(identify=lambda p: User(p, big)) as manager:
+class SlowWrites(MemoryBackend):
+    """Presence writes take 50 ms, as a round trip to a remote server may."""
+
+    async def presence_write(
+        self, worker: str, seq: int, ttl: float, rows: Any, *, replace: bool
+    ) -> bool:
+        await anyio.sleep(0.05)
+        return await super().presence_write(worker, seq, ttl, rows, replace=replace)
+
+
+class NotifySized(SlowWrites):
+    """Refuses signals larger than PostgreSQL's NOTIFY takes, as the PostgreSQL backend does;
+    its writes are slow, so that changes pile up into large batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    async def signal(self, payload: bytes) -> None:
+        self.largest = max(self.largest, len(payload))
+        if len(payload) > 7999:
+            raise BackendError(f"signal of {len(payload)} bytes")
+        await super().signal(payload)
+
+
+async def test_many_changes_are_written_in_batches_that_fit_a_signal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    big = {"bio": "é" * 200}  # 400 bytes of UTF-8, 1,200 if every character were escaped
+    backend = NotifySized()
+    async with make_manager(backend, identify=lambda p: User(p, big)) as manager:
         async with AsyncExitStack() as stack:
             for index in range(40):  # 40 x ~430 bytes: more than one signal's worth
                 client = await stack.enter_async_context(connect(manager, principal=f"u{index}"))
                 await client.subscribe("budget:1")
             presence = await settled(manager, "budget:1", 40)
             assert presence.members[0].info == big
+    assert 4000 < backend.largest < 8000  # many rows per signal, within NOTIFY
+    assert "presence could not reach the backend" not in caplog.text
 
 
 async def test_a_users_newest_info_is_what_others_see(manager: ConnectionManager) -> None:
@@ -410,16 +440,6 @@ async def test_info_that_is_not_json_closes_the_connection() -> None:
                 while True:
                     await client.receive()
             assert closed.value.code == CloseCode.INTERNAL_ERROR
-
-
-class SlowWrites(MemoryBackend):
-    """Presence writes take 50 ms, as a round trip to a remote server may."""
-
-    async def presence_write(
-        self, worker: str, seq: int, ttl: float, rows: Any, *, replace: bool
-    ) -> bool:
-        await anyio.sleep(0.05)
-        return await super().presence_write(worker, seq, ttl, rows, replace=replace)
 
 
 async def test_a_change_made_while_its_row_is_being_written_is_written_next() -> None:

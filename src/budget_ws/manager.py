@@ -745,7 +745,9 @@ class ConnectionManager:
                 f"{backend!r} cannot signal other workers; the memory, Redis and PostgreSQL "
                 "backends can"
             )
-        await backend.signal(json.dumps(message, separators=(",", ":")).encode())
+        # UTF-8 as is: the size the presence batches count, not 6 bytes per \u escape.
+        payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        await backend.signal(payload)
 
     def _on_signal(self, payload: bytes) -> None:
         """A signal from any worker (this one included): apply it to local connections."""

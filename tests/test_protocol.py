@@ -151,6 +151,7 @@ def test_control_frames() -> None:
         ),
         ('{"op": "subscribe", "topic": "t", "position": {"offset": 1}}', ErrorCode.BAD_FRAME, None),
         ('{"event": "", "id": 1}', ErrorCode.BAD_FRAME, 1),
+        ('{"op": "subscribe", "topic": "t", "presence": "yes", "id": 2}', ErrorCode.BAD_FRAME, 2),
     ],
 )
 def test_violations_name_their_code(raw: str, code: ErrorCode, request_id: Any) -> None:

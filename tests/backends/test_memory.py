@@ -81,6 +81,21 @@ async def test_a_failing_listener_does_not_stop_the_others(
     assert "broken listener" in caplog.text
 
 
+async def test_a_failing_signal_listener_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(payload: bytes) -> None:
+        raise RuntimeError("broken signal listener")
+
+    heard: list[bytes] = []
+    backend = MemoryBackend()
+    await backend.listen_signals(broken)
+    await backend.listen_signals(heard.append)
+    await backend.signal(b"s")
+    assert heard == [b"s"]
+    assert "signal listener" in caplog.text
+
+
 async def test_aclose_forgets_listeners() -> None:
     listener = RecordingListener()
     async with MemoryBackend() as backend:

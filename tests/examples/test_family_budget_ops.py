@@ -91,7 +91,11 @@ async def subscribed_tab(socket: ClientConnection) -> Tab:
     tab = Tab(socket)
     assert (await tab.frame())["op"] == "welcome"
     await socket.send(json.dumps({"op": "subscribe", "topic": "budget:1", "id": "1"}))
-    assert (await tab.frame())["op"] == "subscribed"
+    # The server subscribes the tab to alice's own stream too: wait for budget:1's answer.
+    while (frame := await tab.frame()).get("id") != "1":
+        assert frame["op"] == "subscribed"
+        assert frame["topic"] == "~user:alice"
+    assert frame["op"] == "subscribed"
     return tab
 
 

@@ -479,3 +479,31 @@ async def test_the_largest_frame_the_bounds_allow_reaches_the_client() -> None:
             await observer.subscribe("budget:1", presence=True)
             snapshot = await next_op(observer, "presence")
             assert len(snapshot["members"]) == 50
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[["budget:1"], "x", 1, {}]],
+        [["budget:1", "x", "1", {}]],
+        [["budget:1", "x", 1, {}], ["budget:1"]],
+        "rows",
+    ],
+)
+async def test_a_malformed_presence_signal_changes_nothing(
+    rows: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = MemoryBackend()
+    async with make_manager(backend) as manager, connect(manager, principal="alice") as alice:
+        await alice.subscribe("budget:1", presence=True)
+        await next_op(alice, "presence")
+        message = {"k": "p", "w": "ghost", "s": 1, "rows": rows}
+        await backend.signal(json.dumps(message).encode())
+        await ghost_write(backend, 1, {"ghost": 1})  # the same seq, well formed: applied
+        present: set[str] = set()
+        with anyio.fail_after(5):
+            while "ghost" not in present:
+                present |= {m["user"] for m in (await next_op(alice, "presence_diff"))["joins"]}
+        assert "x" not in present
+    assert "ignored a signal" in caplog.text
+    assert "Traceback" not in caplog.text

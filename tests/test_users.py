@@ -302,7 +302,11 @@ async def test_a_foreign_signal_is_logged_and_ignored(
     with caplog.at_level(logging.WARNING):
         await backend.signal(b"not json")
         await backend.signal(b'{"no":"kind"}')
-    assert caplog.text.count("ignored a signal") == 2
+        await backend.signal(b'{"k":"u","u":"alice"}')  # no topic
+        await backend.signal(b'{"k":"d","u":"alice","c":"x","r":""}')
+        await backend.signal(b"[1, 2]")
+    assert caplog.text.count("ignored a signal") == 5
+    assert "Traceback" not in caplog.text
 
 
 async def test_a_connection_still_being_identified_is_reached_by_disconnect_user() -> None:

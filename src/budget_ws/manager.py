@@ -754,21 +754,22 @@ class ConnectionManager:
         try:
             message = json.loads(payload)
             kind = message["k"]
-        except (ValueError, TypeError, KeyError):
+            if kind == "p" and self._presence is not None:
+                self._presence.on_signal(message, anyio.current_time())
+            elif kind == "u":
+                self._frames.revoke(str(message["u"]), str(message["t"]))
+            elif kind == "d":
+                code, reason = int(message["c"]), str(message["r"])
+                for connection in self._users.disconnect(str(message["u"]), code, reason):
+                    connection.close(code, reason)
+        except (ValueError, TypeError, KeyError, IndexError):
+            # Another program on the same Redis prefix or PostgreSQL schema, or a
+            # manager of an incompatible version: nothing of it is applied.
             logger.warning(
                 "budget_ws: ignored a signal that is not the manager's: %r",
                 payload[:80],
                 extra={"budget_ws_event": "foreign_signal"},
             )
-            return
-        if kind == "p" and self._presence is not None:
-            self._presence.on_signal(message, anyio.current_time())
-        elif kind == "u":
-            self._frames.revoke(str(message["u"]), str(message["t"]))
-        elif kind == "d":
-            code, reason = int(message["c"]), str(message["r"])
-            for connection in self._users.disconnect(str(message["u"]), code, reason):
-                connection.close(code, reason)
 
     def _wake_releases(self) -> None:
         self._revoked.set()

@@ -149,6 +149,18 @@ def encode_info(info: Mapping[str, Any], limit: int) -> str:
     return text
 
 
+def _is_row(row: object) -> bool:
+    """Whether ``row`` is ``[topic, user, connections, info]`` as a manager signals it."""
+    return (
+        isinstance(row, list)
+        and len(row) == 4
+        and isinstance(row[0], str)
+        and isinstance(row[1], str)
+        and isinstance(row[2], int)
+        and isinstance(row[3], dict)
+    )
+
+
 class _LocalTopic:
     """This worker's connections on one topic, by user."""
 
@@ -364,21 +376,30 @@ class PresenceTracker:
     # Signals ----------------------------------------------------------------------------
 
     def on_signal(self, message: Mapping[str, Any], now: float) -> None:
-        """Apply a presence signal of any worker (this one included) to the views."""
+        """Apply a presence signal of any worker (this one included) to the views.
+
+        Raises:
+            ValueError: The signal is not one a manager sent; nothing of it is applied.
+        """
         worker = message.get("w")
         seq = message.get("s")
-        if not isinstance(worker, str) or not isinstance(seq, int):
-            return
+        rows = message.get("rows") or []
+        if (
+            not isinstance(worker, str)
+            or not isinstance(seq, int)
+            or not isinstance(rows, list)
+            or not all(_is_row(row) for row in rows)
+        ):
+            raise ValueError("not a presence signal")
         if message.get("gone"):
             self._heard.pop(worker, None)
             self._drop_worker(worker)
             return
         self._heard[worker] = now
-        rows = message.get("rows") or ()
         reload = bool(message.get("reload"))
         by_topic: dict[str, list[Any]] = {}
         for row in rows:
-            if isinstance(row, list) and len(row) == 4 and row[0] in self._views:
+            if row[0] in self._views:
                 by_topic.setdefault(row[0], []).append(row)
         for topic, view in self._views.items():
             if not view.loaded:

@@ -207,7 +207,7 @@ class ConnectionManager:
         )
         self._pacemaker = Pacemaker(self.heartbeat)
         self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
-        self._chores = BackgroundTask(self._release_revoked, "budget_ws revocations")
+        self._revocations = BackgroundTask(self._release_revoked, "budget_ws revocations")
         self._revoked = anyio.Event()
         self._presence_task = (
             BackgroundTask(
@@ -252,7 +252,7 @@ class ConnectionManager:
             await self.backend.aclose()
             raise
         self._heartbeats.start()
-        self._chores.start()
+        self._revocations.start()
         if self._presence_task is not None:
             self._presence_task.start()
         self._state = "running"
@@ -283,7 +283,7 @@ class ConnectionManager:
             if was_running:
                 with anyio.CancelScope(shield=True):
                     await self._heartbeats.stop()
-                    await self._chores.stop()
+                    await self._revocations.stop()
                     await self._stop_presence()
             # Outside any scope opened here: a backend may close a task group that
             # `start()` opened, which must be the innermost scope when it exits.

@@ -334,13 +334,16 @@ class PresenceTracker:
                 del self._views[topic]
 
     async def _load(self, topic: str, view: _View) -> None:
+        self._adopt(view, await self._read(topic))
+
+    async def _read(self, topic: str) -> PresenceSnapshot:
+        """The backend's rows of ``topic``; any failure of it as a :class:`BackendError`."""
         try:
-            snapshot = await self._backend.presence_read(topic)
+            return await self._backend.presence_read(topic)
         except BackendError:
             raise
         except Exception as exc:
             raise BackendError(f"could not read the presence of {topic!r}: {exc}") from exc
-        self._adopt(view, snapshot)
 
     def _adopt(self, view: _View, snapshot: PresenceSnapshot) -> None:
         view.rows = {
@@ -556,12 +559,7 @@ class PresenceTracker:
 
     async def presence(self, topic: str) -> Presence:
         """Who is present on ``topic``, read from the backend."""
-        try:
-            snapshot = await self._backend.presence_read(topic)
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"could not read the presence of {topic!r}: {exc}") from exc
+        snapshot = await self._read(topic)
         # One pass over the rows (thousands of them at most: max_members per worker), and
         # only the listed users' info decoded.
         connections: dict[str, int] = {}

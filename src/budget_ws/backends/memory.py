@@ -7,13 +7,14 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 
 import anyio.lowlevel
 from typing_extensions import Self
 
 from ._options import is_seconds, refuse
+from ._signals import SignalListeners
 from .base import Listener, Position, PresenceRow, PresenceSnapshot, Recovery
 
 __all__ = ["MemoryBackend"]
@@ -65,7 +66,7 @@ class MemoryBackend:
         self._clock = clock
         self._topics: dict[str, _Topic] = {}
         self._last_sweep = clock()
-        self._signal_listeners: list[Callable[[bytes], None]] = []
+        self._signal_listeners = SignalListeners(logger)
         # topic -> (worker, user) -> row; worker -> (alive until, seq of its last write)
         self._presence: dict[str, dict[tuple[str, str], PresenceRow]] = {}
         self._workers: dict[str, tuple[float, int]] = {}
@@ -181,32 +182,27 @@ class MemoryBackend:
 
     async def signal(self, payload: bytes) -> None:
         """Hand ``payload`` to every signal listener before returning."""
-        for listener in tuple(self._signal_listeners):
-            try:
-                listener(payload)
-            except Exception:
-                logger.exception(
-                    "signal listener %r failed",
-                    listener,
-                    extra={"budget_ws_event": "listener_failed"},
-                )
+        self._signal_listeners.hand_out(payload)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def listen_signals(self, listener: Callable[[bytes], None]) -> None:
         """Add a signal listener; confirmed at once."""
-        if listener not in self._signal_listeners:
-            self._signal_listeners.append(listener)
+        self._signal_listeners.add(listener)
 
     def _sweep_workers(self, now: float) -> None:
         dead = {worker for worker, (until, _) in self._workers.items() if until <= now}
-        if not dead:
-            return
         for worker in dead:
             del self._workers[worker]
-        for topic, rows in list(self._presence.items()):
-            for key in [key for key in rows if key[0] in dead]:
-                del rows[key]
-            if not rows:
+        self._drop_rows(dead)
+
+    def _drop_rows(self, workers: Collection[str]) -> None:
+        """Delete every row of ``workers``, and the topics left without rows."""
+        if not workers:
+            return
+        for topic, stored in list(self._presence.items()):
+            for key in [key for key in stored if key[0] in workers]:
+                del stored[key]
+            if not stored:
                 del self._presence[topic]
 
     async def presence_write(
@@ -217,11 +213,7 @@ class MemoryBackend:
         known = worker in self._workers and self._workers[worker][0] > now
         self._sweep_workers(now)
         if replace:
-            for topic, stored in list(self._presence.items()):
-                for key in [key for key in stored if key[0] == worker]:
-                    del stored[key]
-                if not stored:
-                    del self._presence[topic]
+            self._drop_rows((worker,))
         for row in rows:
             stored = self._presence.setdefault(row.topic, {})
             if row.connections > 0:
@@ -245,9 +237,5 @@ class MemoryBackend:
     async def presence_forget(self, worker: str) -> None:
         """Delete every row of ``worker``."""
         self._workers.pop(worker, None)
-        for topic, stored in list(self._presence.items()):
-            for key in [key for key in stored if key[0] == worker]:
-                del stored[key]
-            if not stored:
-                del self._presence[topic]
+        self._drop_rows((worker,))
         await anyio.lowlevel.checkpoint_if_cancelled()

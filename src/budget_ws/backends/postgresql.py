@@ -61,6 +61,7 @@ from ._postgres_schema import (
 )
 from ._postgres_url import SCHEMA, parse_postgres_url
 from ._sequencer import Sequencer
+from ._signals import SignalListeners
 from ._supervisor import Supervised, Supervisor, cause_of, describe
 from .base import Listener, Position, PresenceRow, PresenceSnapshot, Recovery
 
@@ -168,7 +169,7 @@ class PostgresBackend(Supervised):
         self._presence_write_sql = write_sql(schema)
         self._presence_read_sql = read_sql(schema)
         self._presence_forget_sql = forget_sql(schema)
-        self._signal_listeners: list[Callable[[bytes], None]] = []
+        self._signal_listeners = SignalListeners(logger)
         self._pool: Any = None
         self._listening: Any = None
         self._lost = anyio.Event()
@@ -514,14 +515,12 @@ class PostgresBackend(Supervised):
         """
         if self._pool is None:
             raise BackendError("this PostgresBackend is not open: use `async with backend:`")
-        added = listener not in self._signal_listeners
-        if added:
-            self._signal_listeners.append(listener)
+        added = self._signal_listeners.add(listener)
         try:
             await self._wait_listening("signals")
         except BaseException:
-            if added and listener in self._signal_listeners:
-                self._signal_listeners.remove(listener)
+            if added:
+                self._signal_listeners.discard(listener)
             raise
 
     async def presence_write(
@@ -631,15 +630,7 @@ class PostgresBackend(Supervised):
                 extra={"budget_ws_event": "foreign_notification"},
             )
         else:
-            for listener in tuple(self._signal_listeners):
-                try:
-                    listener(notification)
-                except Exception:  # one broken listener must not stop the others
-                    logger.exception(
-                        "signal listener %r failed",
-                        listener,
-                        extra={"budget_ws_event": "listener_failed"},
-                    )
+            self._signal_listeners.hand_out(notification)
 
     def _start_fill(self, topic: str) -> None:
         # Under the supervisor: a failed fill reconnects, and the reconnection fills again.

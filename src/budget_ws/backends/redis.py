@@ -48,6 +48,7 @@ from ._redis_pubsub import (
 from ._redis_sentinel import SentinelMaster
 from ._redis_url import KEY_PREFIX, SENTINEL_SCHEMES, parse_redis_url, parse_sentinel_address
 from ._sequencer import Sequencer
+from ._signals import SignalListeners
 from ._supervisor import Supervised, Supervisor
 from .base import Listener, Position, PresenceRow, PresenceSnapshot, Recovery
 
@@ -166,7 +167,7 @@ class RedisBackend(Supervised):
         self._presence = PresenceStore(self._calls, key_prefix)
         # Beside every topic channel (``prefix:{topic}``), never one of them.
         self._signal_channel = f"{key_prefix}:signals"
-        self._signal_listeners: list[Callable[[bytes], None]] = []
+        self._signal_listeners = SignalListeners(logger)
         # Set when Redis confirmed the signal channel on the current connection; None
         # while nobody listens.
         self._signals_confirmed: anyio.Event | None = None
@@ -436,9 +437,7 @@ class RedisBackend(Supervised):
         """
         if self._client is None:
             raise BackendError("the Redis backend is not open: use `async with backend:`")
-        added = listener not in self._signal_listeners
-        if added:
-            self._signal_listeners.append(listener)
+        added = self._signal_listeners.add(listener)
         if self._signals_confirmed is None:
             self._signals_confirmed = anyio.Event()
             if self._link.connected:
@@ -451,23 +450,12 @@ class RedisBackend(Supervised):
                         return
         except TimeoutError:
             if added:  # as if never called; one given before still listens
-                self._signal_listeners.remove(listener)
+                self._signal_listeners.discard(listener)
             if not self._signal_listeners:
                 self._signals_confirmed = None
             raise BackendUnavailable(
                 f"Redis did not confirm the signal subscription within {self.operation_timeout:g} s"
             ) from None
-
-    def _hand_signal(self, payload: bytes) -> None:
-        for listener in tuple(self._signal_listeners):
-            try:
-                listener(payload)
-            except Exception:  # one broken listener must not stop the others
-                logger.exception(
-                    "signal listener %r failed",
-                    listener,
-                    extra={"budget_ws_event": "listener_failed"},
-                )
 
     async def presence_write(
         self, worker: str, seq: int, ttl: float, rows: Sequence[PresenceRow], *, replace: bool
@@ -588,7 +576,7 @@ class RedisBackend(Supervised):
 
     def _on_message(self, channel: str, data: bytes) -> None:
         if channel == self._signal_channel:
-            self._hand_signal(data)
+            self._signal_listeners.hand_out(data)
             return
         offset, epoch, payload = data.split(b" ", 2)
         position = Position(int(offset), epoch.decode())

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from array import array
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from benchmarks.wsclient import Receiver, connect
+from benchmarks.wsclient import Receiver, connect, run_client
 
 __all__ = ["main"]
 
@@ -257,14 +256,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop  # the bench extra: a cheaper loop for the clients, never the servers
-    except ImportError:
-        asyncio.run(Clients(args).run())
-    else:
-        uvloop.run(Clients(args).run())
+    run_client(Clients(args).run())
     return 0
 
 

@@ -43,6 +43,7 @@ import anyio
 import anyio.abc
 
 from benchmarks.children import JsonLinesChild
+from benchmarks.console import grid, verdict_lines
 from benchmarks.measure import cpu_us_per_delivery, percentiles
 from benchmarks.postgres_contenders import (
     CONTENDERS,
@@ -544,14 +545,6 @@ def results_document(env: dict[str, Any], found: dict[str, Any]) -> dict[str, An
 # Printing
 
 
-def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-             for row in [header, *rows]]  # fmt: skip
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def _ms(figures: dict[str, float], key: str) -> str:
     return f"{figures[key]:.2f}" if key in figures else "-"
 
@@ -575,7 +568,7 @@ def report_text(document: dict[str, Any]) -> str:
                      f"{run['cpu_us_per_call']:.0f}" if run["cpu_us_per_call"] else "-",
                      f"{trips['per_call']:g}" if trips and trips["per_call"] else "-",
                      run["error"] or ""])  # fmt: skip
-    parts.append(_grid(["contender", "mode", "driver", "topics", "tasks", "calls/s", "p50 ms",
+    parts.append(grid(["contender", "mode", "driver", "topics", "tasks", "calls/s", "p50 ms",
                         "p99 ms", "CPU µs/call", "RTT/call", "error"], rows))  # fmt: skip
     rows = [[row["driver"], str(row["topics"]), str(row["concurrency"]),
              " -> ".join(f"{v:,.0f}" for v in row["per_second"]),
@@ -583,7 +576,7 @@ def report_text(document: dict[str, Any]) -> str:
              f"{row['added_p50_ms']:+.3f}" if row["added_p50_ms"] is not None else "-",
              f"{row['added_in_rtts']:g}" if row["added_in_rtts"] is not None else "-"]
             for row in document["transactions"]]  # fmt: skip
-    parts.append(_grid(["transaction", "topics", "tasks", "tx/s without -> with",
+    parts.append(grid(["transaction", "topics", "tasks", "tx/s without -> with",
                         "p50 ms without -> with", "added ms", "added / RTT"], rows))  # fmt: skip
     for row in document["transaction_round_trips"]:
         parts.append(f"round trips of the app's transaction ({row['driver']}): "
@@ -597,7 +590,7 @@ def report_text(document: dict[str, Any]) -> str:
                      f"{run['receiver_cpu_us_per_event']:.1f}"
                      if run["receiver_cpu_us_per_event"] else "-",
                      run["error"] or ""])  # fmt: skip
-    parts.append(_grid(["contender", "ev/s", "received", "p50 ms", "p99 ms", "max ms",
+    parts.append(grid(["contender", "ev/s", "received", "p50 ms", "p99 ms", "max ms",
                         "receiver CPU µs/event", "error"], rows))  # fmt: skip
     for entry in document["ratios_postgresql_to"]:
         where = (f" ({entry['topics']} topics, {entry['concurrency']} tasks)"
@@ -607,9 +600,7 @@ def report_text(document: dict[str, Any]) -> str:
     if probe:
         parts.append(f"broadcaster-postgres: {probe['failed']} of {probe['attempted']} publishes "
                      f"started at once failed ({probe['error'] or 'none'})")  # fmt: skip
-    for verdict in document["verdicts"]:
-        parts.append(f"target {verdict['label']}: {verdict['check']}: "
-                     + ("yes" if verdict["met"] else "NO"))  # fmt: skip
+    parts += verdict_lines(document["verdicts"])
     return "\n\n".join(parts)
 
 

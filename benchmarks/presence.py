@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from benchmarks.children import JsonLinesChild
+from benchmarks.console import grid, verdict_lines
 from benchmarks.cross_worker import Worker, redis_snapshot, start_redis
 from benchmarks.measure import cpu_seconds, free_port, percentiles
 from benchmarks.provenance import describe, environment, load_average
@@ -780,14 +781,6 @@ def results_document(env: dict[str, Any], found: dict[str, Any]) -> dict[str, An
     return document
 
 
-def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-             for row in [header, *rows]]  # fmt: skip
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def report_text(document: dict[str, Any]) -> str:
     parts = [describe(document["environment"])]
     rows = []
@@ -802,7 +795,7 @@ def report_text(document: dict[str, Any]) -> str:
                      f"{each['worker_cpu_us']:g}", f"{each['redis_cpu_us']:g}",
                      f"{cost['failed']}"])  # fmt: skip
     if rows:
-        parts.append(_grid(["presence", "mode", "phase", "conns", "RTT/conn", "cmds/conn",
+        parts.append(grid(["presence", "mode", "phase", "conns", "RTT/conn", "cmds/conn",
                             "B to Redis/conn", "B from Redis/conn", "worker CPU µs/conn",
                             "Redis CPU µs/conn", "failed"], rows))  # fmt: skip
     for diff in document["presence_cost"]:
@@ -815,7 +808,7 @@ def report_text(document: dict[str, Any]) -> str:
              f"{q['latency_ms'].get('p99', 0):.2f}", q["error"] or ""]
             for q in document["queries"]]  # fmt: skip
     if rows:
-        parts.append(_grid(["presence()", "users", "rows", "max_members", "listed", "count",
+        parts.append(grid(["presence()", "users", "rows", "max_members", "listed", "count",
                             "p50 ms", "p99 ms", "error"], rows))  # fmt: skip
     snapshot = document["snapshot_frame"]
     if snapshot:
@@ -829,7 +822,7 @@ def report_text(document: dict[str, Any]) -> str:
              f"{f['presence_bytes']['max']:,.0f}", ",".join(map(str, f["final_counts"]))]
             for f in storm["frames"]]  # fmt: skip
     if rows:
-        parts.append(_grid(["storm", "subscribers", "n", "changes", "seconds", "ticks",
+        parts.append(grid(["storm", "subscribers", "n", "changes", "seconds", "ticks",
                             "frames mean", "frames max", "bytes mean", "bytes max",
                             "final counts"], rows))  # fmt: skip
     if storm.get("connect"):
@@ -844,10 +837,8 @@ def report_text(document: dict[str, Any]) -> str:
     if rows:
         header = ["revocation", "complete", "p50 ms", "p99 ms", "max ms", "call p50 ms",
                   "p99/target", "close codes", "error"]  # fmt: skip
-        parts.append(_grid(header, rows))
-    for verdict in document["verdicts"]:
-        parts.append(f"target {verdict['label']}: {verdict['check']}: "
-                     + ("yes" if verdict["met"] else "NO"))  # fmt: skip
+        parts.append(grid(header, rows))
+    parts += verdict_lines(document["verdicts"])
     return "\n\n".join(parts)
 
 

@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
-from benchmarks.wsclient import Receiver, connect
+from benchmarks.wsclient import Receiver, connect, run_client
 
 __all__ = ["main"]
 
@@ -161,14 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--connect-concurrency", type=int, default=64)
     args = parser.parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop  # the bench extra: a cheaper loop for the clients, never the servers
-    except ImportError:
-        asyncio.run(Clients(args).run())
-    else:
-        uvloop.run(Clients(args).run())
+    run_client(Clients(args).run())
     return 0
 
 

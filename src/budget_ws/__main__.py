@@ -1,6 +1,8 @@
 """Command line: ``python -m budget_ws schema|typescript myapp.events``,
 ``python -m budget_ws tail ws://host/ws --topic budget:1`` (needs ``budget-ws[client]``),
-and ``python -m budget_ws migrate postgresql://...`` (creates the backend's schema)."""
+``python -m budget_ws migrate postgresql://...`` (creates the backend's schema), and
+``python -m budget_ws serve myapp:manager --port 8001`` (the native server; needs
+``budget-ws[native]``)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,31 @@ def _load_registry(modules: Sequence[str], registry_path: str | None) -> EventRe
     if not isinstance(registry, EventRegistry):
         raise SystemExit(f"{registry_path} is not a budget_ws.EventRegistry")
     return registry
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` command's arguments."""
+    parser.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="a ConnectionManager, a WebSocketApp (its handshake settings apply), or a "
+        "callable taking no arguments that returns one",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8001, help="port to listen on (8001)")
+    parser.add_argument("--path", default="/ws", help="request path clients connect to (/ws)")
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT: run several processes on one port, the kernel spreads "
+        "connections among them",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop (asyncio); uvloop needs the uvloop package",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "again and from several hosts at once; run it before starting workers.",
     )
     migrate.add_argument("url", help="the backend URL the workers use")
+    serve = commands.add_parser(
+        "serve",
+        help="serve WebSockets with the native server (needs budget-ws[native])",
+        description="Serve a ConnectionManager's clients with budget_ws's native server, "
+        "without ASGI, until SIGINT or SIGTERM; then stop listening and close every client "
+        "with 1012 so it reconnects elsewhere.",
+    )
+    _serve_arguments(serve)
     arguments = parser.parse_args(argv)
+    if arguments.command == "serve":
+        try:
+            from .native._cli import run as serve_native  # websockets only for this command
+        except ImportError as exc:
+            parser.error(str(exc))
+        return serve_native(arguments, serve.error)
     if arguments.command == "migrate":
         return _migrate(arguments.url)
     if arguments.command == "tail":

@@ -13,6 +13,7 @@ import anyio
 
 from ._runtime import current_async_library
 from .errors import ConnectionClosed
+from .flush import Flusher
 from .limits import Limits, OutboxLimits, RateLimiter
 from .metrics import Histogram, Metrics
 from .outbox import Outbox, TimedOutbox
@@ -29,8 +30,9 @@ from .protocol import (
     encode_pong,
     excerpt,
 )
+from .wire import text_frame
 
-__all__ = ["Connection", "Transport", "fan_out"]
+__all__ = ["Connection", "DirectTransport", "Transport", "fan_out"]
 
 logger = logging.getLogger("budget_ws.connection")
 """Lines about one client's connection; the table is in ``docs/reference/logging.md``."""
@@ -63,7 +65,99 @@ class Transport(Protocol):
         """Close the WebSocket with ``code`` and ``reason``."""
 
 
+@runtime_checkable
+class DirectTransport(Transport, Protocol):
+    """A transport that writes framed messages itself, at once (the native server's).
+
+    Its connections write from one callback per loop turn (:mod:`budget_ws.flush`)
+    while its socket keeps up, and from their writer task while it does not.
+    """
+
+    def write_now(self, wire: bytes) -> bool:
+        """Write one framed message (:func:`budget_ws.wire.text_frame`) without waiting.
+
+        Returns:
+            Whether the socket took it all: False when some of it waits in the
+            transport's buffer, and the writer task should wait for it to drain.
+
+        Raises:
+            ConnectionClosed: The WebSocket is closing or closed; nothing was written.
+        """
+
+
 FrameHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
+
+
+class _Parked:
+    """A parked writer (a :class:`DirectTransport`'s): the outbox's waker, and what the
+    flusher calls to write for it.
+
+    A frame queued while the writer is parked marks it; the flusher's callback then
+    writes the outbox's message with :meth:`DirectTransport.write_now`, and parks again
+    while the socket keeps up. Otherwise (the socket fell behind, the outbox finished,
+    the transport closed) it sets :attr:`handback`, and the writer task takes over.
+    """
+
+    __slots__ = ("connection", "flusher", "handback", "metrics", "outbox", "timed", "write_now")
+
+    def __init__(self, connection: Connection, transport: DirectTransport) -> None:
+        self.connection = connection
+        self.flusher = Flusher.of_running_loop()
+        self.outbox = outbox = connection._outbox
+        self.metrics = metrics = connection._metrics
+        self.write_now = transport.write_now
+        self.timed = isinstance(outbox, TimedOutbox) and metrics.timed
+        self.handback: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self.flusher.mark(self)
+
+    def flush(self, wires: dict[str, bytes]) -> None:
+        """Write the outbox's next message; ``wires`` holds this turn's framed one-event
+        messages by their text, since an event's frame is the same for each subscriber."""
+        handback = self.handback
+        if handback is None or handback.done():
+            return
+        outbox = self.outbox
+        item = outbox.take_message()
+        if item is None:  # finished: the writer ends
+            handback.set_result(None)
+            return
+        message, count = item
+        if count == 1:
+            wire = wires.get(message)
+            if wire is None:
+                wire = wires[message] = text_frame(message)
+        else:
+            wire = text_frame(message)
+        since = outbox.since if self.timed else 0.0  # type: ignore[attr-defined]
+        try:
+            keeping_up = self.write_now(wire)
+        except Exception as exc:
+            handback.set_result(None)
+            self.connection._send_failed(exc)
+            self.connection._cancel()
+            return
+        self.metrics.delivered += count
+        if self.timed:
+            self._record(message, count, since)
+        if not (keeping_up and outbox.park(self)):
+            handback.set_result(None)
+
+    def _record(self, message: str, count: int, since: float) -> None:
+        """Record a message written here, as the timed write loop does."""
+        outbox = self.outbox
+        assert isinstance(outbox, TimedOutbox)
+        latency, fill = self.metrics.delivery_latency, self.metrics.outbox_fill
+        assert latency is not None
+        assert fill is not None
+        if outbox.urgent_taken:
+            outbox.urgent_taken = False
+        elif count == 1:
+            latency.pending.append(time.perf_counter() - since)
+        else:
+            fill.pending.append(len(message) - count + 1 + outbox.size)
+            latency.weighted.append((time.perf_counter() - since, count))
 
 
 class Connection:
@@ -396,10 +490,45 @@ class Connection:
         coroutine awaiting another costs a frame more at every wakeup)."""
         outbox = self._outbox
         metrics = self._metrics
+        transport = self.transport
+        if isinstance(transport, DirectTransport) and current_async_library() == "asyncio":
+            return self._parking_write_loop(transport)
         latency, fill = metrics.delivery_latency, metrics.outbox_fill
         if isinstance(outbox, TimedOutbox) and latency is not None and fill is not None:
             return self._timed_write_loop(outbox, latency, fill)
         return self._write_loop()
+
+    async def _parking_write_loop(self, transport: DirectTransport) -> None:
+        """The write loop of a :class:`DirectTransport`: parked while the flusher writes.
+
+        Takes the job back when the flusher hands it back, writes and waits for the
+        socket until the outbox is empty, and parks again.
+        """
+        outbox = self._outbox
+        metrics = self._metrics
+        loop = asyncio.get_running_loop()
+        parked = _Parked(self, transport)
+        try:
+            while True:
+                item = outbox.take_message()
+                if item is None:
+                    handback = parked.handback = loop.create_future()
+                    if not outbox.park(parked):
+                        if outbox.finished and not len(outbox):
+                            break
+                        continue
+                    await handback
+                    continue
+                message, count = item
+                del item
+                await transport.send_text(message)
+                del message
+                metrics.delivered += count
+        except Exception as exc:
+            self._send_failed(exc)
+        finally:
+            parked.handback = None
+        self._cancel()
 
     async def _write_loop(self) -> None:
         outbox = self._outbox

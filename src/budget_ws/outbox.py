@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Protocol
 
 import anyio
 
@@ -12,7 +13,7 @@ from .limits import OutboxLimits, SlowConsumerPolicy
 from .metrics import Metrics
 from .protocol import FRAME_SEPARATOR
 
-__all__ = ["Outbox", "TimedOutbox"]
+__all__ = ["Outbox", "TimedOutbox", "Waker"]
 
 
 class _Future(asyncio.Future[None]):
@@ -32,7 +33,14 @@ class _Future(asyncio.Future[None]):
         return self
 
 
-_Waiter = anyio.Event | _Future
+class Waker(Protocol):
+    """What the outbox calls when a frame arrives for a writer that is not waiting in it."""
+
+    def set(self) -> None: ...
+
+
+_Sleeper = anyio.Event | _Future
+_Waiter = _Sleeper | Waker
 
 
 class Outbox:
@@ -196,7 +204,7 @@ class Outbox:
         self._urgent_size = 0
         self._size = 0
 
-    def _waiter(self) -> _Waiter:
+    def _waiter(self) -> _Sleeper:
         # The writer waits once per batch, so this is on every delivery's path: on asyncio a
         # bare future of the running loop costs a fraction of an anyio.Event (whose
         # constructor looks up the async library every time). Cancellation still works:
@@ -222,14 +230,21 @@ class Outbox:
         while not self._frames and not self._urgent:
             if self._finished:
                 return None
-            wakeup = self._wakeup = self._waiter()
+            wakeup = self._waiter()
+            self._wakeup = wakeup
             try:
                 await wakeup.wait()
             finally:
                 self._wakeup = None
+        return self.take_message()
+
+    def take_message(self) -> tuple[str, int] | None:
+        """What :meth:`get_message` returns, without waiting: None when nothing is queued."""
         if self._urgent:
             return self._take_urgent(self._urgent)
         frames = self._frames
+        if not frames:
+            return None
         if self._size + len(frames) - 1 <= self._limits.max_batch_bytes:
             # Everything queued fits in one message: one join, no per-frame loop.
             count = len(frames)
@@ -240,6 +255,23 @@ class Outbox:
         message, count, size = self._take_batch(frames)
         self._size -= size
         return message, count
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` was called."""
+        return self._finished
+
+    def park(self, waker: Waker) -> bool:
+        """Call ``waker.set()`` at the next frame (or :meth:`finish`) instead of waking a
+        writer waiting in :meth:`get_message`.
+
+        Returns:
+            False, and nothing parked, when frames are queued or the outbox is finished.
+        """
+        if self._frames or self._urgent or self._finished:
+            return False
+        self._wakeup = waker
+        return True
 
     def _take_urgent(self, urgent: list[str]) -> tuple[str, int]:
         message, count, size = self._take_batch(urgent)

@@ -6,26 +6,17 @@ The Starlette and FastAPI adapters mount this same app; the logic lives in the c
 from __future__ import annotations
 
 import contextlib
-import inspect
-import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from ..compat import Compatibility, CompatTransport
-from ..connection import Transport
-from ..errors import ConnectionClosed, ManagerClosed
-from ..handshake import Authenticate, Handshake, HandshakeRejected, origin_allowed
-from ..limits import validate_topic
+from ..admission import Admission, Gatekeeper, Refusal
+from ..compat import Compatibility
+from ..errors import ConnectionClosed
+from ..handshake import Authenticate, Handshake
 from ..manager import ConnectionManager
-from ..protocol import SUBPROTOCOL, CloseCode, close_reason, excerpt
+from ..protocol import close_reason
 
 __all__ = ["ASGITransport", "WebSocketApp"]
-
-logger = logging.getLogger("budget_ws.adapters")
-"""Lines about handshakes; the table is in ``docs/reference/logging.md``."""
-
-_REASON_CHARS = 80
-"""Characters of a refusal's reason at most in a log line."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -97,41 +88,42 @@ class WebSocketApp:
         require_subprotocol: bool = True,
         compatibility: Compatibility | None = None,
     ) -> None:
-        self.manager = manager
-        self.authenticate = authenticate
-        self.allowed_origins = allowed_origins
-        self.require_subprotocol = require_subprotocol
-        self.compatibility = compatibility
+        self.gatekeeper = Gatekeeper(
+            manager,
+            authenticate=authenticate,
+            allowed_origins=allowed_origins,
+            require_subprotocol=require_subprotocol,
+            compatibility=compatibility,
+        )
+
+    @property
+    def manager(self) -> ConnectionManager:
+        """The manager that serves accepted connections."""
+        return self.gatekeeper.manager
+
+    @property
+    def authenticate(self) -> Authenticate | None:
+        return self.gatekeeper.authenticate
+
+    @property
+    def allowed_origins(self) -> Sequence[str] | None:
+        return self.gatekeeper.allowed_origins
+
+    @property
+    def require_subprotocol(self) -> bool:
+        return self.gatekeeper.require_subprotocol
+
+    @property
+    def compatibility(self) -> Compatibility | None:
+        return self.gatekeeper.compatibility
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             # The handshake is checked in a call of its own so that none of it (every
             # header, decoded) stays referenced while the connection is served.
-            accepted, principal, compat_topics = await self._accept(scope, receive, send)
-            if not accepted:
-                return
-            transport: Transport = ASGITransport(receive, send)
-            try:
-                if compat_topics is None:
-                    await self.manager.serve(transport, principal=principal)
-                else:
-                    assert self.compatibility is not None
-                    transport = CompatTransport(transport, positions=self.compatibility.positions)
-                    await self.manager.serve(
-                        transport,
-                        principal=principal,
-                        topics=compat_topics,
-                        answers_pings=False,
-                        one_frame_per_message=True,
-                    )
-            except ManagerClosed:
-                self.manager.metrics.handshake_refusals["not_running"] += 1
-                logger.error(
-                    "budget_ws: the ConnectionManager is not running; start it in the app's "
-                    "lifespan (see budget_ws.adapters.starlette.lifespan)",
-                    extra={"budget_ws_event": "manager_not_running"},
-                )
-                await transport.close(CloseCode.INTERNAL_ERROR, "server not ready")
+            admission = await self._accept(scope, receive, send)
+            if admission is not None:
+                await self.gatekeeper.serve(ASGITransport(receive, send), admission)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -149,108 +141,27 @@ class WebSocketApp:
             )
             await send({"type": "http.response.body", "body": body})
 
-    async def _accept(
-        self, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[bool, Any, tuple[str, ...] | None]:
-        """Check the handshake; accept it or refuse.
-
-        Returns:
-            Whether it was accepted, the principal, and for a client served in
-            compatibility mode the topics its hook chose (None for any other client).
-        """
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> Admission | None:
+        """Check the handshake; accept it (returning the admission) or refuse."""
         message = await receive()
         if message["type"] != "websocket.connect":
-            return False, None, None
-        handshake = Handshake.from_asgi(scope)
-        offered = SUBPROTOCOL in handshake.subprotocols
-        compat_topics: tuple[str, ...] | None = None
-        # What was being checked when a HandshakeRejected came: the refusal's kind.
-        check = "subprotocol"
-        try:
-            if self.require_subprotocol and not offered and self.compatibility is None:
-                raise HandshakeRejected(
-                    f"subprotocol {SUBPROTOCOL} required", status=400, close_code=1002
-                )
-            check = "origin"
-            if not origin_allowed(handshake, self.allowed_origins):
-                raise HandshakeRejected(f"origin {excerpt(handshake.origin or '')} not allowed")
-            check = "authentication"
-            principal = await self._authenticate(handshake)
-            if not offered and self.compatibility is not None:
-                check = "topics"
-                compat_topics = await self._compat_topics(handshake, principal)
-        except HandshakeRejected as rejection:
-            answer = await self._refuse(
-                scope, send, rejection, offered, handshake.origin is not None
-            )
-            _log_refusal(handshake, check, rejection, answer)
-            self.manager.metrics.handshake_refusals[check] += 1
-            return False, None, None
-        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
-        return True, principal, compat_topics
-
-    async def _compat_topics(self, handshake: Handshake, principal: Any) -> tuple[str, ...]:
-        """The topics the compatibility hook chooses for a client, each checked."""
-        assert self.compatibility is not None
-        try:
-            chosen = self.compatibility.topics(handshake, principal)
-            if inspect.isawaitable(chosen):
-                chosen = await chosen
-            topics = (chosen,) if isinstance(chosen, str) else tuple(chosen)
-            for topic in topics:
-                validate_topic(topic, self.manager.limits.max_topic_length)
-        except HandshakeRejected:
-            raise
-        except Exception:
-            logger.exception(
-                "the compatibility topics hook failed for %s",
-                handshake.client,
-                extra={
-                    "budget_ws_event": "topics_hook_failed",
-                    "budget_ws_client": _address(handshake),
-                    "budget_ws_path": handshake.path,
-                },
-            )
-            raise HandshakeRejected(
-                "server error choosing topics", status=500, close_code=CloseCode.INTERNAL_ERROR
-            ) from None
-        return topics
-
-    async def _authenticate(self, handshake: Handshake) -> Any:
-        if self.authenticate is None:
             return None
-        try:
-            principal = self.authenticate(handshake)
-            if inspect.isawaitable(principal):
-                principal = await principal
-        except HandshakeRejected:
-            raise
-        except Exception:
-            logger.exception(
-                "authenticate failed for %s",
-                handshake.client,
-                extra={
-                    "budget_ws_event": "authenticate_failed",
-                    "budget_ws_client": _address(handshake),
-                    "budget_ws_path": handshake.path,
-                },
-            )
-            raise HandshakeRejected("authentication failed") from None
-        return principal
+        handshake = Handshake.from_asgi(scope)
+        verdict = await self.gatekeeper.check(handshake)
+        if isinstance(verdict, Refusal):
+            answer = await self._refuse(scope, send, verdict)
+            self.gatekeeper.refused(handshake, verdict, answer)
+            return None
+        await send({"type": "websocket.accept", "subprotocol": verdict.subprotocol})
+        return verdict
 
-    async def _refuse(
-        self,
-        scope: Scope,
-        send: Send,
-        rejection: HandshakeRejected,
-        offered: bool,
-        browser: bool,
-    ) -> str:
+    async def _refuse(self, scope: Scope, send: Send, refusal: Refusal) -> str:
         """Refuse the handshake; return how: ``"http"`` (a status) or ``"close"``."""
+        rejection = refusal.rejection
         # A browser never sees the status of a refused handshake, only a 1006 it cannot
         # tell from an outage, so its client would retry forever. Browsers (which always
         # send Origin) get the WebSocket accepted and closed with a code that says stop.
-        if not browser and "websocket.http.response" in scope.get("extensions", {}):
+        if not refusal.browser and "websocket.http.response" in scope.get("extensions", {}):
             await send(
                 {
                     "type": "websocket.http.response.start",
@@ -265,7 +176,7 @@ class WebSocketApp:
                 }
             )
             return "http"
-        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
+        await send({"type": "websocket.accept", "subprotocol": refusal.subprotocol})
         reason = close_reason(rejection.reason)
         await send({"type": "websocket.close", "code": rejection.close_code, "reason": reason})
         return "close"
@@ -283,37 +194,3 @@ class WebSocketApp:
         await receive()  # lifespan.shutdown
         await self.manager.aclose()
         await send({"type": "lifespan.shutdown.complete"})
-
-
-def _address(handshake: Handshake) -> str | None:
-    """``host:port`` of the client as the server saw it, for a log line."""
-    if handshake.client is None:
-        return None
-    host, port = handshake.client
-    return f"{host}:{port}"
-
-
-def _log_refusal(
-    handshake: Handshake, check: str, rejection: HandshakeRejected, answer: str
-) -> None:
-    """One INFO line, no traceback: refusing a client is what the checks are for."""
-    client = _address(handshake)
-    reason = excerpt(rejection.reason, _REASON_CHARS)
-    code = rejection.status if answer == "http" else rejection.close_code
-    logger.info(
-        "budget_ws: handshake from %s refused (%s): %s %r",
-        client or "an unknown address",
-        check,
-        code,
-        reason,
-        extra={
-            "budget_ws_event": "handshake_refused",
-            "budget_ws_refusal": check,
-            "budget_ws_answer": answer,
-            "budget_ws_status": rejection.status,
-            "budget_ws_close_code": rejection.close_code,
-            "budget_ws_reason": reason,
-            "budget_ws_client": client,
-            "budget_ws_path": handshake.path,
-        },
-    )

@@ -1,0 +1,396 @@
+"""One client's TCP connection to the native server, as a :class:`~budget_ws.Transport`.
+
+``websockets``' sans-I/O ``ServerProtocol`` parses the opening request and the client's
+frames, answers pings and runs the closing handshake; messages to the client are framed
+here (:func:`~budget_ws.wire.text_frame`) and written straight to the socket, so that a
+fan-out frames an event once for every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from ..admission import Gatekeeper, Refusal
+from ..errors import ConnectionClosed
+from ..handshake import Handshake
+from ..protocol import SUBPROTOCOL, close_reason
+from ..wire import text_frame
+
+__all__ = ["Endpoint", "NativeTransport"]
+
+logger = logging.getLogger("budget_ws.native")
+"""Lines about the native server; the table is in ``docs/reference/logging.md``."""
+
+_UPGRADE_BODY = "This endpoint speaks WebSocket (subprotocol budget-ws.v1) only."
+_INBOX_PAUSE = 16
+"""Client messages waiting for the reader at most before the socket stops being read."""
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """What every connection of one native server shares."""
+
+    gatekeeper: Gatekeeper
+    path: str | None
+    handshake_timeout: float
+    max_handshake_bytes: int
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """The connections' tasks (handshake, then serving), kept until they end."""
+
+
+class _ServerProtocol(ServerProtocol):
+    """``websockets``' protocol, closing an oversized message with budget_ws's reason."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        super().__init__(max_size=max_frame_bytes)
+        self.max_frame_bytes = max_frame_bytes
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if code == 1009:
+            reason = f"frame larger than {self.max_frame_bytes} bytes"
+        super().fail(code, reason)
+
+
+class NativeTransport(asyncio.Protocol):
+    """An asyncio protocol that is also the connection's
+    :class:`~budget_ws.connection.DirectTransport`."""
+
+    __slots__ = (
+        "_drain",
+        "_ended",
+        "_endpoint",
+        "_fragments",
+        "_fragments_text",
+        "_handshake_bytes",
+        "_inbox",
+        "_lost",
+        "_open",
+        "_paused",
+        "_reading_paused",
+        "_receiver",
+        "_timer",
+        "_transport",
+        "_ws",
+    )
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        limits = endpoint.gatekeeper.manager.limits
+        self._ws: ServerProtocol = _ServerProtocol(limits.max_frame_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._open = False
+        """Accepted and no close frame sent or received: messages may be written."""
+        self._handshake_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._inbox: list[str | bytes] | None = None
+        self._receiver: asyncio.Future[str | bytes] | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+        self._reading_paused = False
+        self._lost: asyncio.Future[None] | None = None
+        self._ended: ConnectionClosed | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        self._timer = loop.call_later(self._endpoint.handshake_timeout, self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        if ws.state is State.CONNECTING:
+            self._handshake_bytes += len(data)
+            if self._handshake_bytes > self._endpoint.max_handshake_bytes:
+                self._refuse_http(431, "request header fields too large")
+                return
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Request):
+                self._request(event)
+        self._write_pending()
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._write_pending()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        ws = self._ws
+        # The code of the closing handshake: the client's, or the one sent to it when
+        # the protocol failed its frames (1002, 1007, 1009); 1006 without one.
+        close = ws.close_rcvd or ws.close_sent
+        if close is not None:
+            ended = ConnectionClosed(close.code, close.reason)
+        else:
+            ended = ConnectionClosed(1006, "connection lost")
+        self._end(ended)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionClosed(1006, "connection lost"))
+            self._drain.exception()  # nobody may be waiting any more; never "unretrieved"
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        drain = self._drain
+        if drain is not None:
+            self._drain = None
+            if not drain.done():
+                drain.set_result(None)
+
+    # Transport (what the manager's connection calls)
+
+    async def send_text(self, text: str) -> None:
+        transport = self._transport
+        if not self._open or transport is None or transport.is_closing():
+            raise ConnectionClosed(1006, "the WebSocket is closed")
+        transport.write(text_frame(text))
+        if self._paused:
+            drain = self._drain
+            if drain is None:
+                drain = self._drain = asyncio.get_running_loop().create_future()
+            await drain
+
+    def write_now(self, wire: bytes) -> bool:
+        # _open is false whenever the transport is missing or closing: see _close_socket.
+        if not self._open:
+            raise ConnectionClosed(1006, "the WebSocket is closed")
+        transport = self._transport
+        assert transport is not None
+        transport.write(wire)
+        return not transport.get_write_buffer_size()
+
+    async def receive(self) -> str | bytes:
+        while True:
+            inbox = self._inbox
+            if inbox:
+                message = inbox.pop(0)
+                if self._reading_paused and len(inbox) < _INBOX_PAUSE // 2:
+                    self._reading_paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
+                return message
+            if self._ended is not None:
+                raise self._ended
+            receiver: asyncio.Future[str | bytes] = asyncio.get_running_loop().create_future()
+            self._receiver = receiver
+            try:
+                return await receiver
+            finally:
+                self._receiver = None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        ws = self._ws
+        if ws.state is State.OPEN:
+            self._open = False
+            ws.send_close(code, close_reason(reason))
+            self._write_pending()
+        lost = self._lost
+        try:
+            if lost is not None:
+                # The client answers with its close frame, and the socket is closed then.
+                await asyncio.shield(lost)
+        finally:
+            if not transport.is_closing() or (lost is not None and not lost.done()):
+                transport.abort()
+
+    # Internals
+
+    def _end(self, ended: ConnectionClosed) -> None:
+        if self._ended is None:
+            self._ended = ended
+        receiver = self._receiver
+        if receiver is not None and not receiver.done():
+            receiver.set_exception(self._ended)
+
+    def _deliver(self, message: str | bytes) -> None:
+        receiver = self._receiver
+        if receiver is not None and not receiver.done() and not self._inbox:
+            receiver.set_result(message)
+            return
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = []
+        inbox.append(message)
+        if len(inbox) >= _INBOX_PAUSE and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _message(self, data: bytes, text: bool) -> None:
+        if not text:
+            self._deliver(data)
+            return
+        try:
+            self._deliver(data.decode())
+        except UnicodeDecodeError:
+            self._open = False
+            self._ws.fail(1007, "invalid UTF-8 in a text message")
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(bytes(frame.data), opcode is Opcode.TEXT)
+            else:
+                self._fragments = [bytes(frame.data)]
+                self._fragments_text = opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            fragments = self._fragments
+            if fragments is None:  # the protocol refuses this; nothing to add to
+                return
+            fragments.append(bytes(frame.data))
+            if frame.fin:
+                self._fragments = None
+                self._message(b"".join(fragments), self._fragments_text)
+        elif opcode is Opcode.CLOSE:
+            self._open = False
+            received = self._ws.close_rcvd
+            code = received.code if received is not None else 1005
+            self._end(ConnectionClosed(code, received.reason if received else ""))
+
+    def _write_pending(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        ws = self._ws
+        for data in ws.data_to_send():
+            if data:
+                transport.write(data)
+            else:  # end of stream: the server closes the TCP connection first
+                self._open = False
+                transport.close()
+        if ws.state is State.CLOSED or ws.close_expected():
+            self._open = False
+            transport.close()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._ws.state is State.CONNECTING and self._transport is not None:
+            logger.info(
+                "budget_ws: handshake from %s timed out",
+                _peer(self._transport),
+                extra={"budget_ws_event": "handshake_timeout"},
+            )
+            self._transport.abort()
+
+    def _refuse_http(self, status: int, text: str, *, upgrade: bool = False) -> None:
+        ws = self._ws
+        response = ws.reject(status, text + "\n")
+        if upgrade:
+            response.headers["Upgrade"] = "websocket"
+            response.headers["Connection"] = "Upgrade"
+        ws.send_response(response)
+        self._write_pending()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _request(self, request: Request) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = asyncio.get_running_loop().create_task(self._admit(request))
+        tasks = self._endpoint.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _admit(self, request: Request) -> None:
+        """Check the opening request, answer it, and serve the WebSocket it opened."""
+        endpoint = self._endpoint
+        transport = self._transport
+        assert transport is not None
+        split = urlsplit(request.path)
+        if endpoint.path is not None and split.path != endpoint.path:
+            self._refuse_http(404, "not found")
+            return
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            self._refuse_http(426, _UPGRADE_BODY, upgrade=True)
+            return
+        handshake = _handshake(request, split.path, split.query, transport)
+        ws = self._ws
+        ws.available_subprotocols = (
+            [SUBPROTOCOL] if SUBPROTOCOL in handshake.subprotocols else None  # type: ignore[list-item]
+        )
+        response = ws.accept(request)
+        if response.status_code != 101:  # not a valid opening handshake
+            ws.send_response(response)
+            self._write_pending()
+            return
+        gatekeeper = endpoint.gatekeeper
+        verdict = await gatekeeper.check(handshake)
+        if transport.is_closing():
+            return
+        if isinstance(verdict, Refusal):
+            rejection = verdict.rejection
+            if verdict.browser:
+                # A browser sees no status, only a close code; see the ASGI adapter.
+                ws.send_response(response)
+                ws.send_close(rejection.close_code, close_reason(rejection.reason))
+                self._write_pending()
+                answer = "close"
+            else:
+                self._refuse_http(rejection.status, rejection.reason)
+                answer = "http"
+            gatekeeper.refused(handshake, verdict, answer)
+            return
+        ws.send_response(response)
+        self._write_pending()
+        self._open = ws.state is State.OPEN
+        # websockets' parser keeps the request for the connection's life: its headers
+        # (~2.5 KiB) are not needed any more.
+        request.headers.clear()
+        del request, response, handshake
+        await gatekeeper.serve(self, verdict)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "an unknown address"
+
+
+def _handshake(
+    request: Request, path: str, query: str, transport: asyncio.BaseTransport
+) -> Handshake:
+    """The opening request as the ASGI adapter describes it (an ASGI-like scope)."""
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
+        for name, value in request.headers.raw_items()
+    ]
+    offered = request.headers.get_all("Sec-WebSocket-Protocol")
+    subprotocols = [item.strip() for value in offered for item in value.split(",") if item.strip()]
+    peer = transport.get_extra_info("peername")
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "path": path,
+        "query_string": query.encode("latin-1", "replace"),
+        "headers": headers,
+        "client": (peer[0], peer[1]) if peer else None,
+        "subprotocols": subprotocols,
+        "scheme": "ws",
+    }
+    return Handshake.from_asgi(scope)

@@ -43,6 +43,8 @@ class Endpoint:
     path: str | None
     handshake_timeout: float
     max_handshake_bytes: int
+    forwarded_allow_ips: frozenset[str] = frozenset()
+    scheme: str = "ws"
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """The connections' tasks (handshake, then serving), kept until they end."""
 
@@ -53,10 +55,13 @@ class _ServerProtocol(ServerProtocol):
     def __init__(self, max_frame_bytes: int) -> None:
         super().__init__(max_size=max_frame_bytes)
         self.max_frame_bytes = max_frame_bytes
+        self.too_big = False
+        """Set when a client message over the limit failed the connection."""
 
     def fail(self, code: int, reason: str = "") -> None:
         if code == 1009:
             reason = f"frame larger than {self.max_frame_bytes} bytes"
+            self.too_big = True
         super().fail(code, reason)
 
 
@@ -85,7 +90,7 @@ class NativeTransport(asyncio.Protocol):
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         limits = endpoint.gatekeeper.manager.limits
-        self._ws: ServerProtocol = _ServerProtocol(limits.max_frame_bytes)
+        self._ws = _ServerProtocol(limits.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._open = False
         """Accepted and no close frame sent or received: messages may be written."""
@@ -123,6 +128,9 @@ class NativeTransport(asyncio.Protocol):
                 self._frame(event)
             elif isinstance(event, Request):
                 self._request(event)
+        if ws.too_big:
+            ws.too_big = False
+            self._log_too_big()
         self._write_pending()
 
     def eof_received(self) -> bool | None:
@@ -289,13 +297,34 @@ class NativeTransport(asyncio.Protocol):
             self._open = False
             transport.close()
 
+    def _log_too_big(self) -> None:
+        # The parser refuses the message before budget_ws's connection sees it: the
+        # connection's frame_too_big line, with the client's address for its id.
+        limit = self._ws.max_frame_bytes
+        logger.info(
+            "budget_ws: connection from %s closed with 1009: frame larger than %d bytes",
+            _peer(self._transport) if self._transport else "an unknown address",
+            limit,
+            extra={
+                "budget_ws_event": "frame_too_big",
+                "budget_ws_client": _peer(self._transport) if self._transport else None,
+                "budget_ws_close_code": 1009,
+                "budget_ws_limit": "Limits.max_frame_bytes",
+                "budget_ws_limit_value": limit,
+            },
+        )
+
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._ws.state is State.CONNECTING and self._transport is not None:
             logger.info(
                 "budget_ws: handshake from %s timed out",
                 _peer(self._transport),
-                extra={"budget_ws_event": "handshake_timeout"},
+                extra={
+                    "budget_ws_event": "handshake_timeout",
+                    "budget_ws_client": _peer(self._transport),
+                    "budget_ws_limit_value": self._endpoint.handshake_timeout,
+                },
             )
             self._transport.abort()
 
@@ -331,7 +360,7 @@ class NativeTransport(asyncio.Protocol):
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             self._refuse_http(426, _UPGRADE_BODY, upgrade=True)
             return
-        handshake = _handshake(request, split.path, split.query, transport)
+        handshake = _handshake(request, split.path, split.query, transport, endpoint)
         ws = self._ws
         ws.available_subprotocols = (
             [SUBPROTOCOL] if SUBPROTOCOL in handshake.subprotocols else None  # type: ignore[list-item]
@@ -374,7 +403,11 @@ def _peer(transport: asyncio.BaseTransport) -> str:
 
 
 def _handshake(
-    request: Request, path: str, query: str, transport: asyncio.BaseTransport
+    request: Request,
+    path: str,
+    query: str,
+    transport: asyncio.BaseTransport,
+    endpoint: Endpoint,
 ) -> Handshake:
     """The opening request as the ASGI adapter describes it (an ASGI-like scope)."""
     headers = [
@@ -384,13 +417,32 @@ def _handshake(
     offered = request.headers.get_all("Sec-WebSocket-Protocol")
     subprotocols = [item.strip() for value in offered for item in value.split(",") if item.strip()]
     peer = transport.get_extra_info("peername")
+    client = (str(peer[0]), int(peer[1])) if peer else None
+    scheme = endpoint.scheme
+    trusted = endpoint.forwarded_allow_ips
+    if client is not None and (client[0] in trusted or "*" in trusted):
+        # A proxy we trust says who its client was, and whether it spoke TLS to it.
+        forwarded = [
+            host.strip()
+            for value in request.headers.get_all("X-Forwarded-For")
+            for host in value.split(",")
+            if host.strip()
+        ]
+        untrusted = [host for host in forwarded if host not in trusted]
+        if untrusted:
+            client = (untrusted[-1], 0)
+        proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        if proto in ("https", "wss"):
+            scheme = "wss"
+        elif proto in ("http", "ws"):
+            scheme = "ws"
     scope: dict[str, Any] = {
         "type": "websocket",
         "path": path,
         "query_string": query.encode("latin-1", "replace"),
         "headers": headers,
-        "client": (peer[0], peer[1]) if peer else None,
+        "client": client,
         "subprotocols": subprotocols,
-        "scheme": "ws",
+        "scheme": scheme,
     }
     return Handshake.from_asgi(scope)

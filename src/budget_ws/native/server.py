@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,12 @@ class NativeServer:
         max_handshake_bytes: Size of the opening request at most; a larger one is
             answered 431.
         backlog: Connections waiting to be accepted at most (``listen()``).
+        ssl: Serve ``wss://`` with this context; behind a proxy that terminates TLS,
+            leave it out.
+        forwarded_allow_ips: Peers trusted to say who their client was: from one of
+            these, ``Handshake.client`` comes from ``X-Forwarded-For`` and the scheme
+            from ``X-Forwarded-Proto``, as uvicorn's ``--forwarded-allow-ips`` does
+            (the same default: the loopback addresses); ``["*"]`` trusts every peer.
     """
 
     def __init__(
@@ -64,6 +71,8 @@ class NativeServer:
         handshake_timeout: float = 10.0,
         max_handshake_bytes: int = 16 * 1024,
         backlog: int = 2048,
+        ssl: SSLContext | None = None,
+        forwarded_allow_ips: Sequence[str] = ("127.0.0.1", "::1"),
     ) -> None:
         if isinstance(app, ConnectionManager):
             gatekeeper = Gatekeeper(
@@ -91,8 +100,16 @@ class NativeServer:
         self.host = host
         self.reuse_port = reuse_port
         self.backlog = backlog
+        self.ssl = ssl
         self._requested_port = port
-        self._endpoint = Endpoint(gatekeeper, path, handshake_timeout, max_handshake_bytes)
+        self._endpoint = Endpoint(
+            gatekeeper,
+            path,
+            handshake_timeout,
+            max_handshake_bytes,
+            frozenset(forwarded_allow_ips),
+            "wss" if ssl is not None else "ws",
+        )
         self._server: asyncio.Server | None = None
 
     @property
@@ -104,9 +121,9 @@ class NativeServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port/path`` of the server."""
+        """``ws://host:port/path`` of the server (``wss://`` with ``ssl``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{self._endpoint.path or '/'}"
+        return f"{self._endpoint.scheme}://{host}:{self.port}{self._endpoint.path or '/'}"
 
     async def start(self) -> None:
         """Start listening. The manager must be running to serve the clients."""
@@ -122,6 +139,7 @@ class NativeServer:
             self._requested_port,
             reuse_port=self.reuse_port or None,
             backlog=self.backlog,
+            ssl=self.ssl,
         )
 
     async def aclose(self) -> None:

@@ -101,7 +101,7 @@ class NativeServer:
         self.reuse_port = reuse_port
         self.backlog = backlog
         self.ssl = ssl
-        self._requested_port = port
+        self._port = port
         self._endpoint = Endpoint(
             gatekeeper,
             path,
@@ -114,10 +114,9 @@ class NativeServer:
 
     @property
     def port(self) -> int:
-        """The port the server listens on (the one picked for ``port=0``)."""
-        if self._server is None or not self._server.sockets:
-            return self._requested_port
-        return int(self._server.sockets[0].getsockname()[1])
+        """The port the server listens on: the one picked for ``port=0`` once started,
+        which a restart of the same server listens on again."""
+        return self._port
 
     @property
     def url(self) -> str:
@@ -136,11 +135,13 @@ class NativeServer:
         self._server = await loop.create_server(
             lambda: NativeTransport(endpoint),
             self.host,
-            self._requested_port,
+            self._port,
             reuse_port=self.reuse_port or None,
             backlog=self.backlog,
             ssl=self.ssl,
         )
+        if not self._port and self._server.sockets:  # picked for port=0; kept for a restart
+            self._port = int(self._server.sockets[0].getsockname()[1])
 
     async def aclose(self) -> None:
         """Stop listening; the manager's shutdown closes the clients (1012).
@@ -148,8 +149,9 @@ class NativeServer:
         A handshake still under way ends as the manager says: served while it runs,
         closed with 1012 once it has shut down.
         """
-        if self._server is not None:
-            self._server.close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # and it may start again, on the same port
 
     async def serve_forever(self) -> None:
         """Start if needed, and serve until cancelled."""

@@ -1,8 +1,11 @@
-"""The bundled browser client in Chromium against a real uvicorn server.
+"""The bundled browser client in Chromium against a real server, on each transport.
 
-The app is ``client_app.py`` (same directory), run in a subprocess by ``live_server``; its
-page records what the client does in ``window.*`` (see the module's docstring). The
-client is created with ``minDelay: 100, maxDelay: 1000`` so reconnects are quick.
+The app is ``client_app.py`` (same directory), run in a uvicorn subprocess by
+``client_server``; its page records what the client does in ``window.*`` (see the module's
+docstring). Every test runs twice: with the WebSockets served by uvicorn (``[uvicorn]``),
+and by a ``NativeServer`` the app runs beside uvicorn on another port, over the same
+manager (``[native]``). The client is created with ``minDelay: 100, maxDelay: 1000`` so
+reconnects are quick.
 """
 
 from __future__ import annotations
@@ -11,31 +14,20 @@ import statistics
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import anyio
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from budget_ws.adapters import client_url
 from budget_ws.backends.redis import RedisBackend
 
-HERE = Path(__file__).resolve().parent
 TIMEOUT = 10_000  # ms, for every wait on the page
 MAX_DELAY = 1000  # ms, the page's maxDelay
 MIN_DELAY = 100  # ms, the page's minDelay
-
-
-def serve(live_server: Any, **env: object) -> Any:
-    """Start ``client_app`` with ``BUDGET_WS_<NAME>`` set from ``env``."""
-    return live_server(
-        "client_app:app_factory",
-        app_dir=HERE,
-        factory=True,
-        env={f"BUDGET_WS_{name.upper()}": str(value) for name, value in env.items()},
-    )
 
 
 def post(server: Any, path: str, content: str | None = None, **params: str | int) -> Any:
@@ -57,8 +49,9 @@ def wait_for_connections(server: Any, count: int, timeout: float = 10.0) -> None
         time.sleep(0.05)
 
 
-def open_client(page: Any, base: str, **params: str) -> list[str]:
-    """Load the test page; returns the list that collects console errors."""
+def open_client(page: Any, base: str, path: str = "/", **params: str) -> list[str]:
+    """Load the test page (or another at ``path``); returns the list that collects console
+    errors."""
     errors: list[str] = []
 
     def console(message: Any) -> None:
@@ -67,7 +60,7 @@ def open_client(page: Any, base: str, **params: str) -> list[str]:
 
     page.on("console", console)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{base}/?{urlencode(params)}")
+    page.goto(f"{base}{path}?{urlencode(params)}")
     return errors
 
 
@@ -99,20 +92,23 @@ def controls(page: Any, op: str) -> list[dict[str, Any]]:
 
 
 def test_module_loads_from_the_asset_route_subscribes_and_receives(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
-    server = serve(live_server)
+    server = client_server()
     modules: list[Any] = []
+    sockets: list[str] = []
 
     def response(response: Any) -> None:
         if "budget-ws.js" in response.url:
             modules.append(response)
 
     page.on("response", response)
+    page.on("websocket", lambda socket: sockets.append(socket.url))
 
     errors = subscribed(page, server)
 
     assert [response.url for response in modules] == [f"{server.url}{client_url()}"]
+    assert sockets == [server.ws_url]  # uvicorn's port, or the native server's
     assert modules[0].status == 200
     assert modules[0].headers["content-type"] == "text/javascript; charset=utf-8"
     assert page.evaluate("window.ws instanceof window.BudgetWS && window.ws.state") == "open"
@@ -130,9 +126,9 @@ def test_module_loads_from_the_asset_route_subscribes_and_receives(
 
 
 def test_events_published_at_once_arrive_joined_and_are_dispatched_in_order(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
-    server = serve(live_server)
+    server = client_server()
     subscribed(page, server)
 
     post(server, "/publish", topic="t", count=50, burst=1)
@@ -149,12 +145,12 @@ def test_events_published_at_once_arrive_joined_and_are_dispatched_in_order(
 
 
 def test_dropped_connection_reconnects_with_backoff_and_recovers_missed_events(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
     # The outage is simulated inside one server process (every connection closed with
     # 1012, events published before the client can come back) because the memory
     # backend's history does not survive a real restart; see the restart test below.
-    server = serve(live_server)
+    server = client_server()
     subscribed(page, server)
     post(server, "/publish", topic="t", count=3)
     wait(page, "window.received.length === 3")
@@ -187,9 +183,9 @@ def test_dropped_connection_reconnects_with_backoff_and_recovers_missed_events(
 
 
 def test_history_too_short_gives_recovered_false_and_runs_the_resync_hook(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
-    server = serve(live_server, history=2)
+    server = client_server(history=2)
     subscribed(page, server)
     post(server, "/publish", topic="t", count=3)
     wait(page, "window.received.length === 3")
@@ -216,11 +212,11 @@ def test_history_too_short_gives_recovered_false_and_runs_the_resync_hook(
 
 
 def test_real_server_restart_reconnects_with_backoff_and_resyncs_on_the_new_epoch(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
     # A restarted process starts a memory backend afresh: a new epoch, nothing to
     # recover. The client must say so (recovered: false, onResync), not replay or hang.
-    server = serve(live_server)
+    server = client_server()
     subscribed(page, server)
     post(server, "/publish", topic="t", count=3)
     wait(page, "window.received.length === 3")
@@ -260,13 +256,13 @@ def test_real_server_restart_reconnects_with_backoff_and_resyncs_on_the_new_epoc
 
 
 def test_real_server_restart_on_redis_recovers_what_was_published_while_it_was_down(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
     # With Redis, history outlives the server process: events another worker published
     # while this one was down are replayed to the returning client, recovered: true.
     key_prefix = f"browser-{uuid.uuid4().hex[:12]}"
     url = f"redis://127.0.0.1:6379/0?key_prefix={key_prefix}"
-    server = serve(live_server, backend=url)
+    server = client_server(backend=url)
     subscribed(page, server)
     post(server, "/publish", topic="t", count=2)
     wait(page, "window.received.length === 2")
@@ -301,9 +297,9 @@ def test_real_server_restart_on_redis_recovers_what_was_published_while_it_was_d
 
 
 def test_events_replayed_by_a_server_side_resubscribe_are_dropped_as_duplicates(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
-    server = serve(live_server)
+    server = client_server()
     subscribed(page, server)
     positions = post(server, "/publish", topic="t", count=3)["positions"]
     wait(page, "window.received.length === 3")
@@ -323,8 +319,8 @@ def test_events_replayed_by_a_server_side_resubscribe_are_dropped_as_duplicates(
     assert page.evaluate("window.ws.positions.get('t')") == {"offset": 4, "epoch": epoch}
 
 
-def test_gaps_epoch_changes_and_duplicates_in_one_message(page: Any, live_server: Any) -> None:
-    server = serve(live_server)
+def test_gaps_epoch_changes_and_duplicates_in_one_message(page: Any, client_server: Any) -> None:
+    server = client_server()
     subscribed(page, server)
     post(server, "/publish", topic="t", count=3)
     wait(page, "window.received.length === 3")
@@ -360,9 +356,9 @@ def test_gaps_epoch_changes_and_duplicates_in_one_message(page: Any, live_server
 
 
 def test_close_stops_reconnecting_and_connect_resumes_where_it_stopped(
-    page: Any, live_server: Any
+    page: Any, client_server: Any
 ) -> None:
-    server = serve(live_server)
+    server = client_server()
     subscribed(page, server)
 
     page.evaluate("window.ws.close()")
@@ -384,8 +380,8 @@ def test_close_stops_reconnecting_and_connect_resumes_where_it_stopped(
     assert page.evaluate("window.resyncs") == []
 
 
-def test_positions_in_session_storage_survive_a_page_reload(page: Any, live_server: Any) -> None:
-    server = serve(live_server)
+def test_positions_in_session_storage_survive_a_page_reload(page: Any, client_server: Any) -> None:
+    server = client_server()
     subscribed(page, server, storage="1")
     post(server, "/publish", topic="t", count=2)
     wait(page, "window.received.length === 2")
@@ -406,8 +402,8 @@ def test_positions_in_session_storage_survive_a_page_reload(page: Any, live_serv
     assert page.evaluate("window.resyncs") == []
 
 
-def test_the_client_answers_server_pings(page: Any, live_server: Any) -> None:
-    server = serve(live_server, heartbeat=0.5)  # a ping every 0.5 s, 0.5 s to answer
+def test_the_client_answers_server_pings(page: Any, client_server: Any) -> None:
+    server = client_server(heartbeat=0.5)  # a ping every 0.5 s, 0.5 s to answer
     subscribed(page, server)
 
     wait(page, "window.sent.filter((f) => f.op === 'pong').length >= 3")
@@ -427,12 +423,13 @@ def refused_attempts(page: Any, base: str, **params: str) -> tuple[int, list[dic
     return page.evaluate("window.attempts"), states(page, "closed")
 
 
-def test_a_foreign_origin_is_refused_for_good(page: Any, live_server: Any) -> None:
-    server = serve(live_server)
-    # The page is served from http://localhost:PORT, the WebSocket goes to 127.0.0.1:PORT:
-    # not the same origin, so the default allow-list refuses it.
+def test_a_foreign_origin_is_refused_for_good(page: Any, client_server: Any) -> None:
+    server = client_server()
+    # The page is served from http://localhost:PORT, the WebSocket goes to 127.0.0.1: not
+    # the page's origin, which the default allow-list (uvicorn) wants, nor the one the
+    # native server allows (http://127.0.0.1:PORT).
     page_base = server.url.replace("127.0.0.1", "localhost")
-    attempts, closes = refused_attempts(page, page_base, ws=f"ws://127.0.0.1:{server.port}/ws")
+    attempts, closes = refused_attempts(page, page_base, ws=server.ws_url)
 
     codes = [close["code"] for close in closes]
     assert attempts == 1, f"{attempts} attempts in 1.5 s, closed with {codes}"
@@ -440,8 +437,8 @@ def test_a_foreign_origin_is_refused_for_good(page: Any, live_server: Any) -> No
     assert server_connections(server) == 0
 
 
-def test_a_failed_authentication_is_refused_for_good(page: Any, live_server: Any) -> None:
-    server = serve(live_server, token="secret")
+def test_a_failed_authentication_is_refused_for_good(page: Any, client_server: Any) -> None:
+    server = client_server(token="secret")
     attempts, closes = refused_attempts(page, server.url)
 
     codes = [close["code"] for close in closes]
@@ -450,12 +447,88 @@ def test_a_failed_authentication_is_refused_for_good(page: Any, live_server: Any
     assert server_connections(server) == 0
 
 
-def test_a_valid_token_is_accepted(page: Any, live_server: Any) -> None:
-    server = serve(live_server, token="secret")
-    subscribed(page, server, ws="/ws?token=secret")
+def test_a_valid_token_is_accepted(page: Any, client_server: Any) -> None:
+    server = client_server(token="secret")
+    subscribed(page, server, ws=f"{server.ws_url}?token=secret")
     post(server, "/publish", topic="t", count=1)
     wait(page, "window.received.length === 1")
     assert page.evaluate("window.attempts") == 1
+
+
+def test_htmx_trigger_has_fragments_follow_events_and_resyncs(
+    page: Any, client_server: Any
+) -> None:
+    # The page's #ticks re-fetches /ticks on each tick (an htmx event on <body>, from
+    # htmxTrigger) and on budget-ws:resync, which htmxTrigger fires when events are lost.
+    server = client_server(history=2)
+    errors = open_client(page, server.url, "/htmx")
+    wait(page, "window.subscriptions.length === 1")
+    epoch = page.evaluate("window.subscriptions[0].position.epoch")
+    fragment = page.locator("#ticks")
+    expect(fragment).to_have_text("none")
+
+    post(server, "/publish", topic="t", count=2)
+    expect(fragment).to_have_text("2 ticks", timeout=TIMEOUT)
+    assert page.evaluate("window.ticks") == [1, 2]  # the event's data is the detail
+
+    post(server, "/drop-connections", topic="t", count=4)  # 3..6 published, 5..6 kept
+    wait(page, "window.resyncs.length === 1")
+    assert page.evaluate("window.resyncs") == [
+        {"topic": "t", "position": {"offset": 6, "epoch": epoch}}
+    ]
+    expect(fragment).to_have_text("6 ticks", timeout=TIMEOUT)
+
+    post(server, "/publish", topic="t", count=1)
+    expect(fragment).to_have_text("7 ticks", timeout=TIMEOUT)
+    wait(page, "window.ticks.length === 3")
+    assert page.evaluate("window.ticks") == [1, 2, 7]  # no partial replay
+    assert len(page.evaluate("window.resyncs")) == 1
+    assert errors == []
+
+
+def test_a_native_server_restarted_on_its_port_while_the_manager_runs_recovers_the_gap(
+    page: Any, native_client_server: Any
+) -> None:
+    # The native transport alone can go while the app and its manager stay: the server
+    # stops listening and its connections are closed (1012), events are published while
+    # nothing listens, then a new NativeServer takes the same port. History survived:
+    # the page gets each missed event once, in order, recovered: true.
+    server = native_client_server()
+    subscribed(page, server)
+    post(server, "/publish", topic="t", count=3)
+    wait(page, "window.received.length === 3")
+    epoch = received(page)[0]["epoch"]
+
+    stopped = post(server, "/native/stop", topic="t", count=2)
+    assert stopped["closed"] == 1
+    assert [offset for offset, _ in stopped["positions"]] == [4, 5]
+    # 1012, then at least two refused attempts while nothing listens on the port.
+    wait(page, "window.states.filter((s) => s.event === 'closed').length >= 3")
+    post(server, "/publish", topic="t", count=2)
+    assert server_connections(server) == 0
+    assert post(server, "/native/start") == {"port": server.ws_port}
+
+    wait(page, "window.received.length >= 7")
+    answer = controls(page, "subscribed")[-1]
+    assert (answer["recovered"], answer["position"]) == (True, {"offset": 7, "epoch": epoch})
+    resubscribe = [
+        frame for frame in page.evaluate("window.sent") if frame.get("op") == "subscribe"
+    ]
+    assert resubscribe[-1]["position"] == {"offset": 3, "epoch": epoch}
+    closes = states(page, "closed")
+    assert closes[0]["code"] == 1012
+    assert {close["code"] for close in closes[1:]} == {1006}  # refused: nothing listened
+    assert all(close["reconnect"] for close in closes)
+    assert page.evaluate("window.attempts") == len(closes) + 1
+    assert [state["topic"] for state in states(page, "recovered")] == ["t"]
+
+    post(server, "/publish", topic="t", count=1)
+    wait(page, "window.received.length >= 8")
+    assert offsets(page) == list(range(1, 9))
+    assert [event["n"] for event in received(page)] == list(range(1, 9))
+    assert {event["epoch"] for event in received(page)} == {epoch}
+    assert page.evaluate("window.resyncs") == []
+    assert server_connections(server) == 1
 
 
 RESTART_PAGES = 10
@@ -464,12 +537,12 @@ DOWN_FOR = 10.0  # s, from SIGTERM to starting the server again
 
 @pytest.mark.timeout(120)
 def test_pages_with_the_default_backoff_are_back_soon_after_a_10_s_restart(
-    new_page: Any, live_server: Any
+    new_page: Any, client_server: Any
 ) -> None:
     # Measures how stale pages stay after a restart: per page, the time from the server
     # listening again to the page being subscribed again (its own clock, the same machine).
     # BUDGET_WS_CLIENT_FILE=... runs it against another client, for comparison.
-    server = serve(live_server)
+    server = client_server()
     pages = [new_page() for _ in range(RESTART_PAGES)]
     for page in pages:
         subscribed(page, server, defaults="1")

@@ -2,6 +2,7 @@
 
 A relay between the page and the server stops relaying (both ways, sockets left open), as
 a NAT or a mobile network that lost the connection does; the page must notice by itself.
+On each transport (``client_server``): uvicorn, or the native server beside it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.browser.test_client import controls, open_client, serve, states, wait
+from tests.browser.test_client import controls, open_client, states, wait
 
 BEAT = 5  # s, the server's heartbeat interval and timeout: a ping every 5 s
 SLACK = 5  # s, the client's default heartbeatSlack
@@ -73,11 +74,16 @@ class Relay:
 
 
 @pytest.fixture
-def relayed_page(page: Any, live_server: Any) -> Iterator[tuple[Any, Relay]]:
+def relayed_page(page: Any, client_server: Any) -> Iterator[tuple[Any, Relay]]:
     """A page subscribed through a relay to a server that pings every BEAT seconds."""
-    server = serve(live_server, heartbeat=BEAT)
-    relay = Relay(server.port)
-    open_client(page, relay.url, defaults="1")  # same origin: page and WebSocket via the relay
+    server = client_server(heartbeat=BEAT)
+    relay = Relay(server.ws_port)
+    if server.transport == "native":
+        # The page from uvicorn (the origin the native server allows), its WebSocket via
+        # the relay to the native server.
+        open_client(page, server.url, defaults="1", ws=f"ws://127.0.0.1:{relay.port}/ws")
+    else:  # same origin: page and WebSocket via the relay
+        open_client(page, relay.url, defaults="1")
     wait(page, "window.subscriptions.length === 1")
     yield page, relay
     relay.close()

@@ -78,10 +78,18 @@ class DirectTransport(Transport, Protocol):
 
         Returns:
             Whether the socket took it all: False when some of it waits in the
-            transport's buffer, and the writer task should wait for it to drain.
+            transport's buffer; the writer task then takes over and waits for
+            :meth:`drained` before the next message.
 
         Raises:
             ConnectionClosed: The WebSocket is closing or closed; nothing was written.
+        """
+
+    async def drained(self) -> None:
+        """Wait until nothing written waits in the transport's buffer any more.
+
+        Raises:
+            ConnectionClosed: The connection was lost meanwhile.
         """
 
 
@@ -502,7 +510,9 @@ class Connection:
         """The write loop of a :class:`DirectTransport`: parked while the flusher writes.
 
         Takes the job back when the flusher hands it back, writes and waits for the
-        socket until the outbox is empty, and parks again.
+        socket until the outbox is empty and the socket has taken everything, and parks
+        again: so what a client does not read waits in its outbox, bounded, and never
+        more than one message in the transport's buffer.
         """
         outbox = self._outbox
         metrics = self._metrics
@@ -518,6 +528,8 @@ class Connection:
                             break
                         continue
                     await handback
+                    # Handed back: the flusher's last write may wait in the buffer.
+                    await transport.drained()
                     continue
                 message, count = item
                 del item

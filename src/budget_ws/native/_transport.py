@@ -110,7 +110,11 @@ class NativeTransport(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = transport = cast(asyncio.Transport, transport)
+        # Paused as soon as anything waits in the transport's buffer, resumed when it is
+        # empty: what a client does not read waits in its outbox, which is bounded and
+        # joins frames, never in this buffer (see DirectTransport).
+        transport.set_write_buffer_limits(high=0)
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         self._timer = loop.call_later(self._endpoint.handshake_timeout, self._handshake_timed_out)
@@ -177,19 +181,24 @@ class NativeTransport(asyncio.Protocol):
             raise ConnectionClosed(1006, "the WebSocket is closed")
         transport.write(text_frame(text))
         if self._paused:
-            drain = self._drain
-            if drain is None:
-                drain = self._drain = asyncio.get_running_loop().create_future()
-            await drain
+            await self.drained()
 
     def write_now(self, wire: bytes) -> bool:
-        # _open is false whenever the transport is missing or closing: see _close_socket.
+        # _open is false whenever the transport is missing or closing.
         if not self._open:
             raise ConnectionClosed(1006, "the WebSocket is closed")
         transport = self._transport
         assert transport is not None
         transport.write(wire)
-        return not transport.get_write_buffer_size()
+        return not self._paused
+
+    async def drained(self) -> None:
+        if not self._paused:
+            return
+        drain = self._drain
+        if drain is None:
+            drain = self._drain = asyncio.get_running_loop().create_future()
+        await drain
 
     async def receive(self) -> str | bytes:
         while True:

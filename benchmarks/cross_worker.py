@@ -1,12 +1,16 @@
 """Cross-worker benchmark: events published to Redis, delivered by two uvicorn workers.
 
 Run it with ``python -m benchmarks.cross_worker`` (``--help`` lists the options;
-``benchmarks/README.md`` explains every figure). For each contender (budget_ws, and
-encode/broadcaster's Redis backend on the same app shape) and scenario, this process:
+``benchmarks/README.md`` explains every figure). For each contender (budget_ws,
+encode/broadcaster's Redis backend on the same app shape, and budget_ws's native server)
+and scenario, this process:
 
-1. starts two uvicorn workers (A and B) running ``benchmarks/cross_worker_app.py``;
+1. starts two uvicorn workers (A and B) running ``benchmarks/cross_worker_app.py``, or
+   for ``native`` two processes of it each serving a ``NativeServer``, both on one port
+   (``SO_REUSEPORT``);
 2. starts client processes (``benchmarks/loadgen.py``) whose clients connect,
-   split evenly across A and B, and subscribe to one topic;
+   split evenly across A and B (``native``: split by the kernel, reported as
+   ``connections_by_worker``), and subscribe to one topic;
 3. publishes events itself, straight to Redis through the contender's own publisher
    (``ConnectionManager.publish`` / ``Broadcast.publish``), at a steady rate for
    ``--duration`` seconds; every event carries ``sent_at`` (``time.time_ns()`` taken just
@@ -40,14 +44,19 @@ from typing import Any, ClassVar, Literal
 import anyio
 
 from benchmarks.children import JsonLinesChild
-from benchmarks.loadgen import read_dump
+from benchmarks.loadgen import discard_dumps, read_dump
 from benchmarks.measure import cpu_seconds, cpu_us_per_delivery, free_port, percentiles
 from benchmarks.provenance import describe, environment, load_average
 
 __all__ = ["SCENARIOS", "Run", "Scenario", "main"]
 
-Contender = Literal["budget_ws", "broadcaster", "broadcaster-primed"]
-CONTENDERS: tuple[Contender, ...] = ("budget_ws", "broadcaster", "broadcaster-primed")
+Contender = Literal["budget_ws", "broadcaster", "broadcaster-primed", "native"]
+CONTENDERS: tuple[Contender, ...] = ("budget_ws", "broadcaster", "broadcaster-primed", "native")
+BUDGET_WS: tuple[Contender, ...] = ("budget_ws", "native")
+"""The contenders that are budget_ws (its publisher, its clients' ``budget-ws.v1``)."""
+SHARED_PORT = "A+B"
+"""``delivered_by_worker``'s key when both workers listen on one port (``native``): the
+clients cannot tell which worker served them (``connections_by_worker`` can)."""
 ROOT = Path(__file__).resolve().parent.parent
 SUBPROTOCOL = "budget-ws.v1"
 TOPIC = "bench"
@@ -94,6 +103,9 @@ class Run:
     messages: int = 0
     """WebSocket messages that carried events (delivered / messages: events per message)."""
     delivered_by_worker: dict[str, int] = field(default_factory=dict)
+    connections_by_worker: dict[str, int] = field(default_factory=dict)
+    """``native``: the clients each worker served once all had subscribed, as the workers
+    count them: how the kernel split one port's connections (``SO_REUSEPORT``)."""
     complete_clients: int = 0
     deliveries_per_second: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -172,18 +184,33 @@ class CommandCounter:
 
 
 class Worker:
-    """``uvicorn benchmarks.cross_worker_app:app_factory`` on a free loopback port."""
+    """``uvicorn benchmarks.cross_worker_app:app_factory`` on a free loopback port, or for
+    ``native`` ``python -m benchmarks.cross_worker_app`` on ``port`` (shared)."""
 
-    def __init__(self, name: str, contender: str, redis_url: str, channel: str) -> None:
+    status_file: Path | None = None
+    """``native``: where the worker says it listens, and how many clients it serves."""
+
+    def __init__(self, name: str, contender: str, redis_url: str, channel: str,
+                 port: int | None = None) -> None:  # fmt: skip
         self.name = name
-        self.port = free_port()
-        command = [
-            sys.executable, "-m", "uvicorn", "benchmarks.cross_worker_app:app_factory",
-            "--factory", "--app-dir", str(ROOT), "--host", "127.0.0.1",
-            "--port", str(self.port), "--ws", "websockets-sansio", "--loop", "asyncio",
-            "--ws-per-message-deflate", "false", "--log-level", "warning",
-            "--timeout-graceful-shutdown", "3",
-        ]  # fmt: skip
+        self.port = port or free_port()
+        if contender == "native":
+            handle, status = tempfile.mkstemp(prefix=f"cross-worker-{name}-", suffix=".json")
+            os.close(handle)
+            self.status_file = Path(status)
+            self.status_file.unlink()
+            command = [
+                sys.executable, "-m", "benchmarks.cross_worker_app", "--port", str(self.port),
+                "--status-file", str(self.status_file),
+            ]  # fmt: skip
+        else:
+            command = [
+                sys.executable, "-m", "uvicorn", "benchmarks.cross_worker_app:app_factory",
+                "--factory", "--app-dir", str(ROOT), "--host", "127.0.0.1",
+                "--port", str(self.port), "--ws", "websockets-sansio", "--loop", "asyncio",
+                "--ws-per-message-deflate", "false", "--log-level", "warning",
+                "--timeout-graceful-shutdown", "3",
+            ]  # fmt: skip
         environment = {
             **os.environ,
             "CROSS_WORKER_CONTENDER": contender,
@@ -208,6 +235,11 @@ class Worker:
                     raise RuntimeError(
                         f"worker {self.name} exited with {self.process.returncode}; see {self.log}"
                     )
+                if self.status_file is not None:  # a shared port: connecting tells nothing
+                    if self.status_file.exists():
+                        return
+                    await anyio.sleep(0.05)
+                    continue
                 try:
                     stream = await anyio.connect_tcp("127.0.0.1", self.port)
                 except OSError:
@@ -216,9 +248,24 @@ class Worker:
                 await stream.aclose()
                 return
 
+    async def connections(self) -> int:
+        """``native``: the connections the worker serves now, as it counts them."""
+        assert self.status_file is not None
+        self.status_file.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR1)
+        with anyio.fail_after(10):
+            while True:  # a file, not an event: the worker is another process
+                if self.status_file.exists():
+                    break
+                await anyio.sleep(0.02)
+        count: int = json.loads(self.status_file.read_text())["connections"]
+        return count
+
     def stop(self, timeout: float = 10.0, keep_log: bool = False) -> None:
         if not keep_log:
             Path(self.log).unlink(missing_ok=True)
+        if self.status_file is not None:
+            self.status_file.unlink(missing_ok=True)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -235,7 +282,7 @@ class ClientProcess(JsonLinesChild):
     async def start(
         cls, contender: str, urls: Sequence[str], first: int, count: int, drain: float
     ) -> ClientProcess:
-        protocol = "budget-ws" if contender == "budget_ws" else "plain"
+        protocol = "budget-ws" if contender in BUDGET_WS else "plain"
         command = [
             sys.executable, "-m", "benchmarks.loadgen", "--protocol", protocol,
             "--topic", TOPIC, "--urls", *urls, "--first", str(first),
@@ -306,18 +353,20 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
     tag = f"bench-cross-{uuid.uuid4().hex[:10]}"
     channel = f"{tag}:{TOPIC}"  # broadcaster: a channel of this run's own
     base_url = args.redis_url
-    if contender == "budget_ws":
+    if contender in BUDGET_WS:
         separator = "&" if "?" in base_url else "?"
         redis_url = f"{base_url}{separator}key_prefix={tag}"
     else:
         redis_url = base_url
-    workers = [Worker(name, contender, redis_url, channel) for name in ("A", "B")]
+    shared = free_port() if contender == "native" else None  # one port for both workers
+    workers = [Worker(name, contender, redis_url, channel, shared) for name in ("A", "B")]
     clients: list[ClientProcess] = []
     try:
         for worker in workers:
             await worker.wait_listening()
-        urls = [worker.url for worker in workers]
-        names = {worker.url: worker.name for worker in workers}
+        urls = list(dict.fromkeys(worker.url for worker in workers))
+        names = {worker.url: worker.name if shared is None else SHARED_PORT
+                 for worker in workers}  # fmt: skip
         processes = max(1, min(args.client_processes, scenario.clients))
         per_process = -(-scenario.clients // processes)
         for first in range(0, scenario.clients, per_process):
@@ -328,8 +377,12 @@ async def run_one(contender: Contender, scenario: Scenario, args: argparse.Names
                 ready = await client.line()
                 if ready.get("ready") is None:
                     raise RuntimeError(f"client process failed: {ready}")
+                discard_dumps(ready)
+        if shared is not None:
+            for worker in workers:
+                run.connections_by_worker[worker.name] = await worker.connections()
         publisher: BudgetWsPublisher | BroadcasterPublisher
-        if contender == "budget_ws":
+        if contender in BUDGET_WS:
             publisher = BudgetWsPublisher(redis_url)
         else:
             publisher = BroadcasterPublisher(redis_url, channel)
@@ -499,15 +552,30 @@ def table(runs: Sequence[Run]) -> str:
                 f"{run.scenario}/{run.contender}: delivered by worker {run.delivered_by_worker}"
                 f", {run.complete_clients}/{run.clients} clients complete"
             )
+        if run.connections_by_worker:
+            lines.append(f"{run.scenario}/{run.contender}: {split_text(run)}")
     return "\n".join(lines)
 
 
-def ratios(runs: Sequence[Run]) -> list[dict[str, Any]]:
+def split_text(run: Run) -> str:
+    """How the kernel split one port's clients between the workers, and whether that
+    left a worker without clients (the run then measured one worker, not two)."""
+    split = " / ".join(f"{name} {count:,}" for name, count in run.connections_by_worker.items())
+    text = f"clients split by the kernel (SO_REUSEPORT): {split}"
+    if 0 in run.connections_by_worker.values():
+        text += " (one worker served no client: this run measured one worker)"
+    return text
+
+
+def ratios(runs: Sequence[Run], ours_name: str = "budget_ws",
+           against: Sequence[str] = ("broadcaster-primed", "broadcaster"),
+           ) -> list[dict[str, Any]]:  # fmt: skip
+    """``ours_name``'s figures / those of the first of ``against`` that ran, per scenario."""
     result = []
     for scenario in dict.fromkeys(run.scenario for run in runs):
         pair = {run.contender: run for run in runs if run.scenario == scenario}
-        ours = pair.get("budget_ws")
-        theirs = pair.get("broadcaster-primed") or pair.get("broadcaster")
+        ours = pair.get(ours_name)
+        theirs = next((pair[name] for name in against if name in pair), None)
         if ours is None or theirs is None:
             continue
         entry: dict[str, Any] = {"scenario": scenario, "against": theirs.contender}
@@ -531,12 +599,14 @@ def verdicts(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
     cpu_ratios = {entry["scenario"]: entry for entry in ratios(runs)}
     for run in runs:
-        if run.contender != "budget_ws" or run.scenario not in SCENARIOS:
+        if run.contender not in BUDGET_WS or run.scenario not in SCENARIOS:
             continue
         scenario = SCENARIOS[run.scenario]
         if run.clients != scenario.clients or run.target_rate != scenario.rate:
             continue  # overridden: the targets do not apply
         label = f"{run.scenario} ({run.mode}), {run.clients} clients"
+        if run.contender != "budget_ws":
+            label += f", {run.contender}"
         p99 = run.latency_ms.get("p99", float("inf"))
         if scenario.target_p99_ms is not None:
             check(label, f"p99 {p99:.2f} <= {scenario.target_p99_ms:g} ms",
@@ -549,7 +619,7 @@ def verdicts(runs: Sequence[Run]) -> list[dict[str, Any]]:
             check(label, f"{run.deliveries_per_second:,.0f} deliveries/s >= {target:,.0f}",
                   run.deliveries_per_second >= target * 0.98)  # fmt: skip
         ratio = cpu_ratios.get(run.scenario, {}).get("cpu_per_delivery")
-        if run.scenario == "burst" and ratio is not None:
+        if run.contender == "budget_ws" and run.scenario == "burst" and ratio is not None:
             against = cpu_ratios[run.scenario]["against"]
             check(label, f"worker CPU per delivery x{ratio} {against} <= 0.5", ratio <= 0.5)
     return found
@@ -565,7 +635,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Publish events to Redis at a steady rate and measure their delivery to "
             "WebSocket clients of two uvicorn workers, with budget_ws and with "
-            "encode/broadcaster's Redis backend."
+            "encode/broadcaster's Redis backend, and of two native budget_ws servers on "
+            "one port (native)."
         ),
     )
     parser.add_argument(
@@ -696,10 +767,11 @@ def _run_all(args: argparse.Namespace, runs: list[Run]) -> None:
 
 def _report(args: argparse.Namespace, env: dict[str, Any], runs: list[Run]) -> int:
     env["load_after"] = load_average()
-    result = {
+    result: dict[str, Any] = {
         "environment": env,
         "runs": [asdict(run) | {"complete": run.complete, "mode": run.mode} for run in runs],
         "ratios_budget_ws_to_broadcaster": ratios(runs),
+        "ratios_native_to_budget_ws": ratios(runs, "native", ("budget_ws",)),
         "verdicts": verdicts(runs),
     }
     if args.json_file:
@@ -709,9 +781,10 @@ def _report(args: argparse.Namespace, env: dict[str, Any], runs: list[Run]) -> i
     else:
         print(f"{describe(env)}; {args.duration:g} s per run")
         print(table(runs))
-        for entry in ratios(runs):
+        native = [("native", entry) for entry in result["ratios_native_to_budget_ws"]]
+        for ours, entry in [("budget_ws", entry) for entry in ratios(runs)] + native:
             print(
-                f"budget_ws/{entry['against']} {entry['scenario']}: latency p50 "
+                f"{ours}/{entry['against']} {entry['scenario']}: latency p50 "
                 f"x{entry['latency_p50']}, p99 x{entry['latency_p99']}, "
                 f"deliveries/s x{entry['deliveries_per_second']}, "
                 f"worker CPU per delivery x{entry['cpu_per_delivery']}"

@@ -1,9 +1,13 @@
-"""The app that ``benchmarks/cross_worker.py`` runs as two uvicorn workers.
+"""The app that ``benchmarks/cross_worker.py`` runs as two uvicorn workers (or two
+native servers).
 
 Run as ``uvicorn benchmarks.cross_worker_app:app_factory --factory`` (from the project
-root); each process is one worker. The contender is chosen by environment variables:
+root); each process is one worker. The ``native`` contender runs without uvicorn, as
+``python -m benchmarks.cross_worker_app --port P --status-file PATH`` (below). The
+contender is chosen by environment variables:
 
-    CROSS_WORKER_CONTENDER: ``budget_ws``, ``broadcaster`` or ``broadcaster-primed``.
+    CROSS_WORKER_CONTENDER: ``budget_ws``, ``broadcaster``, ``broadcaster-primed`` or
+        ``native``.
     CROSS_WORKER_REDIS_URL: the Redis URL. For budget_ws it may carry budget_ws options in
         its query string (``?key_prefix=...``), as ``ConnectionManager`` accepts them.
     CROSS_WORKER_CHANNEL: the topic (budget_ws) or channel (broadcaster); default ``bench``.
@@ -12,6 +16,12 @@ Both serve one WebSocket endpoint at ``/ws``:
 
 - budget_ws: ``websocket_route(manager, "/ws")`` on a ``ConnectionManager`` over the Redis
   backend; clients speak ``budget-ws.v1`` and subscribe to the topic themselves.
+- native: the same ``ConnectionManager`` served by ``budget_ws.native.NativeServer``
+  (asyncio), no uvicorn and no Starlette. Both workers listen on one port with
+  ``reuse_port=True`` (``SO_REUSEPORT``), so the kernel splits the clients between them.
+  The worker writes ``{"ready": true, "connections": N, "pid": ...}`` to ``--status-file``
+  once it listens, and again (with the connections it serves then) on ``SIGUSR1``: how
+  the kernel split the clients. ``SIGTERM`` stops it (clients closed with 1012).
 - broadcaster: the pattern of encode/broadcaster's README (its chat example): one
   ``async with broadcast.subscribe(channel)`` per WebSocket, and
   ``await websocket.send_text(event.message)`` for every event, beside a receiver task that
@@ -31,9 +41,16 @@ Both serve one WebSocket endpoint at ``/ws``:
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
-from collections.abc import AsyncIterator
+import resource
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -47,16 +64,22 @@ CHANNEL_VARIABLE = "CROSS_WORKER_CHANNEL"
 SUBSCRIBED = '{"op":"subscribed"}'
 
 
-def budget_ws_app(redis_url: str) -> Starlette:
+def budget_ws_manager(redis_url: str) -> Any:
+    """The ``ConnectionManager`` of a budget_ws worker, served by Starlette or natively."""
     from budget_ws import ConnectionManager, Heartbeat
-    from budget_ws.adapters.starlette import lifespan, websocket_route
 
-    manager = ConnectionManager(
+    return ConnectionManager(
         redis_url,
         # The runs last seconds: no heartbeat traffic in the measurement.
         heartbeat=Heartbeat(interval=120, timeout=120),
         shutdown_timeout=2,
     )
+
+
+def budget_ws_app(redis_url: str) -> Starlette:
+    from budget_ws.adapters.starlette import lifespan, websocket_route
+
+    manager = budget_ws_manager(redis_url)
     return Starlette(routes=[websocket_route(manager, "/ws")], lifespan=lifespan(manager))
 
 
@@ -125,3 +148,56 @@ def app_factory() -> Starlette:
     if contender in ("broadcaster", "broadcaster-primed"):
         return broadcaster_app(redis_url, channel, primed=contender == "broadcaster-primed")
     raise ValueError(f"unknown {CONTENDER_VARIABLE}: {contender!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The native contender: a NativeServer per worker process, one port shared
+
+
+def _write_status(path: Path, status: dict[str, Any]) -> None:
+    """Replace the status file at once (a reader never sees half of it)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(status))
+    partial.replace(path)
+
+
+async def serve_native(port: int, status_file: Path) -> None:
+    from budget_ws.native import NativeServer
+
+    redis_url = os.environ.get(REDIS_VARIABLE, "redis://127.0.0.1:6379/0")
+    manager = budget_ws_manager(redis_url)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def status() -> None:
+        connections = len(manager.connections)
+        _write_status(status_file, {"ready": True, "pid": os.getpid(),
+                                    "connections": connections})  # fmt: skip
+
+    # The backlog of the uvicorn workers' listening sockets (uvicorn's default).
+    async with manager, NativeServer(manager, host="127.0.0.1", port=port, path="/ws",
+                                     reuse_port=True, backlog=2048):  # fmt: skip
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, status)
+        status()
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One native worker (``CROSS_WORKER_CONTENDER=native``) until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cross_worker_app")
+    parser.add_argument("--port", type=int, required=True, help="shared with SO_REUSEPORT")
+    parser.add_argument("--status-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    contender = os.environ.get(CONTENDER_VARIABLE, "native")
+    if contender != "native":
+        parser.error(f"{CONTENDER_VARIABLE}={contender}: run it with uvicorn (app_factory)")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(serve_native(args.port, args.status_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

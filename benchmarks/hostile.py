@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import read_dump
+from benchmarks.loadgen import discard_dumps, read_dump
 from benchmarks.measure import cpu_seconds, free_port, percentiles
 from benchmarks.peers import Child, clients, memory_kib, reset_peak
 from benchmarks.provenance import describe, environment, load_average
@@ -214,7 +214,7 @@ def measure(args: argparse.Namespace) -> Run:
         run.rss_kib["start"] = memory_kib(pid)["VmRSS"]
         held = clients(url, "budget_ws", args.healthy, args.drain)
         healthy = held[0]
-        _line(healthy, 60, "the healthy clients, connecting")
+        discard_dumps(_line(healthy, 60, "the healthy clients, connecting"))
         server.send("warmup")
         _line(server, 30, "the server, warming up")
         time.sleep(1.0)

@@ -6,7 +6,12 @@ process holds ``--count`` clients of ``benchmarks/wsclient.py`` spread over ``--
 (client i of the run connects to ``urls[i % len(urls)]``), and talks to its driver in
 JSON lines:
 
-- once every client is connected and subscribed, it prints ``{"ready": N, ...}``;
+- once every client is connected and subscribed, it prints ``{"ready": N, ...}`` with
+  two files of nanoseconds per client (``array("q")``): ``connect_file``, from the
+  moment the process set out to connect the client (waiting for one of the
+  ``--connect-concurrency`` slots included) to its ``subscribed`` frame, and
+  ``handshake_file``, from the moment its connection started (a slot free: TCP connect,
+  opening handshake, subscribe) to that frame;
 - ``expect K`` on stdin: wait until every client has counted K events in all (or
   ``--drain`` seconds), then print what was received since the previous report and the
   latencies (in a file, as ``array("q")`` of nanoseconds: too many for a JSON line);
@@ -15,11 +20,13 @@ JSON lines:
   it counted, and the close code and reason the server sent (``null``: not closed);
 - end of stdin: close every connection and exit.
 
-Subscribing: with ``--protocol budget-ws`` each client offers the ``budget-ws.v1``
-subprotocol and sends ``{"op": "subscribe", "topic": ...}``; with ``plain`` it sends
-nothing. Either way a client counts as subscribed when a frame with ``"op":"subscribed"``
-arrives (every contender app sends one). An event is any frame with an ``"event"`` key;
-its ``data`` carries ``seq`` (negative: warm-up, not counted) and ``sent_at``
+Subscribing: each client sends ``{"op": "subscribe", "topic": ...}``, with ``--protocol
+budget-ws`` after offering the ``budget-ws.v1`` subprotocol. Either way a client counts as
+subscribed when a frame with ``"op":"subscribed"`` arrives (every contender app sends one:
+the ``websockets`` and ``picows`` servers in answer to that first message, so that their
+connect + subscribe is the same round trip as budget_ws's; the uvicorn peers unasked).
+An event is any frame with an ``"event"`` key; its ``data`` carries ``seq`` (negative:
+warm-up, not counted) and ``sent_at``
 (``time.time_ns()`` when the event was published, or when it was due, see the drivers).
 A message may hold several frames separated by ``"\\n"`` (budget_ws joins queued frames).
 
@@ -43,7 +50,7 @@ from urllib.parse import urlsplit
 
 from benchmarks.wsclient import Receiver, connect, run_client
 
-__all__ = ["main"]
+__all__ = ["discard_dumps", "main", "read_dump"]
 
 SUBPROTOCOL = "budget-ws.v1"
 
@@ -97,10 +104,13 @@ class Clients:
 
         return on_message
 
-    async def open(self, index: int, limiter: asyncio.Semaphore) -> None:
+    async def open(self, index: int, limiter: asyncio.Semaphore) -> int:
+        """Connect and subscribe client ``index``; returns the ns from the moment its
+        connection started (a slot of ``--connect-concurrency`` free) to its ``subscribed``."""
         args = self.args
         url = urlsplit(args.urls[(args.first + index) % len(args.urls)])
         async with limiter:
+            began = time.perf_counter_ns()
             connection = await connect(
                 url.hostname or "127.0.0.1",
                 url.port or 80,
@@ -113,28 +123,33 @@ class Clients:
             )
             self.connections.append(connection)
             self.indices.append(index)
-            if args.protocol == "budget-ws":
-                connection.send_text(json.dumps({"op": "subscribe", "topic": args.topic}))
+            # Every client asks, so that connect + subscribe is the same round trip for
+            # every contender (the plain ones answer the first message they get).
+            connection.send_text(json.dumps({"op": "subscribe", "topic": args.topic}))
             await asyncio.wait_for(self.subscribed[index], args.connect_timeout)
+            took = time.perf_counter_ns() - began
             if args.stalled:
                 assert connection.transport is not None
                 connection.transport.pause_reading()
+            return took
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.subscribed = [loop.create_future() for _ in range(self.count)]
         limiter = asyncio.Semaphore(self.args.connect_concurrency)
         connect_ns = array("q")
+        handshake_ns = array("q")
 
         async def timed(index: int) -> None:
             began = time.perf_counter_ns()
-            await self.open(index, limiter)
+            handshake_ns.append(await self.open(index, limiter))
             connect_ns.append(time.perf_counter_ns() - began)
 
         await asyncio.gather(*(timed(index) for index in range(self.count)))
         ready = {
             "ready": self.count,
             "connect_file": _dump(connect_ns),
+            "handshake_file": _dump(handshake_ns),
         }
         self.report(ready)
         reader = asyncio.StreamReader()
@@ -236,6 +251,15 @@ def read_dump(path: str) -> array[int]:
         values.frombytes(file.read())
     os.unlink(path)
     return values
+
+
+def discard_dumps(ready: dict[str, object]) -> None:
+    """Delete the files of a ``ready`` line whose figures the driver does not read."""
+    for key in ("connect_file", "handshake_file"):
+        path = ready.get(key)
+        if isinstance(path, str):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,10 +3,11 @@
 Run it with ``python -m benchmarks.peers`` (``--help`` lists the options;
 ``benchmarks/README.md`` and ``docs/performance.md`` explain every figure). For each
 scenario and contender this process starts the contender's server
-(``benchmarks/peers_server.py``, uvicorn on 127.0.0.1 or a plain ``websockets`` server)
-and client processes (``benchmarks/loadgen.py``), publishes from inside the server, waits
-until every client has every event (bounded by ``--drain``), and reads the server's CPU
-time and memory from ``/proc``.
+(``benchmarks/peers_server.py``: uvicorn on 127.0.0.1, or a server without it: budget_ws's
+``NativeServer``, a plain ``websockets`` or picows server) and client processes
+(``benchmarks/loadgen.py``), publishes from inside the server, waits until every client
+has every event (bounded by ``--drain``), and reads the server's CPU time and memory
+from ``/proc``.
 
 Scenarios:
 
@@ -17,6 +18,10 @@ Scenarios:
   again, to learn what they held and how (whether) the server closed them;
 - ``idle``: 10,000 connections held, nothing published: connect+subscribe latency and
   memory per connection.
+
+budget_ws's figures are divided by each peer's (``ratios``), and so are the native
+server's by those of ``websockets``, budget_ws on uvicorn and picows (``NATIVE_PEERS``);
+the issue's targets are checked against this run's figures (``verdicts``).
 
 The Redis scenarios (two workers) are ``benchmarks/cross_worker.py``; ``--redis`` runs it
 after these with the same contenders it knows.
@@ -32,16 +37,22 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import read_dump
+from benchmarks.loadgen import discard_dumps, read_dump
 from benchmarks.measure import cpu_seconds, cpu_us_per_delivery, free_port, percentiles
-from benchmarks.peers_server import CONTENDERS
-from benchmarks.provenance import describe, environment, load_average
+from benchmarks.peers_server import (
+    BUDGET_WS_PROTOCOL,
+    CONTENDERS,
+    NO_DEFLATE,
+    PICOWS_READ_BUFFER,
+    PLAIN_SERVERS,
+)
+from benchmarks.provenance import PACKAGES, describe, environment, load_average
 from budget_ws import OutboxLimits
 
 __all__ = ["Measurement", "main"]
@@ -54,6 +65,18 @@ STALLED_P99_ALLOWANCE_MS = 5.0
 """How much stalled clients may raise healthy clients' latency p99 (the stalled target)."""
 RESUME_QUIET_SECONDS = 1.0
 """A resumed stalled client stops reading after this long without data."""
+NATIVE_PEERS = ("websockets", "budget_ws", "picows")
+"""The contenders the native server's figures are divided by (``ratios_native_to``)."""
+NATIVE_STEADY_CPU = {"websockets": 1.0, "budget_ws": 0.5}
+"""Steady fan-out: the native server's CPU per delivery at most this x the peer's."""
+NATIVE_BURST_CPU = {"budget_ws": 1.0}
+"""Burst fan-out: the native server's CPU per delivery at most this x the peer's."""
+NATIVE_IDLE_KIB = 16.0
+"""Idle: the native server's memory per connection at most this (KiB)."""
+NATIVE_CONNECT_P99 = {"websockets": 1.0}
+"""Idle: the native server's connect + subscribe p99 at most this x the peer's."""
+PACKAGES_PEERS = (*PACKAGES, "picows", "aiofastnet")
+"""The versions a peers results file records: picows' (and its transport's) too."""
 
 
 @dataclass
@@ -79,6 +102,11 @@ class Measurement:
     wall_seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     connect_ms: dict[str, float] = field(default_factory=dict)
+    """Per client, from its process setting out to connect it (waiting for one of the 64
+    connections a client process opens at once included) to its ``subscribed`` frame."""
+    handshake_ms: dict[str, float] = field(default_factory=dict)
+    """Per client, from the start of its own connection (TCP connect, opening handshake,
+    subscribe) to its ``subscribed`` frame: ``connect_ms`` without the client's own wait."""
     rss_idle_kib_per_connection: float = 0.0
     rss_growth_kib: float = 0.0
     """Peak RSS during the burst minus RSS before it (kB): what the burst held."""
@@ -88,6 +116,8 @@ class Measurement:
     stalled_clients: list[dict[str, Any]] = field(default_factory=list)
     """Per stalled client, read after the run: ``bytes_read``, ``events``, ``close_code``,
     ``close_reason``, ``closed`` (False: still open when it had read everything)."""
+    server_loop: str = ""
+    """The class of the server's event loop, as the server reported it."""
     error: str | None = None
 
     @property
@@ -131,6 +161,7 @@ class Child:
     """A child speaking JSON lines on stdout and taking commands on stdin."""
 
     def __init__(self, command: list[str]) -> None:
+        self.command = command
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -159,42 +190,45 @@ class Child:
         """The next JSON line; raises ``queue.Empty`` after ``timeout`` seconds."""
         raw = self._lines.get(timeout=timeout)
         if not raw:
-            raise RuntimeError(f"{self.process.args[2]} exited with {self.process.wait()}")
+            raise RuntimeError(f"{self.command[2]} exited with {self.process.wait()}")
         result: dict[str, Any] = json.loads(raw)
         return result
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                assert self.process.stdin is not None
-                self.process.stdin.close()
-                self.process.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.close()  # end of stdin: the child stops (if it still runs)
+            self.process.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
         self._reader.join(5)
         assert self.process.stdout is not None
         self.process.stdout.close()
 
 
 @contextmanager
-def server(contender: str, ws: str, deflate: bool) -> Iterator[tuple[Child, str]]:
+def server(contender: str, ws: str, deflate: bool,
+           loop: str = "asyncio") -> Iterator[tuple[Child, str, dict[str, Any]]]:  # fmt: skip
+    """The contender's server, its URL and its ``ready`` line; ``loop`` is that of the
+    servers without uvicorn."""
     port = free_port()
     child = Child([
         sys.executable, "-m", "benchmarks.peers_server", "--contender", contender,
         "--port", str(port), "--ws", ws, *(["--deflate"] if deflate else []),
+        *(["--loop", loop] if contender in PLAIN_SERVERS else []),
     ])  # fmt: skip
     try:
         ready = child.line()
         assert ready.get("ready"), ready
-        yield child, f"ws://127.0.0.1:{port}/ws"
+        yield child, f"ws://127.0.0.1:{port}/ws", ready
     finally:
         child.stop()
 
 
 def clients(url: str, contender: str, count: int, drain: float, *, stalled: bool = False,
             deflate: bool = False) -> list[Child]:  # fmt: skip
-    protocol = "budget-ws" if contender == "budget_ws" else "plain"
+    protocol = "budget-ws" if contender in BUDGET_WS_PROTOCOL else "plain"
     children = []
     per_process = CLIENTS_PER_PROCESS
     for start in range(0, count, per_process):
@@ -219,23 +253,27 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
     result = Measurement(scenario, contender, connections, events, size, stalled, rate)
     held: list[Child] = []
     try:
-        with server(contender, args.ws, args.deflate) as (process, url):
+        with server(contender, args.ws, args.deflate, args.loop) as (process, url, ready):
+            result.server_loop = ready.get("loop", "")
             pid = process.pid
             before = memory_kib(pid)["VmRSS"]
             held = clients(url, contender, connections, args.drain, deflate=args.deflate)
             connect_ns = array("q")
+            handshake_ns = array("q")
             for child in held:
                 ready = child.line()
                 connect_ns.extend(read_dump(ready["connect_file"]))
+                handshake_ns.extend(read_dump(ready["handshake_file"]))
             slow = []
             if stalled:
                 slow = clients(url, contender, stalled, args.drain, stalled=True,
                                deflate=args.deflate)  # fmt: skip
             for child in slow:
-                child.line()
+                discard_dumps(child.line())
             held += slow
             time.sleep(0.5)  # let the server settle (uvicorn's handshake tasks end)
             result.connect_ms = percentiles(connect_ns)
+            result.handshake_ms = percentiles(handshake_ns)
             idle = memory_kib(pid)["VmRSS"]
             result.rss_idle_kib_per_connection = round((idle - before) / connections, 2)
             if not events:
@@ -346,8 +384,9 @@ def _by_configuration(results: Sequence[Measurement]) -> dict[Key, dict[str, Mea
 
 def table(results: Sequence[Measurement]) -> str:
     header = ("scenario", "contender", "conns", "events", "delivered", "CPU µs/deliv",
-              "xnaive", "xbroadc", "xfloor", "xwebsock", "p50 ms", "p99 ms", "wall s",
-              "KiB/conn", "burst KiB", "connect p99 ms")  # fmt: skip
+              "xnaive", "xbroadc", "xfloor", "xwebsock", "xbudget", "xpicows", "p50 ms",
+              "p99 ms", "wall s", "KiB/conn", "burst KiB", "connect p99 ms",
+              "handshake p99 ms")  # fmt: skip
     groups = _by_configuration(results)
     rows = []
     for result in results:
@@ -370,12 +409,14 @@ def table(results: Sequence[Measurement]) -> str:
             f"{result.delivered}/{result.expected}{mark}" if result.events else "-",
             f"{result.cpu_us_per_delivery:.2f}" if result.cpu_us_per_delivery else "-",
             ratio("naive"), ratio("broadcaster"), ratio("floor"), ratio("websockets"),
+            ratio("budget_ws"), ratio("picows"),
             f"{result.latency_ms.get('p50', float('nan')):.1f}" if result.events else "-",
             f"{result.latency_ms.get('p99', float('nan')):.1f}" if result.events else "-",
             f"{result.wall_seconds:.2f}" if result.events else "-",
             f"{result.rss_idle_kib_per_connection:.1f}",
             f"{result.rss_growth_kib:,}" if result.events else "-",
             f"{result.connect_ms.get('p99', float('nan')):.1f}",
+            f"{result.handshake_ms.get('p99', float('nan')):.1f}",
         ))  # fmt: skip
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(header, widths, strict=True))]
@@ -387,27 +428,30 @@ def table(results: Sequence[Measurement]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = {
+FIGURES: dict[str, Callable[[Measurement], float | None]] = {
     "cpu": lambda r: r.cpu_us_per_delivery,
     "p50": lambda r: r.latency_ms.get("p50"),
     "p99": lambda r: r.latency_ms.get("p99"),
     "wall": lambda r: r.wall_seconds,
     "rss": lambda r: r.rss_idle_kib_per_connection,
     "connect_p99": lambda r: r.connect_ms.get("p99"),
+    "handshake_p99": lambda r: r.handshake_ms.get("p99"),
 }
 """The figures compared between contenders, by name."""
 
 
-def ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
-    """budget_ws's figures / each peer's, per configuration (None where one is missing)."""
+def ratios(results: Sequence[Measurement], ours_name: str = "budget_ws",
+           against: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """``ours_name``'s figures / each peer's (those of ``against``, default every other
+    contender), per configuration (None where one is missing)."""
     groups = _by_configuration(results)
     entries = []
     for key, peers in groups.items():
-        ours = peers.get("budget_ws")
+        ours = peers.get(ours_name)
         if ours is None:
             continue
         for name, theirs in peers.items():
-            if name == "budget_ws":
+            if name == ours_name or (against is not None and name not in against):
                 continue
             entry: dict[str, Any] = {"scenario": key[0], "connections": key[1],
                                      "payload_bytes": key[2], "stalled": key[3],
@@ -426,16 +470,17 @@ def _label(scenario: str, connections: int, size: int, stalled: int, rate: float
     return label + (f" at {rate:g}/s" if rate else " burst" if size else "")
 
 
-def ratio_lines(results: Sequence[Measurement]) -> list[str]:
+def ratio_lines(results: Sequence[Measurement], ours_name: str = "budget_ws",
+                against: Sequence[str] | None = None) -> list[str]:  # fmt: skip
     lines = []
-    for entry in ratios(results):
+    for entry in ratios(results, ours_name, against):
         label = _label(entry["scenario"], entry["connections"], entry["payload_bytes"],
                        entry["stalled"], entry["rate"])  # fmt: skip
         figures = ", ".join(
             f"{figure} x{value:g}" for figure, value in entry.items()
             if figure in FIGURES and value is not None
         )  # fmt: skip
-        lines.append(f"budget_ws/{entry['against']} {label}: {figures}")
+        lines.append(f"{ours_name}/{entry['against']} {label}: {figures}")
     return lines
 
 
@@ -492,6 +537,43 @@ def verdicts(results: Sequence[Measurement]) -> list[dict[str, Any]]:
         found.append(_verdict(f"idle {idle['budget_ws'].connections}",
                               f"{above:.1f} KiB/connection above the floor <= 2",
                               above <= 2))  # fmt: skip
+    return found + native_verdicts(results)
+
+
+def native_verdicts(results: Sequence[Measurement]) -> list[dict[str, Any]]:
+    """The native server's targets (issue 14), each against figures of this run."""
+    found = []
+    for key, peers in _by_configuration(results).items():
+        ours = peers.get("native")
+        if ours is None or key[0] != "fanout":
+            continue
+        label = _label(*key)
+        bounds = NATIVE_STEADY_CPU if ours.rate else NATIVE_BURST_CPU
+        for peer, bound in bounds.items():
+            other = peers.get(peer)
+            if other and other.cpu_us_per_delivery and ours.cpu_us_per_delivery:
+                value = ours.cpu_us_per_delivery / other.cpu_us_per_delivery
+                where = " on uvicorn" if peer == "budget_ws" else ""
+                found.append(_verdict(label, f"native CPU/delivery {value:.2f} x {peer}{where} "
+                                      f"<= {bound:g}", value <= bound))  # fmt: skip
+        found.append(_verdict(label, f"native delivered {ours.delivered:,}/{ours.expected:,}",
+                              ours.complete))  # fmt: skip
+    idle = {r.contender: r for r in results if r.scenario == "idle"}
+    native = idle.get("native")
+    if native is not None:
+        label = f"idle {native.connections}"
+        kib = native.rss_idle_kib_per_connection
+        found.append(_verdict(label, f"native {kib:.1f} KiB/connection <= {NATIVE_IDLE_KIB:g}",
+                              kib <= NATIVE_IDLE_KIB))  # fmt: skip
+        ours_p99 = native.connect_ms.get("p99")
+        for peer, bound in NATIVE_CONNECT_P99.items():
+            theirs = idle.get(peer)
+            theirs_p99 = theirs.connect_ms.get("p99") if theirs else None
+            if ours_p99 and theirs_p99:
+                whose = peer + ("'" if peer.endswith("s") else "'s")
+                found.append(_verdict(label, f"native connect + subscribe p99 {ours_p99:,.0f} ms "
+                                      f"<= {bound:g} x {whose} {theirs_p99:,.0f} ms",
+                                      ours_p99 <= bound * theirs_p99))  # fmt: skip
     return found
 
 
@@ -507,7 +589,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scenarios", nargs="+", choices=("fanout", "stalled", "idle"),
                         default=["fanout", "stalled", "idle"])  # fmt: skip
-    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS,
+                        help="default: all (with --deflate, those that offer it)")  # fmt: skip
     parser.add_argument("--connections", nargs="+", type=int, default=[1000, 10_000])
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--steady-rate", type=float, default=50,
@@ -527,6 +610,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws", default="websockets-sansio", help="uvicorn's --ws")
     parser.add_argument("--deflate", action="store_true",
                         help="servers offer and clients accept per-message deflate")  # fmt: skip
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop of the servers without uvicorn "
+                        f"({', '.join(PLAIN_SERVERS)}); uvicorn's is asyncio's")  # fmt: skip
     parser.add_argument("--drain", type=float, default=30.0,
                         help="seconds the clients wait for every event (30)")  # fmt: skip
     parser.add_argument("--redis", action="store_true",
@@ -536,26 +622,37 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.contenders is None:
+        args.contenders = [c for c in CONTENDERS if not (args.deflate and c in NO_DEFLATE)]
+    elif args.deflate and set(args.contenders) & set(NO_DEFLATE):
+        parser.error(f"--deflate: {', '.join(NO_DEFLATE)} offer no per-message deflate")
     parameters = {key: value for key, value in vars(args).items() if key != "json_file"}
     parameters |= {"stalled_clients": STALLED_CLIENTS,
                    "stalled_receive_buffer": STALLED_RECEIVE_BUFFER,
-                   "clients_per_process": CLIENTS_PER_PROCESS}  # fmt: skip
-    env = environment("peers", parameters)
+                   "clients_per_process": CLIENTS_PER_PROCESS,
+                   "loop_contenders": [c for c in PLAIN_SERVERS if c in args.contenders],
+                   "picows_read_buffer": PICOWS_READ_BUFFER}  # fmt: skip
+    env = environment("peers", parameters, PACKAGES_PEERS)
     results = run_all(args)
     env["load_after"] = load_average()
     print(describe(env))
     print(table(results))
     for line in ratio_lines(results):
         print(line)
+    for line in ratio_lines(results, "native", NATIVE_PEERS):
+        print(line)
     found = verdicts(results)
     for verdict in found:
         print(f"target {verdict['label']}: {verdict['check']}: {'yes' if verdict['met'] else 'NO'}")
     if args.json_file:
         report = {"environment": env, "results": [asdict(r) | {"mode": r.mode} for r in results],
-                  "ratios_budget_ws_to": ratios(results), "verdicts": found}  # fmt: skip
+                  "ratios_budget_ws_to": ratios(results),
+                  "ratios_native_to": ratios(results, "native", NATIVE_PEERS),
+                  "verdicts": found}  # fmt: skip
         args.json_file.write_text(json.dumps(report, indent=2) + "\n")
-    must_deliver = ("budget_ws", "floor")
+    must_deliver = ("budget_ws", "native", "floor")
     failed = [r for r in results if r.error or (r.events and not r.complete
                                                 and r.contender in must_deliver)]  # fmt: skip
     status = 1 if failed else 0

@@ -13,6 +13,9 @@ commands from its driver on stdin, answering each with one JSON line on stdout:
   run a full garbage collection;
 - end of stdin: stop.
 
+Once listening it says ``{"ready": true, "library": ..., "loop": ...}``: the
+``budget_ws`` package it imported (None if none) and the class of its event loop.
+
 Every contender sends ``{"op":"subscribed"}`` (budget_ws: its own ``subscribed`` frame)
 once a client is registered, so the driver knows when everyone is listening. The
 contenders (``CONTENDERS``):
@@ -31,14 +34,28 @@ contenders (``CONTENDERS``):
   The process holds a subscription of its own from startup (the workaround for the
   subscribe race described in ``benchmarks/cross_worker_app.py``).
 - ``websockets``: a plain ``websockets`` server (no ASGI, no uvicorn) calling
-  ``websockets.broadcast()`` with each event encoded once.
+  ``websockets.broadcast()`` with each event encoded once; it registers a client and
+  answers ``{"op":"subscribed"}`` when the client's first message (its subscribe)
+  arrives, so that connect + subscribe costs it the round trip it costs budget_ws.
+- ``native``: budget_ws's own server, ``budget_ws.native.NativeServer``, over the same
+  ``ConnectionManager`` as ``budget_ws`` (memory backend, default limits, the same
+  ``Event``, ``manager.publish`` and ``budget-ws.v1`` subscribe frames), no uvicorn.
+- ``picows``: a plain picows server (Cython; no ASGI, no uvicorn) that encodes each event
+  once and calls ``transport.send(WSMsgType.TEXT, payload)`` with the same bytes for
+  every connection, answers the client's first message with ``{"op":"subscribed"}`` as
+  the ``websockets`` contender does, answers its closing handshake; a 2 KiB initial read buffer
+  (``read_buffer_init_size``), and nothing else that budget_ws lacks: no auto-ping, no
+  subprotocol, no backpressure (like ``websockets.broadcast()``), picows' transport as
+  picows picks it (``aiofastnet`` when installed, its default).
 - ``floor``: the least a library can do with one send per event on uvicorn: a
   framework-free ASGI app that encodes each event once, ``put_nowait``s it into a bounded
   queue per connection, and has one writer task per connection doing one ASGI send per
   event.
 
 uvicorn contenders run on asyncio's own loop, ``--ws`` as given (default
-``websockets-sansio``), per-message deflate off unless ``--deflate``.
+``websockets-sansio``), per-message deflate off unless ``--deflate``. The servers without
+uvicorn (``PLAIN_SERVERS``: ``native``, ``websockets``, ``picows``) run on ``--loop``:
+asyncio's own (default) or uvloop; ``native`` and ``picows`` offer no per-message deflate.
 """
 
 from __future__ import annotations
@@ -55,11 +72,21 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["CONTENDERS", "main"]
+__all__ = ["BUDGET_WS_PROTOCOL", "CONTENDERS", "NO_DEFLATE", "PLAIN_SERVERS", "main"]
 
-CONTENDERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor")
+CONTENDERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor", "native", "picows")
+PLAIN_SERVERS = ("native", "websockets", "picows")
+"""The contenders served without uvicorn: they run on ``--loop``."""
+BUDGET_WS_PROTOCOL = ("budget_ws", "native")
+"""The contenders whose clients speak ``budget-ws.v1`` (the others' clients send nothing)."""
+NO_DEFLATE = ("native", "picows")
+"""The contenders that offer no per-message deflate."""
+LOOPS = ("asyncio", "uvloop")
 TOPIC = "bench"
 SUBSCRIBED = '{"op":"subscribed"}'
+PICOWS_READ_BUFFER = 2048
+"""picows' initial read buffer per connection (``read_buffer_init_size``; 16 KiB by
+default): a client sends the server little more than its subscribe."""
 FLOOR_QUEUE = 1000
 """The floor's per-connection queue bound (budget_ws's default outbox holds 1,000)."""
 
@@ -81,9 +108,9 @@ def payload(seq: int, size: int) -> dict[str, Any]:
 # Contenders
 
 
-def budget_ws_app(client_events: bool = False) -> tuple[ASGIApp, Publish]:
+def budget_ws_manager(client_events: bool = False) -> tuple[Any, Publish]:
+    """The ``ConnectionManager`` that ``budget_ws`` (ASGI) and ``native`` serve alike."""
     from budget_ws import ConnectionManager, Event
-    from budget_ws.adapters.asgi import WebSocketApp
 
     class Tick(Event, name="tick", register=False):
         seq: int
@@ -91,7 +118,6 @@ def budget_ws_app(client_events: bool = False) -> tuple[ASGIApp, Publish]:
         pad: str
 
     manager = ConnectionManager()
-    app = WebSocketApp(manager)
     if client_events:
 
         class Note(Event, name="note", register=False):
@@ -106,7 +132,14 @@ def budget_ws_app(client_events: bool = False) -> tuple[ASGIApp, Publish]:
         for seq in range(first, first + count):
             await manager.publish(Tick(**payload(seq, size)), topic=TOPIC)
 
-    return app, publish
+    return manager, publish
+
+
+def budget_ws_app(client_events: bool = False) -> tuple[ASGIApp, Publish]:
+    from budget_ws.adapters.asgi import WebSocketApp
+
+    manager, publish = budget_ws_manager(client_events)
+    return WebSocketApp(manager), publish
 
 
 def naive_app() -> tuple[ASGIApp, Publish]:
@@ -288,6 +321,7 @@ async def serve_websockets(args: argparse.Namespace) -> None:
     connections: set[ServerConnection] = set()
 
     async def handler(connection: ServerConnection) -> None:
+        await connection.recv()  # the client's subscribe: connect + subscribe, as budget_ws
         await connection.send(SUBSCRIBED)
         connections.add(connection)
         try:
@@ -307,13 +341,67 @@ async def serve_websockets(args: argparse.Namespace) -> None:
         await control(publish)
 
 
+async def serve_native(args: argparse.Namespace) -> None:
+    from budget_ws.native import NativeServer
+
+    manager, publish = budget_ws_manager(client_events=args.client_events)
+    # The backlog of the other contenders' listening sockets (uvicorn's, websockets').
+    async with manager, NativeServer(manager, host="127.0.0.1", port=args.port, path="/ws",
+                                     backlog=4096):  # fmt: skip
+        await control(publish)
+
+
+async def serve_picows(args: argparse.Namespace) -> None:
+    from picows import (
+        WSFrame,
+        WSListener,
+        WSMsgType,
+        WSTransport,
+        WSUpgradeRequest,
+        ws_create_server,
+    )
+
+    connections: set[WSTransport] = set()
+    subscribed = SUBSCRIBED.encode()
+
+    class Listener(WSListener):
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type == WSMsgType.TEXT and transport not in connections:
+                # The client's subscribe: connect + subscribe, as for budget_ws.
+                transport.send(WSMsgType.TEXT, subscribed)
+                connections.add(transport)
+            elif frame.msg_type == WSMsgType.CLOSE:  # the closing handshake, as picows shows it
+                connections.discard(transport)
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+
+        def on_ws_disconnected(self, transport: WSTransport) -> None:
+            connections.discard(transport)
+
+    def route(request: WSUpgradeRequest) -> Listener | None:
+        return Listener() if request.path == b"/ws" else None  # None: 404
+
+    async def publish(count: int, size: int, first: int) -> None:
+        for seq in range(first, first + count):
+            message = json.dumps({"event": "tick", "data": payload(seq, size)}).encode()
+            for transport in connections:
+                transport.send(WSMsgType.TEXT, message)
+
+    server = await ws_create_server(route, "127.0.0.1", args.port, backlog=4096,
+                                    read_buffer_init_size=PICOWS_READ_BUFFER)  # fmt: skip
+    async with server:
+        await control(publish)
+
+
 async def control(publish: Publish) -> None:
     """Answer the driver's commands until stdin closes."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     library = sys.modules.get("budget_ws")  # which checkout's src/ runs (hostile.py --src)
-    _answer({"ready": True, "library": getattr(library, "__file__", None)})
+    kind = type(loop)
+    _answer({"ready": True, "library": getattr(library, "__file__", None),
+             "loop": f"{kind.__module__}.{kind.__qualname__}"})  # fmt: skip
     while line := (await reader.readline()).decode().strip():
         command, *values = line.split()
         began = time.perf_counter()
@@ -358,14 +446,25 @@ def main() -> int:
     parser.add_argument("--ws", default="websockets-sansio")
     parser.add_argument("--deflate", action="store_true", help="offer per-message deflate")
     parser.add_argument("--client-events", action="store_true",
-                        help="budget_ws: accept a `note` event from clients")  # fmt: skip
+                        help="budget_ws, native: accept a `note` event from clients")  # fmt: skip
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio",
+                        help="event loop of the servers without uvicorn "
+                        f"({', '.join(PLAIN_SERVERS)}); uvicorn's is asyncio's")  # fmt: skip
     args = parser.parse_args()
+    if args.loop != "asyncio" and args.contender not in PLAIN_SERVERS:
+        parser.error(f"--loop {args.loop}: {args.contender} runs on uvicorn's asyncio loop")
+    if args.deflate and args.contender in NO_DEFLATE:
+        parser.error(f"--deflate: {args.contender} offers no per-message deflate")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.contender == "websockets":
-        asyncio.run(serve_websockets(args))
+    serve = {"websockets": serve_websockets, "native": serve_native,
+             "picows": serve_picows}.get(args.contender, serve_uvicorn)  # fmt: skip
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args))
     else:
-        asyncio.run(serve_uvicorn(args))
+        asyncio.run(serve(args))
     return 0
 
 

@@ -125,7 +125,8 @@ def environment(benchmark: str, parameters: Mapping[str, Any],
 
 
 def _commit(entry: Mapping[str, Any]) -> str:
-    return entry["commit"] + (f"+uncommitted ({entry['digest']})" if entry["dirty"] else "")
+    commit: str = entry["commit"]
+    return commit + (f"+uncommitted ({entry['digest']})" if entry["dirty"] else "")
 
 
 def describe(env: Mapping[str, Any]) -> str:

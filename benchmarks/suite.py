@@ -1,6 +1,6 @@
 """Every run behind ``docs/performance.md``, with the page's parameters, into results files.
 
-Run it with ``python -m benchmarks.suite`` (about 25 minutes on 2 cores), then
+Run it with ``python -m benchmarks.suite`` (about 35 minutes on 2 cores), then
 ``python -m benchmarks.report`` to rewrite the page's tables from the files. Each run is
 an ordinary benchmark command, printed before it starts, so any one can be rerun alone.
 Other work on the machine skews the figures: before each run this waits (bounded) for
@@ -33,6 +33,8 @@ SETTINGS = {
 """The uvicorn settings compared for idle memory, by results file name."""
 
 
+UVLOOP_CONTENDERS = ("budget_ws", "native", "websockets", "picows")
+"""The contenders of ``peers-uvloop``: the servers without uvicorn run on uvloop there."""
 HOSTILE = {"hostile": [], "hostile-wsproto": ["--ws", "wsproto"]}
 """The hostile-client runs, by results file name; each once more with ``--before``."""
 BEFORE_FIXES = "8e634c6"
@@ -58,6 +60,12 @@ def runs(results: Path, large: int, settings_connections: int,
     if large > 1000:
         planned.append((f"peers-{large}", [*peers, "--scenarios", "fanout", "--connections",
                                            str(large), "--payload-bytes", "200"]))  # fmt: skip
+    # The native server on uvloop against itself on asyncio (peers.json), with its peers
+    # of the targets: websockets and picows on uvloop too, budget_ws on uvicorn as ever.
+    planned.append(("peers-uvloop", [*peers, "--contenders", *UVLOOP_CONTENDERS, "--loop",
+                                     "uvloop", "--scenarios", "fanout", "idle",
+                                     "--connections", "1000", "--payload-bytes", "200", "2048",
+                                     "--idle-connections", str(large)]))  # fmt: skip
     for name, options in SETTINGS.items():
         planned.append((name, [*peers, "--scenarios", "idle", "--contenders", "budget_ws",
                                "floor", "websockets", "--idle-connections",

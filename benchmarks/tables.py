@@ -17,7 +17,13 @@ TIMES = "\N{MULTIPLICATION SIGN}"
 KEPT_UP = 1.5
 """Events per message up to which a steady run counts as kept up with (nothing queued)."""
 SETTINGS_ORDER = ("websockets-sansio", "wsproto", "websockets")
-PEERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor")
+PEERS = ("budget_ws", "naive", "broadcaster", "websockets", "floor", "native", "picows")
+"""The peers benchmark's contenders, in the order of the page's columns and rows; a table
+has a column (row) only for those that its results have."""
+NATIVE_PEERS = ("websockets", "budget_ws", "picows")
+"""The contenders the native server's CPU per delivery is divided by, when it ran."""
+NATIVE_IDLE_KIB = 16.0
+"""The native server's target for memory per idle connection (``peers.NATIVE_IDLE_KIB``)."""
 INSTRUMENTED = {"observed": "observed", "metrics": "metrics only", "tracing": "tracing only"}
 """The fan-out contenders with instrumentation on, by their name on the page."""
 FANOUT_MODES = {"burst": "burst", "paced": "steady"}
@@ -54,6 +60,20 @@ class Results:
     def peer_results(self, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return [(stem, result) for stem, data in self.peers for result in data["results"]
                 if result["scenario"] == scenario]  # fmt: skip
+
+    def peer_loop(self, stem: str) -> tuple[str, list[str]]:
+        """The loop of a peers file's servers without uvicorn (``--loop``) and those
+        servers, when it is not asyncio's: ``("uvloop", ["native", ...])``; else ``("", [])``."""
+        for name, data in self.peers:
+            parameters = data["environment"]["parameters"]
+            if name == stem and parameters.get("loop", "asyncio") != "asyncio":
+                return parameters["loop"], list(parameters.get("loop_contenders", []))
+        return "", []
+
+    def loop_label(self, stem: str) -> str:
+        """``""``, or e.g. ``"native, websockets, picows on uvloop"``."""
+        loop, served = self.peer_loop(stem)
+        return f"{', '.join(served)} on {loop}" if loop else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -109,8 +129,15 @@ def _per_message(result: dict[str, Any] | None) -> str:
     return f"{result['delivered'] / result['messages']:.1f}"
 
 
-def _mode(result: dict[str, Any]) -> str:
-    return f"steady {result['rate']:g}/s" if result["rate"] else "burst"
+def _mode(result: dict[str, Any], loop: str = "") -> str:
+    mode = f"steady {result['rate']:g}/s" if result["rate"] else "burst"
+    return f"{mode} ({loop})" if loop else mode
+
+
+def _present(groups: Iterable[dict[str, Any]]) -> list[str]:
+    """The peers contenders that any of ``groups`` (by contender) has, in page order."""
+    groups = list(groups)
+    return [name for name in PEERS if any(name in by for by in groups)]
 
 
 def _cpu(result: dict[str, Any]) -> float | None:
@@ -144,17 +171,21 @@ def _fanout_groups(results: Results) -> dict[tuple[str, int, int, float], dict[s
 
 
 def fanout(results: Results) -> str:
-    header = ["connections", "event `data`", "scenario", *(f"{n} µs" for n in PEERS),
-              "÷ broadcaster", "÷ floor", "events per message (budget_ws)"]  # fmt: skip
+    groups = _fanout_groups(results)
+    names = _present(groups.values())
+    native = [peer for peer in NATIVE_PEERS if "native" in names and peer in names]
+    header = ["connections", "event `data`", "scenario", *(f"{n} µs" for n in names),
+              "÷ broadcaster", "÷ floor", "events per message (budget_ws)",
+              *(f"native ÷ {peer}" for peer in native)]  # fmt: skip
     rows = []
-    for (_, connections, size, _), by in _fanout_groups(results).items():
+    for (stem, connections, size, _), by in groups.items():
         ours = by.get("budget_ws")
         any_result = next(iter(by.values()))
         rows.append([
-            f"{connections:,}", f"{size:,} B", _mode(any_result),
-            *(_cpu_cell(by.get(name)) for name in PEERS),
+            f"{connections:,}", f"{size:,} B", _mode(any_result, results.loop_label(stem)),
+            *(_cpu_cell(by.get(name)) for name in names),
             _ratio(ours, by.get("broadcaster"), _cpu), _ratio(ours, by.get("floor"), _cpu),
-            _per_message(ours),
+            _per_message(ours), *(_ratio(by.get("native"), by.get(peer), _cpu) for peer in native),
         ])  # fmt: skip
     return _table(header, rows, right=3)
 
@@ -189,16 +220,29 @@ def fanout_detail(results: Results) -> str:
 
 
 def summary(results: Results) -> str:
-    """Burst against steady, in numbers: where budget_ws's advantage comes from."""
+    """Burst against steady, in numbers: where budget_ws's advantage comes from (and the
+    native server's standing, when it ran). Runs with a server on another loop than
+    asyncio's (``peers --loop``) are left out."""
+    names = {"floor": "the floor's", "broadcaster": "broadcaster's",
+             "websockets": "the `websockets` server's", "naive": "naive's"}  # fmt: skip
+    native = {"websockets": "the `websockets` server's", "budget_ws": "budget_ws's on uvicorn",
+              "picows": "picows'"}  # fmt: skip
+    lines = _summary_lines(results, "budget_ws", "budget_ws's", names)
+    lines += _summary_lines(results, "native", "the native server's", native)
+    return "\n".join(lines) or "*(no fan-out results)*"
+
+
+def _summary_lines(results: Results, ours_name: str, subject: str,
+                   names: dict[str, str]) -> list[str]:  # fmt: skip
     spans: dict[tuple[str, str], list[float]] = {}
     per_message: dict[str, list[float]] = {}
-    for (_, _, _, rate), by in _fanout_groups(results).items():
-        ours = by.get("budget_ws")
-        if not ours or not ours.get("cpu_us_per_delivery"):
+    for (stem, _, _, rate), by in _fanout_groups(results).items():
+        ours = by.get(ours_name)
+        if not ours or not ours.get("cpu_us_per_delivery") or results.peer_loop(stem)[0]:
             continue
         carried = ours["delivered"] / ours["messages"] if ours.get("messages") else 1.0
         mode = "burst" if not rate else "steady" if carried <= KEPT_UP else "behind"
-        for peer in ("floor", "broadcaster", "naive", "websockets"):
+        for peer in names:
             theirs = by.get(peer)
             if theirs and theirs.get("cpu_us_per_delivery"):
                 spans.setdefault((mode, peer), []).append(
@@ -211,8 +255,7 @@ def summary(results: Results) -> str:
         low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
         return low if low == high else f"{low} to {high}"
 
-    names = {"floor": "the floor's", "broadcaster": "broadcaster's",
-             "websockets": "the `websockets` server's", "naive": "naive's"}  # fmt: skip
+    order = ("floor", "broadcaster", "websockets", "naive", "budget_ws", "picows")
     lines = []
     for mode, words in (
         ("burst", "In the bursts"),
@@ -226,16 +269,16 @@ def summary(results: Results) -> str:
             "per message: events queued, and coalesced)",
         ),
     ):
-        against = [f"{span(spans[mode, peer])} {TIMES} {names[peer]}" for peer in names
-                   if (mode, peer) in spans]  # fmt: skip
+        against = [f"{span(spans[mode, peer])} {TIMES} {names[peer]}" for peer in order
+                   if peer in names and (mode, peer) in spans]  # fmt: skip
         if not against:
             continue
-        text = f"- {words}, budget_ws's CPU per delivery was "
+        text = f"- {words}, {subject} CPU per delivery was "
         text += ", ".join(against[:-1]) + (" and " if len(against) > 1 else "") + against[-1]
         if mode in per_message:
             text += f"; its messages carried {span(per_message[mode], 1)} events each"
         lines.append(text + ".")
-    return "\n".join(lines) or "*(no fan-out results)*"
+    return lines
 
 
 # --------------------------------------------------------------------------------------
@@ -312,20 +355,46 @@ def idle(results: Results) -> str:
     found = results.peer_results("idle")
     if not found:
         return "*(no idle results)*"
-    by = {result["contender"]: result for _, result in found}
+    # One column per contender and loop: a file whose servers ran on another loop
+    # (``peers --loop uvloop``) adds columns "NAME (uvloop)"; the first file's result of
+    # a column is kept.
+    columns: dict[str, dict[str, Any]] = {}
+    for stem, result in found:
+        name = result["contender"]
+        loop, served = results.peer_loop(stem)
+        if name in served:
+            name += f" ({loop})"
+        columns.setdefault(name, result)
+    by = {name: result for name, result in columns.items() if " (" not in name}
     names = [name for name in PEERS if name in by]
-    connections = next(iter(by.values()))["connections"]
+    names += [name for name in columns if name not in by]
+    connections = next(iter(columns.values()))["connections"]
     rows = [
-        ["server RSS per connection", *(f"{by[n]['rss_idle_kib_per_connection']:.1f} KiB"
-                                        for n in names)],
-        ["connect + subscribe p99", *(f"{_ms(by[n]['connect_ms'].get('p99'))} ms"
-                                      for n in names)],
+        ["server RSS per connection",
+         *(f"{columns[n]['rss_idle_kib_per_connection']:.1f} KiB" for n in names)],
+        ["connect + subscribe p99",
+         *(f"{_ms(columns[n]['connect_ms'].get('p99'))} ms" for n in names)],
     ]  # fmt: skip
+    if any(columns[n].get("handshake_ms") for n in names):
+        rows.append(["connect + subscribe p99, the client's own wait left out",
+                     *(f"{_ms(columns[n].get('handshake_ms', {}).get('p99'))} ms"
+                       for n in names)])  # fmt: skip
     text = _table([f"{connections:,} idle connections", *names], rows)
     if "budget_ws" in by and "floor" in by:
         above = by["budget_ws"]["rss_idle_kib_per_connection"]
         above -= by["floor"]["rss_idle_kib_per_connection"]
         text += f"\n\nbudget_ws holds {above:.1f} KiB per idle connection more than the floor."
+    if "native" in by:
+        native = by["native"]
+        text += (f"\n\nThe native server holds {native['rss_idle_kib_per_connection']:.1f} KiB "
+                 f"per idle connection (target: at most {NATIVE_IDLE_KIB:g} KiB)")  # fmt: skip
+        theirs = by.get("websockets")
+        ours_p99 = native["connect_ms"].get("p99")
+        theirs_p99 = theirs["connect_ms"].get("p99") if theirs else None
+        if ours_p99 and theirs_p99:
+            text += (f"; its connect + subscribe p99 is {ours_p99 / theirs_p99:.2f} {TIMES} "
+                     f"the `websockets` server's (target: at most 1)")  # fmt: skip
+        text += "."
     return text
 
 
@@ -368,6 +437,10 @@ def redis(results: Results) -> str:
     header = ["scenario", "budget_ws µs", "broadcaster (primed) µs", "÷", "budget_ws p50 / p99",
               "primed p50 / p99", "broadcaster as its README: delivered",
               "events per message (budget_ws)"]  # fmt: skip
+    native = any("native" in runs for runs in by.values())
+    if native:
+        header += ["native µs", "native ÷ budget_ws", "native p50 / p99",
+                   "native: clients per worker (one port)"]  # fmt: skip
     rows = []
     order = sorted(
         by, key=lambda name: (by[name].get("budget_ws", {}).get("mode") != "burst", name)
@@ -393,6 +466,15 @@ def redis(results: Results) -> str:
             _share(plain["delivered"], plain["expected"]) if plain else "-",
             _per_message(ours),
         ])  # fmt: skip
+        if native:
+            own = runs.get("native")
+            split = own.get("connections_by_worker", {}) if own else {}
+            rows[-1] += [
+                _cpu_cell(own, "worker_cpu_us_per_delivery"),
+                _ratio(own, ours, lambda run: run.get("worker_cpu_us_per_delivery")),
+                f"{_p(own, 'p50')} / {_p(own, 'p99')} ms" if own else "-",
+                " / ".join(f"{name} {count:,}" for name, count in split.items()) or "-",
+            ]
     return _table(header, rows)
 
 
@@ -965,6 +1047,8 @@ def _parameters(data: dict[str, Any]) -> str:
     if "idle" in p["scenarios"]:
         parts.append(f"idle {p['idle_connections']:,}")
     parts.append(f"uvicorn `--ws {p['ws']}`, deflate {'on' if p['deflate'] else 'off'}")
+    if p.get("loop_contenders"):
+        parts.append(f"{', '.join(p['loop_contenders'])} on {p['loop']}")
     return "; ".join(parts)
 
 

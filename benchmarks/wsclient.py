@@ -25,7 +25,7 @@ import resource
 import time
 import zlib
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["HandshakeFailed", "Receiver", "connect", "encode_frame"]
 
@@ -80,8 +80,10 @@ class Receiver(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._request)
+        # A stream transport; not an asyncio.Transport instance on uvloop, so a cast.
+        stream = cast(asyncio.Transport, transport)
+        self.transport = stream
+        stream.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()

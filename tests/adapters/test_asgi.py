@@ -1,4 +1,5 @@
-"""The plain ASGI adapter over a real socket, with a real WebSocket client."""
+"""The plain ASGI adapter over a real socket, with a real WebSocket client: under uvicorn,
+and the same ``WebSocketApp`` on the native server (``serve``'s ``native`` parameter)."""
 
 from __future__ import annotations
 
@@ -147,8 +148,10 @@ async def test_a_long_refusal_reason_is_cut_to_fit_a_close_frame(serve: Any) -> 
 
 
 async def test_a_connection_cut_off_by_the_server_is_closed_with_a_code_to_come_back(
-    serve: Any,
+    serve_uvicorn: Any,
 ) -> None:
+    # An ASGI wrapper around the app: uvicorn only (tests/native/test_server.py cancels a
+    # native connection's task instead).
     manager = ConnectionManager()
     inner = WebSocketApp(manager)
 
@@ -160,7 +163,7 @@ async def test_a_connection_cut_off_by_the_server_is_closed_with_a_code_to_come_
             await inner(scope, receive, send)
         return None
 
-    async with serve(app) as address:
+    async with serve_uvicorn(app) as address:
         async with connect(f"ws://{address}/ws", subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
             await frames(socket, 1)
             with pytest.raises(ConnectionClosed) as info:

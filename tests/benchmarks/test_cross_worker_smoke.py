@@ -90,3 +90,24 @@ def test_broadcaster_runs_on_the_same_app_shape(capsys: pytest.CaptureFixture[st
     # only the primed variant is expected to deliver everything.
     assert 0 <= plain["delivered"] <= plain["expected"]
     assert primed["delivered"] == primed["expected"] == CLIENTS * EVENTS, primed
+
+
+def test_two_native_workers_share_one_port_and_deliver_everything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = run_benchmark(capsys, "native")
+
+    [run] = report["runs"]
+    assert run["error"] is None
+    assert run["published"] == EVENTS
+    assert run["delivered"] == run["expected"] == CLIENTS * EVENTS, run
+    assert run["complete_clients"] == CLIENTS
+    # One port: the clients cannot tell the workers apart; the workers count their own.
+    assert run["delivered_by_worker"] == {"A+B": CLIENTS * EVENTS}
+    assert set(run["connections_by_worker"]) == {"A", "B"}
+    assert sum(run["connections_by_worker"].values()) == CLIENTS
+    assert run["round_trips_per_event"] == 1
+    assert run["latency_ms"]["p50"] > 0
+    assert run["worker_cpu_us_per_delivery"] > 0
+    assert report["ratios_native_to_budget_ws"] == []  # budget_ws did not run
+    assert report["exit_code"] == 0

@@ -84,3 +84,78 @@ def test_every_scenario_delivers_everything_for_every_contender(tmp_path: Path) 
     assert {r["against"] for r in fanout_ratios} == set(CONTENDERS) - {"budget_ws"}
     for entry in fanout_ratios:
         assert all(entry[figure] is not None for figure in ("cpu", "p99", "wall", "rss")), entry
+
+
+NATIVE_CONTENDERS = ["budget_ws", "websockets", "native"]
+if importlib.util.find_spec("picows") is not None:
+    NATIVE_CONTENDERS.append("picows")
+
+
+@pytest.mark.timeout(120)
+def test_the_native_server_and_picows_deliver_everything_and_are_compared(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "peers.json"
+    options = [
+        "--contenders", *NATIVE_CONTENDERS, "--scenarios", "fanout", "idle", "--connections",
+        "20", "--payload-bytes", "200", "--events", "5", "--idle-connections", "20",
+        "--drain", "20", "--json-file", str(output),
+    ]  # fmt: skip
+    assert peers.main(options) == 0
+    report = json.loads(output.read_text())
+    results = report["results"]
+    seen = {(r["scenario"], r["contender"], r["mode"]) for r in results}
+    for contender in NATIVE_CONTENDERS:
+        for scenario, mode in (("fanout", "burst"), ("fanout", "steady"), ("idle", "idle")):
+            assert (scenario, contender, mode) in seen
+    parameters = report["environment"]["parameters"]
+    assert parameters["loop"] == "asyncio"
+    assert "native" in parameters["loop_contenders"]
+    for result in results:
+        assert result["error"] is None, result
+        assert result["connect_ms"]["p99"] >= result["handshake_ms"]["p99"] > 0, result
+        if result["contender"] in ("native", "websockets", "picows"):
+            assert result["server_loop"].startswith("asyncio."), result
+        if result["scenario"] == "fanout":
+            assert result["delivered"] == result["expected"] > 0, result
+            assert result["cpu_us_per_delivery"] > 0, result
+    # native / each of its peers, in every configuration, with the figures of the targets.
+    entries = report["ratios_native_to"]
+    assert {(e["against"], e["mode"]) for e in entries} == {
+        (peer, mode) for peer in NATIVE_CONTENDERS if peer != "native"
+        for mode in ("burst", "steady", "idle")
+    }  # fmt: skip
+    for entry in entries:
+        figures = ("cpu",) if entry["mode"] != "idle" else ("rss", "connect_p99", "handshake_p99")
+        assert all(entry[figure] is not None for figure in figures), entry
+    checks = [v["check"] for v in report["verdicts"] if v["check"].startswith("native")]
+    assert any("x websockets <= 1" in check for check in checks), checks
+    assert any("x budget_ws on uvicorn <= 0.5" in check for check in checks), checks
+    assert any("x budget_ws on uvicorn <= 1" in check for check in checks), checks
+    assert any("KiB/connection <= 16" in check for check in checks), checks
+    assert any("connect + subscribe p99" in check for check in checks), checks
+
+
+@pytest.mark.timeout(60)
+def test_the_servers_without_uvicorn_run_on_uvloop(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    contenders = [name for name in NATIVE_CONTENDERS if name != "budget_ws"]
+    output = tmp_path / "peers.json"
+    options = [
+        "--contenders", *contenders, "--scenarios", "fanout", "--connections", "20",
+        "--payload-bytes", "200", "--events", "5", "--steady-rate", "0", "--loop", "uvloop",
+        "--drain", "10", "--json-file", str(output),
+    ]  # fmt: skip
+    assert peers.main(options) == 0
+    report = json.loads(output.read_text())
+    assert report["environment"]["parameters"]["loop"] == "uvloop"
+    assert {r["contender"] for r in report["results"]} == set(contenders)
+    for result in report["results"]:
+        assert result["server_loop"].startswith("uvloop."), result
+        assert result["delivered"] == result["expected"] > 0, result
+
+
+def test_native_and_picows_refuse_deflate() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        peers.main(["--contenders", "native", "--deflate", "--scenarios", "idle"])
+    assert exit_info.value.code == 2

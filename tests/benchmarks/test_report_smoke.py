@@ -37,9 +37,13 @@ PEER_PARAMETERS = {
 }  # fmt: skip
 
 
-def peer_results() -> list[Any]:
+PEER_CPU_US = {"budget_ws": 0.5, "floor": 5.0, "websockets": 1.0, "native": 0.25, "picows": 0.2}
+"""CPU µs per delivery of the made-up peers runs, burst and steady alike."""
+
+
+def peer_results(contenders: dict[str, float] = PEER_CPU_US) -> list[Any]:
     results = []
-    for contender, cpu in (("budget_ws", 0.5), ("floor", 5.0)):
+    for contender, cpu in contenders.items():
         for rate in (0.0, 50.0):
             delivered = 36 if contender == "floor" and rate else 40  # a shortfall to show
             run = peers.Measurement(
@@ -57,9 +61,18 @@ def peer_results() -> list[Any]:
                                   "close_reason": "slow consumer", "closed": True}] * stalled,
             ))  # fmt: skip
         results.append(peers.Measurement("idle", contender, 10, 0, 0,
-                                         rss_idle_kib_per_connection=20.0 + cpu,
-                                         connect_ms={"p99": 3.0}))  # fmt: skip
+                                         rss_idle_kib_per_connection=10.0 + 2 * cpu,
+                                         connect_ms={"p99": 3.0 + cpu},
+                                         handshake_ms={"p99": 1.0 + cpu}))  # fmt: skip
     return results
+
+
+def peers_document(parameters: dict[str, Any], found: list[Any]) -> dict[str, Any]:
+    env = provenance.environment("peers", parameters) | {"load_after": [0.1, 0.1, 0.1]}
+    return {"environment": env, "results": [asdict(r) | {"mode": r.mode} for r in found],
+            "ratios_budget_ws_to": peers.ratios(found),
+            "ratios_native_to": peers.ratios(found, "native", peers.NATIVE_PEERS),
+            "verdicts": peers.verdicts(found)}  # fmt: skip
 
 
 FANOUT_CPU_US = {("budget_ws", "burst"): 1.0, ("observed", "burst"): 1.1,
@@ -179,20 +192,35 @@ def presence_document() -> dict[str, Any]:
 
 
 def write_results(directory: Path) -> None:
-    env = provenance.environment("peers", PEER_PARAMETERS) | {"load_after": [0.1, 0.1, 0.1]}
-    found = peer_results()
-    document = {"environment": env, "results": [asdict(r) | {"mode": r.mode} for r in found],
-                "verdicts": peers.verdicts(found)}  # fmt: skip
+    loops = {"loop": "asyncio", "loop_contenders": ["websockets", "native", "picows"]}
+    document = peers_document(PEER_PARAMETERS | loops, peer_results())
     (directory / "peers.json").write_text(json.dumps(document))
     (directory / "settings-wsproto.json").write_text(json.dumps(document))
-    run = cross_worker.Run("budget_ws", "burst", 10, 10_000, 1.0, published=5, expected=50,
-                           delivered=50, messages=10, worker_cpu_us_per_delivery=3.0,
-                           latency_ms={"p50": 1.0, "p99": 2.0})  # fmt: skip
+    # The native server and its peers on uvloop (budget_ws on uvicorn, as ever), fan-out
+    # and idle: half the CPU per delivery, a third more memory per connection.
+    uvloop = {"loop": "uvloop", "loop_contenders": ["native", "websockets", "picows"],
+              "scenarios": ["fanout", "idle"]}  # fmt: skip
+    on_uvloop = {name: PEER_CPU_US[name] / (1 if name == "budget_ws" else 2)
+                 for name in ("budget_ws", "native", "websockets", "picows")}  # fmt: skip
+    found = [r for r in peer_results(on_uvloop) if r.scenario != "stalled"]
+    (directory / "peers-uvloop.json").write_text(json.dumps(peers_document(
+        PEER_PARAMETERS | uvloop, found)))  # fmt: skip
+    runs = [
+        cross_worker.Run("budget_ws", "burst", 10, 10_000, 1.0, published=5, expected=50,
+                         delivered=50, messages=10, worker_cpu_us_per_delivery=3.0,
+                         latency_ms={"p50": 1.0, "p99": 2.0}),
+        cross_worker.Run("native", "burst", 10, 10_000, 1.0, published=5, expected=50,
+                         delivered=50, messages=10, worker_cpu_us_per_delivery=1.5,
+                         latency_ms={"p50": 0.5, "p99": 1.5}, delivered_by_worker={"A+B": 50},
+                         connections_by_worker={"A": 6, "B": 4}),
+    ]  # fmt: skip
     env = provenance.environment("cross_worker", {"scenario": ["burst"], "duration": 1.0,
                                                   "client_processes": 2})  # fmt: skip
     document = {"environment": env | {"load_after": [0.1, 0.1, 0.1]},
-                "runs": [asdict(run) | {"complete": run.complete, "mode": run.mode}],
-                "verdicts": cross_worker.verdicts([run])}  # fmt: skip
+                "runs": [asdict(run) | {"complete": run.complete, "mode": run.mode}
+                         for run in runs],
+                "ratios_native_to_budget_ws": cross_worker.ratios(runs, "native", ["budget_ws"]),
+                "verdicts": cross_worker.verdicts(runs)}  # fmt: skip
     (directory / "cross_worker.json").write_text(json.dumps(document))
     (directory / "fanout-observed.json").write_text(json.dumps(fanout_document()))
     (directory / "instructions.json").write_text(json.dumps(instructions_document()))
@@ -223,6 +251,64 @@ def test_the_page_is_regenerated_then_checked(results: Path, tmp_path: Path) -> 
     assert "`peers.json`" in text
     assert "`cross_worker.json`" in text
     assert "per-message deflate off" in text  # the settings table
+    # The native server and picows beside the others, and the native server's ratios.
+    block = text.split("<!-- begin: fanout -->")[1].split("<!-- end: fanout")[0]
+    assert (
+        "| budget_ws µs | naive µs | broadcaster µs | websockets µs | floor µs | native µs "
+        "| picows µs |"
+    ) not in block  # only the contenders that ran have a column
+    assert (
+        "| budget_ws µs | websockets µs | floor µs | native µs | picows µs | ÷ broadcaster "
+        "| ÷ floor | events per message (budget_ws) | native ÷ websockets | native ÷ budget_ws "
+        "| native ÷ picows |"
+    ) in block
+    assert (
+        "| 10 | 200 B | burst | 0.50 | 1.00 | 5.00 | 0.25 | 0.20 | - | 0.10 | 1.0 | 0.25 | 0.50 "
+        "| 1.25 |"
+    ) in block
+    assert (
+        "| 10 | 200 B | burst (native, websockets, picows on uvloop) | 0.50 | 0.50 | - | 0.12 "
+        "| 0.10 | - | - | 1.0 | 0.25 | 0.25 | 1.25 |"
+    ) in block
+    block = text.split("<!-- begin: summary -->")[1].split("<!-- end: summary")[0]
+    assert (
+        "- In the bursts, the native server's CPU per delivery was 0.25 \N{MULTIPLICATION SIGN} "
+        "the `websockets` server's, 0.50 \N{MULTIPLICATION SIGN} budget_ws's on uvicorn and "
+        "1.25 \N{MULTIPLICATION SIGN} picows'"
+    ) in block  # from peers.json alone: a run on uvloop is left out of the summary
+    block = text.split("<!-- begin: idle -->")[1].split("<!-- end: idle")[0]
+    assert (
+        "| 10 idle connections | budget_ws | websockets | floor | native | picows "
+        "| native (uvloop) | websockets (uvloop) | picows (uvloop) |"
+    ) in block
+    assert "| server RSS per connection | 11.0 KiB | 12.0 KiB | 20.0 KiB | 10.5 KiB |" in block
+    assert "| connect + subscribe p99, the client's own wait left out | 1.50 ms |" in block
+    assert (
+        "The native server holds 10.5 KiB per idle connection (target: at most 16 KiB); its "
+        "connect + subscribe p99 is 0.81 \N{MULTIPLICATION SIGN} the `websockets` server's"
+    ) in block
+    block = text.split("<!-- begin: stalled -->")[1].split("<!-- end: stalled")[0]
+    assert "| native | 300/300, 2.00 ms | 300/300, 4.00 ms |" in block
+    block = text.split("<!-- begin: redis -->")[1].split("<!-- end: redis")[0]
+    assert (
+        "| native µs | native ÷ budget_ws | native p50 / p99 | native: clients per worker "
+        "(one port) |"
+    ) in block
+    assert "| 1.50 | 0.50 | 0.50 / 1.50 ms | A 6 / B 4 |" in block
+    assert "native, websockets, picows on uvloop" in text  # provenance
+    block = text.split("<!-- begin: verdicts -->")[1].split("<!-- end: verdicts")[0]
+    assert (
+        "| `peers` | fanout 10 x 200 B at 50/s | native CPU/delivery 0.25 x websockets <= 1 | yes |"
+    ) in block
+    assert (
+        "| `peers` | fanout 10 x 200 B burst | native CPU/delivery 0.50 x budget_ws on uvicorn"
+        in block
+    )
+    assert "| `peers` | idle 10 | native 10.5 KiB/connection <= 16 | yes |" in block
+    assert (
+        "| `peers-uvloop` | idle 10 | native connect + subscribe p99 3 ms <= 1 x websockets'"
+        in block
+    )
     # What metrics and tracing cost: burst and steady, each over budget_ws, and the target.
     block = text.split("<!-- begin: observability -->")[1].split("<!-- end: observability")[0]
     assert "`fanout-observed.json`: 4 events of 200 B" in block

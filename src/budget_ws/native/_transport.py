@@ -76,6 +76,7 @@ class NativeTransport(asyncio.Protocol):
         "_fragments",
         "_fragments_text",
         "_handshake_bytes",
+        "_head",
         "_inbox",
         "_lost",
         "_open",
@@ -95,6 +96,8 @@ class NativeTransport(asyncio.Protocol):
         self._open = False
         """Accepted and no close frame sent or received: messages may be written."""
         self._handshake_bytes = 0
+        self._head: bytes | None = b""
+        """The request's first bytes until its request line is complete, then None."""
         self._timer: asyncio.TimerHandle | None = None
         self._inbox: list[str | bytes] | None = None
         self._receiver: asyncio.Future[str | bytes] | None = None
@@ -125,6 +128,8 @@ class NativeTransport(asyncio.Protocol):
             self._handshake_bytes += len(data)
             if self._handshake_bytes > self._endpoint.max_handshake_bytes:
                 self._refuse_http(431, "request header fields too large")
+                return
+            if self._head is not None and self._plain_http(data):
                 return
         ws.receive_data(data)
         for event in ws.events_received():
@@ -323,6 +328,35 @@ class NativeTransport(asyncio.Protocol):
             },
         )
 
+    def _plain_http(self, data: bytes) -> bool:
+        """Answer a request that cannot open a WebSocket, as the ASGI adapter does.
+
+        An opening handshake is a GET (RFC 6455 4.1): any other method is a plain HTTP
+        request, answered 426 on the server's path (404 elsewhere) before its body, which
+        the WebSocket parser would refuse without an answer.
+        """
+        assert self._head is not None
+        head = self._head + data
+        end = head.find(b"\r\n")
+        if end < 0:
+            self._head = head
+            return False
+        self._head = None
+        method, _, rest = head[:end].partition(b" ")
+        if method == b"GET" or not rest:
+            return False
+        target = rest.partition(b" ")[0].decode("latin-1")
+        path = self._endpoint.path
+        try:
+            elsewhere = path is not None and urlsplit(target).path != path
+        except ValueError:  # "http://[": no path of ours
+            elsewhere = True
+        if elsewhere:
+            self._refuse_http(404, "not found")
+        else:
+            self._refuse_http(426, _UPGRADE_BODY, upgrade=True)
+        return True
+
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._ws.state is State.CONNECTING and self._transport is not None:
@@ -362,7 +396,11 @@ class NativeTransport(asyncio.Protocol):
         endpoint = self._endpoint
         transport = self._transport
         assert transport is not None
-        split = urlsplit(request.path)
+        try:
+            split = urlsplit(request.path)
+        except ValueError:  # a target such as "http://[" names no path
+            self._refuse_http(400, "malformed request target")
+            return
         if endpoint.path is not None and split.path != endpoint.path:
             self._refuse_http(404, "not found")
             return

@@ -1,0 +1,248 @@
+"""One client's connection to the native server (``NativeTransport``): frames that break
+RFC 6455, the closing handshake either way, pings, messages of every length, and a socket
+read no further while the connection is busy with what came.
+
+The answers are those of ``docs/topics/limits.md`` ("The opening handshake on the native
+server"); the raw frames are written here by hand, as a broken or hostile client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from tests.support.servers import RawClient
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from budget_ws import ClientMessage, ConnectionManager, Event, Limits
+from budget_ws.native import NativeServer
+from budget_ws.protocol import encode_client_event
+
+pytestmark = pytest.mark.anyio
+
+PROTOCOL = Subprotocol("budget-ws.v1")
+
+
+class Big(Event, name="test_native_transport_big", register=False):
+    text: str
+
+
+class Hold(Event, name="test_native_transport_hold", register=False):
+    pass
+
+
+@asynccontextmanager
+async def served(manager: ConnectionManager) -> AsyncIterator[NativeServer]:
+    async with manager, NativeServer(manager) as server:
+        yield server
+
+
+def client_frame(first_byte: int, payload: bytes, *, masked: bool = True) -> bytes:
+    """A client frame written out: ``first_byte`` holds FIN, RSV1-3 and the opcode."""
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head = struct.pack("!BB", first_byte, mask_bit | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", first_byte, mask_bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", first_byte, mask_bit | 127, length)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+
+
+TEXT, CONT, PING = 0x1, 0x0, 0x9
+FIN, RSV1 = 0x80, 0x40
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        client_frame(FIN | TEXT, b'{"op": "ping"}', masked=False),
+        client_frame(FIN | RSV1 | TEXT, b'{"op": "ping"}'),
+        client_frame(FIN | PING, b"x" * 126),
+        client_frame(FIN | CONT, b'{"op": "ping"}'),
+        client_frame(TEXT, b'{"op": ') + client_frame(FIN | TEXT, b'"ping"}'),
+        client_frame(FIN | 0x3, b"reserved opcode"),
+    ],
+    ids=[
+        "unmasked",
+        "reserved-bit",
+        "long-control-frame",
+        "continuation-without-start",
+        "new-message-inside-a-fragmented-one",
+        "reserved-opcode",
+    ],
+)
+async def test_a_frame_that_breaks_rfc_6455_closes_with_1002(data: bytes) -> None:
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        raw = await RawClient.open(server.url)
+        try:
+            await raw.read_messages(1)  # welcome
+            [connection] = manager.connections.values()
+            await raw.send_raw(client_frame(FIN | TEXT, b'{"op": "ping"}'))
+            await raw.read_messages(2)
+            assert json.loads(raw.messages[1]) == {"op": "pong"}
+            await raw.send_raw(data)
+            close = await raw.read_until_closed()
+        finally:
+            raw.close()
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+    assert close.code == 1002
+    assert raw.messages[2:] == []
+    assert manager.metrics.closes == {1002: 1}
+
+
+async def test_a_client_s_close_is_answered_and_its_code_recorded() -> None:
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        async with connect(server.url, subprotocols=[PROTOCOL], ping_interval=None) as ws:
+            await ws.recv()
+            [connection] = manager.connections.values()
+            await ws.close(4321, "bye")
+            # The server answered with the same code: a clean closing handshake.
+            assert ws.protocol.close_rcvd is not None
+            assert (ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason) == (4321, "bye")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+        assert connection.close_code == 4321
+    assert manager.metrics.closes == {4321: 1}
+
+
+async def test_a_client_that_vanishes_without_a_close_frame_ends_with_1006() -> None:
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        raw = await RawClient.open(server.url)
+        await raw.read_messages(1)
+        [connection] = manager.connections.values()
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()  # a reset, as from a crashed client
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+        assert connection.close_code == 1006
+        assert manager.stats().connections == 0
+
+
+async def test_the_server_s_close_comes_with_its_code_then_the_tcp_close() -> None:
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        raw = await RawClient.open(server.url)
+        try:
+            await raw.read_messages(1)
+            [connection] = manager.connections.values()
+            connection.close(1000, "done here")
+            close = await raw.read_until_closed()
+            assert (close.code, close.reason) == (1000, "done here")
+            assert await raw.read_until_eof() == b""
+        finally:
+            raw.close()
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+
+
+async def test_websocket_pings_are_answered_with_pongs() -> None:
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        async with connect(server.url, subprotocols=[PROTOCOL], ping_interval=None) as ws:
+            await ws.recv()
+            with anyio.fail_after(5):
+                latency = await (await ws.ping(b"are you there"))
+            assert latency >= 0
+            await ws.send('{"op": "ping"}')
+            assert json.loads(str(await ws.recv())) == {"op": "pong"}
+
+
+@pytest.mark.parametrize("length", [125, 126, 65535, 65536, 300_000])
+async def test_messages_of_every_length_are_framed_right(length: int) -> None:
+    # The three length encodings of RFC 6455 5.2 and their edges: the event's message is
+    # exactly ``length`` bytes long.
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        raw = await RawClient.open(server.url)
+        try:
+            await raw.send_text('{"op": "subscribe", "topic": "t", "id": 1}')
+            await raw.read_messages(2)
+            epoch = json.loads(raw.messages[1])["position"]["epoch"]
+            bare = {"event": Big.event_name, "data": {"text": ""}, "topic": "t", "offset": 1}
+            overhead = len(json.dumps({**bare, "epoch": epoch}, separators=(",", ":")))
+            text = "a" * (length - overhead)
+            await manager.publish(Big(text=text), topic="t")
+            await raw.read_messages(3, within=10)
+        finally:
+            raw.close()
+    assert len(raw.messages[2].encode()) == length
+    assert json.loads(raw.messages[2])["data"]["text"] == text
+    [frame] = raw.frames[2:]
+    assert frame.fin
+
+
+async def test_the_socket_is_read_no_further_while_the_connection_is_busy() -> None:
+    # 16 messages wait at most; then TCP slows the client down instead of the server
+    # buffering whatever it sends.
+    limits = Limits(
+        max_messages_per_second=1_000_000,
+        message_burst=1_000_000,
+        max_bytes_per_second=1e9,
+        byte_burst=1_000_000_000,
+    )
+    manager = ConnectionManager(limits=limits)
+    holding, release = anyio.Event(), anyio.Event()
+
+    @manager.on(Hold)
+    async def hold(message: ClientMessage[Hold]) -> None:
+        holding.set()
+        await release.wait()
+
+    frame = client_frame(FIN | TEXT, json.dumps({"op": "ping", "pad": "x" * 1000}).encode())
+    total = 4000  # about 4 MB
+    async with served(manager) as server:
+        raw = await RawClient.open(server.url)
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        try:
+            await raw.read_messages(1)
+            await raw.send_raw(client_frame(FIN | TEXT, encode_client_event(Hold(), None).encode()))
+            with anyio.fail_after(5):
+                await holding.wait()
+            sent = 0
+            data = frame * total
+            # Write what the socket takes without waiting, until it takes nothing more
+            # for a while: the server stopped reading.
+            idle = 0
+            while sent < len(data) and idle < 5:
+                try:
+                    written = raw.sock.send(data[sent : sent + 65536])
+                except BlockingIOError:
+                    idle += 1
+                    await anyio.sleep(0.05)
+                    continue
+                sent += written
+                idle = 0
+            assert sent < total * len(frame) // 2, f"the server read {sent} bytes while busy"
+            release.set()
+            # Once free, the connection handles every message that waited, in order.
+            loop = asyncio.get_running_loop()
+            with anyio.fail_after(20):
+                await loop.sock_sendall(raw.sock, data[sent:])
+            pongs = 0
+            with anyio.fail_after(20):
+                while pongs < total:
+                    assert await raw.read_some()
+                    pongs = sum(message.count("\n") + 1 for message in raw.messages[1:])
+            assert {line for m in raw.messages[1:] for line in m.split("\n")} == {'{"op":"pong"}'}
+        finally:
+            raw.close()

@@ -185,3 +185,41 @@ async def test_a_transport_gone_while_parked_ends_the_connection() -> None:
         with anyio.fail_after(5):
             await connection.wait_closed()
         assert connection.close_code is not None
+
+
+async def test_timings_count_what_the_flusher_wrote() -> None:
+    manager = ConnectionManager()
+    manager.metrics.enable_timings()
+    socket = Socket()
+    async with manager, served(manager, socket):
+        await manager.publish(Tick(number=0), topic="t:1")  # alone: its wait is timed
+        await until(lambda: len(socket.wires) >= 1)
+        for number in range(1, 4):  # together: one message, and the outbox's fill
+            await manager.publish(Tick(number=number), topic="t:1")
+        await until(lambda: len(socket.frames()) >= 4)
+        latency, fill = manager.metrics.delivery_latency, manager.metrics.outbox_fill
+        assert latency is not None
+        assert fill is not None
+        latency.flush()
+        fill.flush()
+        assert sum(latency.counts) == 4  # 1 alone + 3 in one message, each counted
+        assert sum(fill.counts) == 1
+
+
+async def test_a_send_that_fails_after_a_hand_back_ends_the_connection() -> None:
+    manager = ConnectionManager()
+    socket = Socket()
+    async with manager, served(manager, socket) as [connection]:
+        socket.keeping_up = False
+        await manager.publish(Tick(number=0), topic="t:1")  # written; the socket fell behind
+        await until(lambda: len(socket.wires) == 1)
+        await manager.publish(Tick(number=1), topic="t:1")  # waits for the writer
+
+        async def broken(text: str) -> None:
+            raise ConnectionClosed(1006, "reset")
+
+        socket.send_text = broken  # type: ignore[method-assign]
+        socket.catch_up()
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+        assert len(socket.wires) == 1

@@ -148,12 +148,13 @@ class _Parked:
             return
         self.metrics.delivered += count
         if self.timed:
-            self._record(message, count, since)
+            self.record(message, count, since)
         if not (keeping_up and outbox.park(self)):
             handback.set_result(None)
 
-    def _record(self, message: str, count: int, since: float) -> None:
-        """Record a message written here, as the timed write loop does."""
+    def record(self, message: str, count: int, since: float) -> None:
+        """Record a written message, as the timed write loop does: the flusher's and the
+        writer's alike."""
         outbox = self.outbox
         assert isinstance(outbox, TimedOutbox)
         latency, fill = self.metrics.delivery_latency, self.metrics.outbox_fill
@@ -524,19 +525,20 @@ class Connection:
                 item = outbox.take_message()
                 if item is None:
                     handback = parked.handback = loop.create_future()
-                    if not outbox.park(parked):
-                        if outbox.finished and not len(outbox):
-                            break
-                        continue
+                    if not outbox.park(parked):  # empty, so finished: the writer ends
+                        break
                     await handback
                     # Handed back: the flusher's last write may wait in the buffer.
                     await transport.drained()
                     continue
                 message, count = item
                 del item
+                since = outbox.since if parked.timed else 0.0  # type: ignore[attr-defined]
                 await transport.send_text(message)
-                del message
                 metrics.delivered += count
+                if parked.timed:
+                    parked.record(message, count, since)
+                del message
         except Exception as exc:
             self._send_failed(exc)
         finally:

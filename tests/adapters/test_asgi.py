@@ -454,3 +454,24 @@ async def test_a_lifespan_that_does_not_start_up_is_ignored() -> None:
     await WebSocketApp(manager)({"type": "lifespan"}, receive, send)
     assert sent == []
     assert not manager.running
+
+
+def test_the_app_s_settings_are_its_gatekeeper_s() -> None:
+    manager = ConnectionManager()
+
+    def authenticate(handshake: Handshake) -> str:
+        return "ann"
+
+    app = WebSocketApp(
+        manager,
+        authenticate=authenticate,
+        allowed_origins=["https://a.example"],
+        require_subprotocol=False,
+    )
+    assert app.manager is manager is app.gatekeeper.manager
+    assert app.authenticate is authenticate
+    assert app.allowed_origins == ["https://a.example"]
+    assert app.require_subprotocol is False
+    assert app.compatibility is None
+    with pytest.raises(AttributeError):
+        app.manager = ConnectionManager()  # type: ignore[misc]

@@ -87,3 +87,10 @@ async def test_tls_is_served_as_wss(tmp_path: Path) -> None:
         async with connect(s.url, subprotocols=[PROTOCOL], ssl=client_context) as ws:
             assert '"op":"welcome"' in str(await ws.recv())
     assert seen[0].scheme == "wss"
+
+
+async def test_a_trusted_proxy_that_spoke_plain_http_keeps_ws() -> None:
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "http"}
+    [handshake] = await _seen({"forwarded_allow_ips": ["*"], "ssl": None}, headers)
+    assert handshake.client == ("203.0.113.7", 0)
+    assert handshake.scheme == "ws"

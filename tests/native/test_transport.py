@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from budget_ws import ClientMessage, ConnectionManager, Event, Limits
+from budget_ws import ClientMessage, ConnectionManager, Event, Limits, OutboxLimits
 from budget_ws.native import NativeServer
 from budget_ws.protocol import encode_client_event
 
@@ -246,3 +246,84 @@ async def test_the_socket_is_read_no_further_while_the_connection_is_busy() -> N
             assert {line for m in raw.messages[1:] for line in m.split("\n")} == {'{"op":"pong"}'}
         finally:
             raw.close()
+
+
+class Numbered(Event, name="test_native_transport_numbered", register=False):
+    number: int
+    pad: str
+
+
+def _numbers(messages: list[str]) -> list[int]:
+    frames = [json.loads(line) for message in messages for line in message.split("\n")]
+    return [f["data"]["number"] for f in frames if f.get("event") == Numbered.event_name]
+
+
+async def _stalled_subscriber(server: NativeServer) -> RawClient:
+    """A subscriber with a tiny receive buffer that reads nothing until told to."""
+    raw = await RawClient.open(server.url, receive_buffer=4096)
+    await raw.read_messages(1)  # welcome
+    await raw.send_text('{"op": "subscribe", "topic": "t", "id": 1}')
+    await raw.read_messages(2)  # subscribed
+    return raw
+
+
+async def _flood(manager: ConnectionManager, count: int) -> None:
+    """``count`` events of 2 KB, one per loop turn: a steady stream the socket cannot take."""
+    for number in range(count):
+        await manager.publish(Numbered(number=number, pad="x" * 2000), topic="t")
+        await asyncio.sleep(0)
+
+
+async def test_a_client_that_falls_behind_then_reads_gets_every_event_in_order() -> None:
+    # The socket fills, the writer takes over and waits for it to drain, and the frames
+    # that queued meanwhile leave joined; nothing is lost, nothing comes twice.
+    manager = ConnectionManager(outbox=OutboxLimits(max_messages=10_000, max_bytes=64 * 2**20))
+    async with served(manager) as server:
+        raw = await _stalled_subscriber(server)
+        try:
+            await _flood(manager, 3000)
+            [connection] = manager.connections.values()
+            assert connection.queued_frames > 0  # they wait in the outbox, not the transport
+            with anyio.fail_after(30):
+                while len(_numbers(raw.messages[2:])) < 3000:
+                    assert await raw.read_some()
+            assert _numbers(raw.messages[2:]) == list(range(3000))
+            assert len(raw.messages) - 2 < 3000  # some left joined
+        finally:
+            raw.sock.close()
+
+
+async def test_a_client_gone_while_its_writer_waits_for_the_socket_ends_its_connection() -> None:
+    manager = ConnectionManager(outbox=OutboxLimits(max_messages=10_000, max_bytes=64 * 2**20))
+    async with served(manager) as server:
+        raw = await _stalled_subscriber(server)
+        await _flood(manager, 1500)
+        [connection] = manager.connections.values()
+        # Gone without a word: a reset, as a crashed client's kernel sends it.
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.sock.close()
+        with anyio.fail_after(5):
+            await connection.wait_closed()
+        assert connection.close_code == 1006
+
+
+async def test_a_client_that_never_answers_the_close_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("budget_ws.connection.CLOSE_TIMEOUT", 0.2)
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        raw = await RawClient.open(server.url)  # it will read, but never answer a close
+        try:
+            await raw.read_messages(1)
+            [connection] = manager.connections.values()
+            connection.close(4444, "bye")
+            with anyio.fail_after(3):
+                await connection.wait_closed()
+            assert connection.close_code == 4444
+            # The server dropped the TCP connection without waiting for the answer.
+            with anyio.fail_after(3):
+                while await raw.read_some():
+                    pass
+        finally:
+            raw.sock.close()

@@ -47,6 +47,13 @@ class Endpoint:
     scheme: str = "ws"
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """The connections' tasks (handshake, then serving), kept until they end."""
+    waiting: set[NativeTransport] = field(default_factory=set)
+    """Connections whose opening request has not come yet: the server drops them when it
+    stops listening, as nobody else would (the manager does not know them)."""
+
+    def drop_waiting(self) -> None:
+        for transport in list(self.waiting):
+            transport.abort()
 
 
 class _ServerProtocol(ServerProtocol):
@@ -121,6 +128,7 @@ class NativeTransport(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         self._timer = loop.call_later(self._endpoint.handshake_timeout, self._handshake_timed_out)
+        self._endpoint.waiting.add(self)
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
@@ -149,6 +157,7 @@ class NativeTransport(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._open = False
+        self._endpoint.waiting.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -284,8 +293,7 @@ class NativeTransport(asyncio.Protocol):
                 self._fragments_text = opcode is Opcode.TEXT
         elif opcode is Opcode.CONT:
             fragments = self._fragments
-            if fragments is None:  # the protocol refuses this; nothing to add to
-                return
+            assert fragments is not None  # websockets fails a continuation without a start
             fragments.append(bytes(frame.data))
             if frame.fin:
                 self._fragments = None
@@ -298,8 +306,7 @@ class NativeTransport(asyncio.Protocol):
 
     def _write_pending(self) -> None:
         transport = self._transport
-        if transport is None:
-            return
+        assert transport is not None  # called from the transport's callbacks
         ws = self._ws
         for data in ws.data_to_send():
             if data:
@@ -357,6 +364,11 @@ class NativeTransport(asyncio.Protocol):
             self._refuse_http(426, _UPGRADE_BODY, upgrade=True)
         return True
 
+    def abort(self) -> None:
+        """Drop the TCP connection at once."""
+        if self._transport is not None:
+            self._transport.abort()
+
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._ws.state is State.CONNECTING and self._transport is not None:
@@ -383,6 +395,7 @@ class NativeTransport(asyncio.Protocol):
             self._transport.close()
 
     def _request(self, request: Request) -> None:
+        self._endpoint.waiting.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

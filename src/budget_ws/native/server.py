@@ -128,7 +128,7 @@ class NativeServer:
         """Start listening. The manager must be running to serve the clients."""
         if self._server is not None:
             raise RuntimeError("the NativeServer is already started")
-        if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover
             raise RuntimeError("reuse_port needs SO_REUSEPORT, which this system lacks")
         loop = asyncio.get_running_loop()
         endpoint = self._endpoint
@@ -146,12 +146,14 @@ class NativeServer:
     async def aclose(self) -> None:
         """Stop listening; the manager's shutdown closes the clients (1012).
 
-        A handshake still under way ends as the manager says: served while it runs,
-        closed with 1012 once it has shut down.
+        Connections that have not sent their opening request are dropped. A handshake
+        under way ends as the manager says: served while it runs, closed with 1012 once
+        it has shut down.
         """
         server, self._server = self._server, None
         if server is not None:
             server.close()  # and it may start again, on the same port
+            self._endpoint.drop_waiting()
 
     async def serve_forever(self) -> None:
         """Start if needed, and serve until cancelled."""

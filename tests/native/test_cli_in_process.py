@@ -19,7 +19,8 @@ from budget_ws.__main__ import main
 APP = "tests.native.reuse_port_app"
 
 
-def test_serves_until_sigterm_then_closes_clients_with_1012() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serves_until_sigterm_then_closes_clients_with_1012(loop: str) -> None:
     port = free_port()
     seen: dict[str, Any] = {}
 
@@ -41,7 +42,9 @@ def test_serves_until_sigterm_then_closes_clients_with_1012() -> None:
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        status = main(["serve", f"{APP}:make_manager", "--port", str(port), "--reuse-port"])
+        status = main(
+            ["serve", f"{APP}:make_manager", "--port", str(port), "--reuse-port", "--loop", loop]
+        )
     finally:
         thread.join(10)
     assert status == 0

@@ -313,17 +313,50 @@ async def test_a_client_that_never_answers_the_close_is_cut_off(
     monkeypatch.setattr("budget_ws.connection.CLOSE_TIMEOUT", 0.2)
     manager = ConnectionManager()
     async with served(manager) as server:
-        raw = await RawClient.open(server.url)  # it will read, but never answer a close
+        # A bare socket: it reads what comes and answers nothing, not even a close frame.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
-            await raw.read_messages(1)
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: budget-ws.v1\r\n\r\n"
+            )
+            with anyio.fail_after(5):
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+                while not manager.connections:
+                    await reader.read(1)  # the welcome, a byte at a time
             [connection] = manager.connections.values()
             connection.close(4444, "bye")
             with anyio.fail_after(3):
                 await connection.wait_closed()
             assert connection.close_code == 4444
-            # The server dropped the TCP connection without waiting for the answer.
+            # The close frame came, then the end of the TCP connection, unanswered.
             with anyio.fail_after(3):
-                while await raw.read_some():
-                    pass
+                rest = await reader.read()
+            assert rest.endswith(b"\x88\x05\x11\x5cbye")  # close 4444 "bye", then EOF
         finally:
-            raw.sock.close()
+            writer.close()
+
+
+async def test_a_refused_browser_that_never_answers_the_close_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("budget_ws.connection.CLOSE_TIMEOUT", 0.2)
+    manager = ConnectionManager()
+    async with served(manager) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: budget-ws.v1\r\n"
+                b"Origin: https://elsewhere.example\r\n\r\n"
+            )
+            with anyio.fail_after(3):
+                received = await reader.read()  # 101, close 1008, then the end: unanswered
+            assert received.startswith(b"HTTP/1.1 101")
+            assert b"\x88" in received
+            assert b"not allowed" in received
+        finally:
+            writer.close()
+        assert manager.metrics.handshake_refusals["origin"] == 1

@@ -12,7 +12,7 @@ import importlib
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ..adapters.asgi import WebSocketApp
 from ..manager import ConnectionManager
@@ -50,13 +50,12 @@ async def _serve(server: NativeServer) -> None:
         print("budget_ws: shutting down", file=sys.stderr, flush=True)
 
 
-def run(arguments: argparse.Namespace, error: Callable[[str], Any]) -> int:
+def run(arguments: argparse.Namespace, error: Callable[[str], NoReturn]) -> int:
     """Serve until SIGINT or SIGTERM, then close every client with 1012."""
     try:
         target = _target(arguments.target)
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        error(str(exc))
-        return 2
+        error(str(exc))  # exits with 2
     server = NativeServer(
         target,
         host=arguments.host,
@@ -67,9 +66,8 @@ def run(arguments: argparse.Namespace, error: Callable[[str], Any]) -> int:
     if arguments.loop == "uvloop":
         try:
             import uvloop
-        except ImportError:
+        except ImportError:  # pragma: no cover - depends on the environment
             error("--loop uvloop needs the uvloop package: pip install uvloop")
-            return 2
         uvloop.run(_serve(server))
     else:
         asyncio.run(_serve(server))

@@ -19,6 +19,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .. import connection
 from ..admission import Gatekeeper, Refusal
 from ..errors import ConnectionClosed
 from ..handshake import Handshake
@@ -311,12 +312,12 @@ class NativeTransport(asyncio.Protocol):
         for data in ws.data_to_send():
             if data:
                 transport.write(data)
-            else:  # end of stream: the server closes the TCP connection first
+            else:
+                # End of stream: the closing handshake is over (or the protocol failed the
+                # connection), and the server closes the TCP connection first (RFC 6455
+                # 7.1.1). After a close frame of its own, it waits for the client's.
                 self._open = False
                 transport.close()
-        if ws.state is State.CLOSED or ws.close_expected():
-            self._open = False
-            transport.close()
 
     def _log_too_big(self) -> None:
         # The parser refuses the message before budget_ws's connection sees it: the
@@ -441,6 +442,10 @@ class NativeTransport(asyncio.Protocol):
                 ws.send_response(response)
                 ws.send_close(rejection.close_code, close_reason(rejection.reason))
                 self._write_pending()
+                # It answers with its close frame; one that does not is dropped.
+                self._timer = asyncio.get_running_loop().call_later(
+                    connection.CLOSE_TIMEOUT, self.abort
+                )
                 answer = "close"
             else:
                 self._refuse_http(rejection.status, rejection.reason)

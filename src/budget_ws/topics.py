@@ -120,12 +120,17 @@ class TopicRouter:
         state.reserved += 1
         try:
             try:
-                async with state.lock:
-                    if not state.subscribed:
-                        # Confirmed before history is read: every event published after
-                        # this point reaches the buffer below, so none falls in between.
-                        await self._backend.subscribe(topic, self)
-                        state.subscribed = True
+                # The topic's lock only while its backend subscription may change: taking
+                # it costs a turn of the event loop, on every connect of a busy topic. An
+                # unsubscribe holds it, and none starts while this attach is reserved.
+                if not state.subscribed or state.lock.locked():
+                    async with state.lock:
+                        if not state.subscribed:
+                            # Confirmed before history is read: every event published
+                            # after this point reaches the buffer below, so none falls in
+                            # between.
+                            await self._backend.subscribe(topic, self)
+                            state.subscribed = True
                 buffer: list[tuple[Position, str]] = []
                 state.recovering[connection] = buffer
                 try:

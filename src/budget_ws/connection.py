@@ -77,8 +77,8 @@ class DirectTransport(Transport, Protocol):
         """Write one framed message (:func:`budget_ws.wire.text_frame`) without waiting.
 
         Returns:
-            Whether the socket took it all: False when some of it waits in the
-            transport's buffer; the writer task then takes over and waits for
+            Whether the transport keeps up: False once what waits in its buffer passed
+            its high-water mark; the writer task then takes over and waits for
             :meth:`drained` before the next message.
 
         Raises:
@@ -86,7 +86,7 @@ class DirectTransport(Transport, Protocol):
         """
 
     async def drained(self) -> None:
-        """Wait until nothing written waits in the transport's buffer any more.
+        """Wait until the transport's buffer is below its low-water mark again.
 
         Raises:
             ConnectionClosed: The connection was lost meanwhile.
@@ -512,9 +512,9 @@ class Connection:
         """The write loop of a :class:`DirectTransport`: parked while the flusher writes.
 
         Takes the job back when the flusher hands it back, writes and waits for the
-        socket until the outbox is empty and the socket has taken everything, and parks
-        again: so what a client does not read waits in its outbox, bounded, and never
-        more than one message in the transport's buffer.
+        socket until the outbox is empty and the transport has drained, and parks again:
+        so what a client does not read waits in its outbox, bounded, and no more than
+        the transport's high-water mark and one message in the transport's buffer.
         """
         outbox = self._outbox
         metrics = self._metrics

@@ -32,6 +32,9 @@ logger = logging.getLogger("budget_ws.native")
 """Lines about the native server; the table is in ``docs/reference/logging.md``."""
 
 _UPGRADE_BODY = "This endpoint speaks WebSocket (subprotocol budget-ws.v1) only."
+_HIGH_WATER = 64 * 1024
+"""Bytes waiting in the transport's buffer at most before its writes pause (then the
+connection's frames wait in its outbox)."""
 _INBOX_PAUSE = 16
 """Client messages waiting for the reader at most before the socket stops being read."""
 
@@ -122,10 +125,11 @@ class NativeTransport(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._transport = transport = cast(asyncio.Transport, transport)
-        # Paused as soon as anything waits in the transport's buffer, resumed when it is
-        # empty: what a client does not read waits in its outbox, which is bounded and
-        # joins frames, never in this buffer (see DirectTransport).
-        transport.set_write_buffer_limits(high=0)
+        # Paused past 64 KiB waiting in the transport's buffer: beyond that, what a client
+        # does not read waits in its outbox, which is bounded and joins frames (see
+        # DirectTransport). A lower mark (nothing buffered at all) cost uvloop twice the
+        # CPU in bursts of large events, measured with benchmarks/peers.py --loop uvloop.
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         self._timer = loop.call_later(self._endpoint.handshake_timeout, self._handshake_timed_out)

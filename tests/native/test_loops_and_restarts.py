@@ -75,25 +75,6 @@ async def test_starting_twice_is_an_error() -> None:
             await server.start()
 
 
-async def test_serve_forever_starts_serves_and_stops_listening_when_cancelled() -> None:
-    manager = ConnectionManager()
-    async with manager:
-        server = NativeServer(manager)
-        task = asyncio.get_running_loop().create_task(server.serve_forever())
-        for _ in range(500):  # listening within 5 s
-            if server.port:
-                break
-            await asyncio.sleep(0.01)
-        async with connect(server.url, subprotocols=[PROTOCOL]) as socket:
-            assert json.loads(str(await socket.recv()))["op"] == "welcome"
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        with pytest.raises(ConnectionRefusedError):
-            async with connect(server.url, subprotocols=[PROTOCOL], open_timeout=2):
-                pass
-
-
 async def test_stopping_drops_connections_that_sent_no_opening_request() -> None:
     manager = ConnectionManager()
     async with manager:

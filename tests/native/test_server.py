@@ -363,12 +363,18 @@ async def test_a_closed_server_starts_again_on_the_same_port() -> None:
             assert len(manager.connections) == 1
 
 
-async def test_serve_forever_serves_until_cancelled() -> None:
+@pytest.mark.parametrize("started", [True, False], ids=["started", "not-started"])
+async def test_serve_forever_serves_until_cancelled(started: bool) -> None:
     manager = ConnectionManager()
     async with manager:
         server = NativeServer(manager)
-        await server.start()
+        if started:
+            await server.start()
         task = asyncio.get_running_loop().create_task(server.serve_forever())
+        for _ in range(500):  # listening within 5 s (serve_forever starts it otherwise)
+            if server.port:
+                break
+            await asyncio.sleep(0.01)
         async with protocol_client(server.url):
             pass
         task.cancel()

@@ -307,6 +307,15 @@ async def test_a_client_gone_while_its_writer_waits_for_the_socket_ends_its_conn
         assert connection.close_code == 1006
 
 
+def _opening_request(extra: str = "") -> bytes:
+    """A valid opening request from a bare socket, written out."""
+    return (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: budget-ws.v1\r\n{extra}\r\n"
+    ).encode()
+
+
 async def test_a_client_that_never_answers_the_close_is_cut_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -316,11 +325,7 @@ async def test_a_client_that_never_answers_the_close_is_cut_off(
         # A bare socket: it reads what comes and answers nothing, not even a close frame.
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
-            writer.write(
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: budget-ws.v1\r\n\r\n"
-            )
+            writer.write(_opening_request())
             with anyio.fail_after(5):
                 assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
                 while not manager.connections:
@@ -346,12 +351,7 @@ async def test_a_refused_browser_that_never_answers_the_close_is_cut_off(
     async with served(manager) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
-            writer.write(
-                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: budget-ws.v1\r\n"
-                b"Origin: https://elsewhere.example\r\n\r\n"
-            )
+            writer.write(_opening_request("Origin: https://elsewhere.example\r\n"))
             with anyio.fail_after(3):
                 received = await reader.read()  # 101, close 1008, then the end: unanswered
             assert received.startswith(b"HTTP/1.1 101")

@@ -35,6 +35,10 @@ _UPGRADE_BODY = "This endpoint speaks WebSocket (subprotocol budget-ws.v1) only.
 _HIGH_WATER = 64 * 1024
 """Bytes waiting in the transport's buffer at most before its writes pause (then the
 connection's frames wait in its outbox)."""
+_MAX_LINE = 8192
+"""Bytes of one line of the opening request at most (as ``websockets`` bounds them)."""
+_MAX_HEADERS = 128
+"""Headers of the opening request at most (as ``websockets`` bounds them)."""
 _INBOX_PAUSE = 16
 """Client messages waiting for the reader at most before the socket stops being read."""
 
@@ -108,7 +112,7 @@ class NativeTransport(asyncio.Protocol):
         """Accepted and no close frame sent or received: messages may be written."""
         self._handshake_bytes = 0
         self._head: bytes | None = b""
-        """The request's first bytes until its request line is complete, then None."""
+        """The opening request's bytes until its head is complete, then None."""
         self._timer: asyncio.TimerHandle | None = None
         self._inbox: list[str | bytes] | None = None
         self._receiver: asyncio.Future[str | bytes] | None = None
@@ -142,7 +146,7 @@ class NativeTransport(asyncio.Protocol):
             if self._handshake_bytes > self._endpoint.max_handshake_bytes:
                 self._refuse_http(431, "request header fields too large")
                 return
-            if self._head is not None and self._plain_http(data):
+            if self._head is not None and self._screen(data):
                 return
         ws.receive_data(data)
         for event in ws.events_received():
@@ -340,21 +344,45 @@ class NativeTransport(asyncio.Protocol):
             },
         )
 
-    def _plain_http(self, data: bytes) -> bool:
-        """Answer a request that cannot open a WebSocket, as the ASGI adapter does.
+    def _screen(self, data: bytes) -> bool:
+        """Answer an opening request that cannot open a WebSocket; True when answered.
 
-        An opening handshake is a GET (RFC 6455 4.1): any other method is a plain HTTP
-        request, answered 426 on the server's path (404 elsewhere) before its body, which
-        the WebSocket parser would refuse without an answer.
+        Checked here, before ``websockets``' parser (which refuses some of these without
+        an answer, depending on its version): a request line over 8 KiB gets 414, a
+        header line over 8 KiB or more than 128 headers 431, and a method other than GET
+        (RFC 6455 4.1) is a plain HTTP request, answered 426 on the server's path (404
+        elsewhere) before its body, as the ASGI adapter answers it.
         """
         assert self._head is not None
         head = self._head + data
-        end = head.find(b"\r\n")
-        if end < 0:
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            self._head = None  # complete: the parser takes it from here
+            lines, partial = head[:end].split(b"\r\n"), b""
+        else:
             self._head = head
+            *lines, partial = head.split(b"\r\n")
+        if not lines:  # the request line is still coming
+            if len(partial) > _MAX_LINE:
+                self._refuse_http(414, "request line too long")
+                return True
             return False
-        self._head = None
-        method, _, rest = head[:end].partition(b" ")
+        if len(lines[0]) > _MAX_LINE:
+            self._refuse_http(414, "request line too long")
+            return True
+        if self._not_get(lines[0]):
+            return True
+        if len(partial) > _MAX_LINE or any(len(line) > _MAX_LINE for line in lines[1:]):
+            self._refuse_http(431, "header line too long")
+            return True
+        if len(lines) - 1 > _MAX_HEADERS:
+            self._refuse_http(431, "too many headers")
+            return True
+        return False
+
+    def _not_get(self, request_line: bytes) -> bool:
+        """Answer a request line whose method is not GET; True when answered."""
+        method, _, rest = request_line.partition(b" ")
         if method == b"GET" or not rest:
             return False
         target = rest.partition(b" ")[0].decode("latin-1")

@@ -199,11 +199,7 @@ class NativeTransport(asyncio.Protocol):
     # Transport (what the manager's connection calls)
 
     async def send_text(self, text: str) -> None:
-        transport = self._transport
-        if not self._open or transport is None or transport.is_closing():
-            raise ConnectionClosed(1006, "the WebSocket is closed")
-        transport.write(text_frame(text))
-        if self._paused:
+        if not self.write_now(text_frame(text)):
             await self.drained()
 
     def write_now(self, wire: bytes) -> bool:
@@ -331,13 +327,15 @@ class NativeTransport(asyncio.Protocol):
         # The parser refuses the message before budget_ws's connection sees it: the
         # connection's frame_too_big line, with the client's address for its id.
         limit = self._ws.max_frame_bytes
+        assert self._transport is not None  # called from data_received
+        client = _peer(self._transport)
         logger.info(
             "budget_ws: connection from %s closed with 1009: frame larger than %d bytes",
-            _peer(self._transport) if self._transport else "an unknown address",
+            client,
             limit,
             extra={
                 "budget_ws_event": "frame_too_big",
-                "budget_ws_client": _peer(self._transport) if self._transport else None,
+                "budget_ws_client": client,
                 "budget_ws_close_code": 1009,
                 "budget_ws_limit": "Limits.max_frame_bytes",
                 "budget_ws_limit_value": limit,
@@ -405,12 +403,13 @@ class NativeTransport(asyncio.Protocol):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._ws.state is State.CONNECTING and self._transport is not None:
+            client = _peer(self._transport)
             logger.info(
                 "budget_ws: handshake from %s timed out",
-                _peer(self._transport),
+                client,
                 extra={
                     "budget_ws_event": "handshake_timeout",
-                    "budget_ws_client": _peer(self._transport),
+                    "budget_ws_client": client,
                     "budget_ws_limit_value": self._endpoint.handshake_timeout,
                 },
             )

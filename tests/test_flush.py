@@ -104,8 +104,11 @@ async def served(manager: ConnectionManager, *sockets: Socket) -> AsyncIterator[
         for socket in sockets:
             task_group.start_soon(lambda s=socket: manager.serve(s, topics=["t:1"]))
         await until(
-            lambda: len(manager.connections) == len(sockets) and all(s.texts for s in sockets)
+            lambda: len(manager.connections) == len(sockets) and all(s.wires for s in sockets)
         )
+        for socket in sockets:  # the welcome and subscribed frames, written at once
+            assert [frame["op"] for frame in socket.frames()] == ["welcome", "subscribed"]
+            socket.wires.clear()
         yield list(manager.connections.values())
         for connection in manager.connections.values():
             connection.close()
@@ -113,6 +116,19 @@ async def served(manager: ConnectionManager, *sockets: Socket) -> AsyncIterator[
 
 async def test_a_socket_is_a_direct_transport() -> None:
     assert isinstance(Socket(), DirectTransport)
+
+
+async def test_a_connection_that_keeps_up_runs_no_writer_task() -> None:
+    manager = ConnectionManager()
+    sockets = [Socket() for _ in range(3)]
+    async with manager:
+        before = len(asyncio.all_tasks())
+        async with served(manager, *sockets):
+            await manager.publish(Tick(number=0), topic="t:1")
+            await until(lambda: all(s.wires for s in sockets))
+            # One task per connection, the one serving it (which reads); none writes.
+            assert len(asyncio.all_tasks()) == before + len(sockets)
+            assert [len(s.texts) for s in sockets] == [0, 0, 0]
 
 
 async def test_an_event_is_framed_once_for_every_subscriber() -> None:

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.anyio
 
 
 class SpyBackend(MemoryBackend):
-    """Counts (un)subscriptions; ``history`` or ``unsubscribe`` wait at a gate when told."""
+    """Counts (un)subscriptions; ``subscribe``, ``history`` or ``unsubscribe`` wait at a
+    gate when told."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,6 +36,7 @@ class SpyBackend(MemoryBackend):
 
     async def subscribe(self, topic: str, listener: Any) -> None:
         self.subscribes += 1
+        await self._wait_if_gated("subscribe")
         await super().subscribe(topic, listener)
 
     async def unsubscribe(self, topic: str, listener: Any) -> None:
@@ -110,6 +112,39 @@ async def test_a_subscriber_arriving_while_the_topic_is_released_subscribes_agai
     queued = arriving.queued_frames
     await backend.publish("t", b'{"event":"e","data":{}}')
     assert arriving.queued_frames == queued + 1, "events reach the newcomer"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # its scheduling is first in, first out
+async def test_a_subscriber_of_a_subscribed_topic_does_not_queue_behind_others(
+    backend: SpyBackend, new_connection: Callable[[], Connection]
+) -> None:
+    """A connect storm: subscribers that came while the topic was being subscribed take its
+    lock in turn, and one arriving then must not wait behind them (it did, and so did
+    every subscriber after it, one loop turn each)."""
+    router = TopicRouter(backend, max_replay=100)
+    first = new_connection()
+    backend.close_gate("subscribe")
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(router.attach, first, "t", None)
+        await backend.at_gate.wait()
+        for _ in range(5):
+            task_group.start_soon(router.attach, new_connection(), "t", None)
+        await anyio.wait_all_tasks_blocked()  # waiting for the topic's lock
+        assert backend.gate is not None
+        backend.gate.set()
+        for _ in range(100):
+            if first in router.connections("t"):
+                break
+            await anyio.lowlevel.checkpoint()
+        waited = []
+        for _ in range(5):
+            late = new_connection()
+            task_group.start_soon(router.attach, late, "t", None)
+            await anyio.lowlevel.checkpoint()  # one turn: the attach ran without waiting
+            waited.append(late not in router.connections("t"))
+    assert waited == [False] * 5
+    assert backend.subscribes == 1
+    assert len(router.connections("t")) == 11
 
 
 async def test_a_connection_closed_while_history_is_read_is_not_subscribed(

@@ -96,26 +96,53 @@ class DirectTransport(Transport, Protocol):
 FrameHandler = Callable[["Connection", ClientFrame], Awaitable[None]]
 
 
-class _Parked:
-    """A parked writer (a :class:`DirectTransport`'s): the outbox's waker, and what the
-    flusher calls to write for it.
+class _DirectWriter:
+    """The writer of a :class:`DirectTransport`'s connection: no task while its socket
+    keeps up.
 
-    A frame queued while the writer is parked marks it; the flusher's callback then
-    writes the outbox's message with :meth:`DirectTransport.write_now`, and parks again
-    while the socket keeps up. Otherwise (the socket fell behind, the outbox finished,
-    the transport closed) it sets :attr:`handback`, and the writer task takes over.
+    It is the outbox's waker: a frame queued while it is parked marks it, and the
+    flusher's callback writes the outbox's message with :meth:`DirectTransport.write_now`,
+    then parks it again. A connection whose client keeps up thus needs no writer task
+    at all, which saves a task and its frame on every connect and on every idle
+    connection. When the socket falls behind (or more is queued than one message holds),
+    a task takes over: it waits for the socket to drain, writes until the outbox is
+    empty, and parks the writer again, so what a client does not read waits in its
+    outbox, bounded, and no more than the transport's high-water mark and one message
+    in the transport's buffer.
     """
 
-    __slots__ = ("connection", "flusher", "handback", "metrics", "outbox", "timed", "write_now")
+    __slots__ = (
+        "connection",
+        "flusher",
+        "metrics",
+        "outbox",
+        "stopped",
+        "task",
+        "timed",
+        "transport",
+        "write_now",
+    )
 
     def __init__(self, connection: Connection, transport: DirectTransport) -> None:
         self.connection = connection
         self.flusher = Flusher.of_running_loop()
         self.outbox = outbox = connection._outbox
         self.metrics = metrics = connection._metrics
+        self.transport = transport
         self.write_now = transport.write_now
         self.timed = isinstance(outbox, TimedOutbox) and metrics.timed
-        self.handback: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        """The task writing while the socket is behind; None while parked."""
+        self.stopped = False
+
+    def start(self) -> None:
+        """Write what is queued already (the welcome), at once, and park."""
+        self._write({})
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """Write no more; returns the task still writing, for the caller to cancel."""
+        self.stopped = True
+        return self.task
 
     def set(self) -> None:
         self.flusher.mark(self)
@@ -123,13 +150,15 @@ class _Parked:
     def flush(self, wires: dict[str, bytes]) -> None:
         """Write the outbox's next message; ``wires`` holds this turn's framed one-event
         messages by their text, since an event's frame is the same for each subscriber."""
-        handback = self.handback
-        if handback is None or handback.done():
-            return
+        if self.task is None and not self.stopped:
+            self._write(wires)
+
+    def _write(self, wires: dict[str, bytes]) -> None:
         outbox = self.outbox
         item = outbox.take_message()
-        if item is None:  # finished: the writer ends
-            handback.set_result(None)
+        if item is None:
+            if not outbox.park(self):  # empty, so finished: the connection ends
+                self._end()
             return
         message, count = item
         if count == 1:
@@ -142,19 +171,47 @@ class _Parked:
         try:
             keeping_up = self.write_now(wire)
         except Exception as exc:
-            handback.set_result(None)
             self.connection._send_failed(exc)
-            self.connection._cancel()
+            self._end()
             return
         self.metrics.delivered += count
         if self.timed:
             self.record(message, count, since)
         if not (keeping_up and outbox.park(self)):
-            handback.set_result(None)
+            self.task = asyncio.get_running_loop().create_task(self._catch_up())
+
+    def _end(self) -> None:
+        self.stopped = True
+        self.connection._cancel()
+
+    async def _catch_up(self) -> None:
+        """Write while the socket is behind, until the outbox is empty; then park."""
+        outbox = self.outbox
+        transport = self.transport
+        try:
+            # What the last write_now left in the transport's buffer goes first.
+            await transport.drained()
+            while True:
+                item = outbox.take_message()
+                if item is None:
+                    if outbox.park(self):  # caught up
+                        self.task = None
+                        return
+                    break  # finished: the connection ends
+                message, count = item
+                del item
+                since = outbox.since if self.timed else 0.0  # type: ignore[attr-defined]
+                await transport.send_text(message)
+                self.metrics.delivered += count
+                if self.timed:
+                    self.record(message, count, since)
+                del message
+        except Exception as exc:
+            self.connection._send_failed(exc)
+        self._end()
 
     def record(self, message: str, count: int, since: float) -> None:
-        """Record a written message, as the timed write loop does: the flusher's and the
-        writer's alike."""
+        """Record a written message, as the timed write loop does."""
         outbox = self.outbox
         assert isinstance(outbox, TimedOutbox)
         latency, fill = self.metrics.delivery_latency, self.metrics.outbox_fill
@@ -481,69 +538,39 @@ class Connection:
         # What the task group above does, for less memory: an anyio task group and the
         # task it spawns cost ~1.9 KiB more per connection than a cancel scope for the
         # reader and a bare asyncio task for the writer, which is cancelled and awaited
-        # here whatever happens, so it never outlives the connection.
+        # here whatever happens, so it never outlives the connection. A DirectTransport's
+        # writer needs a task only while its socket is behind.
         scope = self._cancel_scope = anyio.CancelScope()
         if self._close_code is not None and not len(self._outbox):
             scope.cancel()
-        writer = asyncio.get_running_loop().create_task(self._writer())
+        direct = _direct(self.transport)
+        writer: _DirectWriter | None = None
+        task: asyncio.Task[None] | None = None
+        if direct is None:
+            task = asyncio.get_running_loop().create_task(self._writer())
+        else:
+            writer = _DirectWriter(self, direct)
+            writer.start()
         try:
             with scope:
                 await self._read_loop(handle_frame)
         finally:
-            writer.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((writer,))
+            if writer is not None:
+                task = writer.stop()
+            if task is not None:
+                task.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait((task,))
 
     def _writer(self) -> Coroutine[Any, Any, None]:
         """The writer task's loop: timed or not, chosen once rather than per message (a
         coroutine awaiting another costs a frame more at every wakeup)."""
         outbox = self._outbox
         metrics = self._metrics
-        transport = self.transport
-        direct = _direct(transport)
-        if direct is not None and current_async_library() == "asyncio":
-            return self._parking_write_loop(direct)
         latency, fill = metrics.delivery_latency, metrics.outbox_fill
         if isinstance(outbox, TimedOutbox) and latency is not None and fill is not None:
             return self._timed_write_loop(outbox, latency, fill)
         return self._write_loop()
-
-    async def _parking_write_loop(self, transport: DirectTransport) -> None:
-        """The write loop of a :class:`DirectTransport`: parked while the flusher writes.
-
-        Takes the job back when the flusher hands it back, writes and waits for the
-        socket until the outbox is empty and the transport has drained, and parks again:
-        so what a client does not read waits in its outbox, bounded, and no more than
-        the transport's high-water mark and one message in the transport's buffer.
-        """
-        outbox = self._outbox
-        metrics = self._metrics
-        loop = asyncio.get_running_loop()
-        parked = _Parked(self, transport)
-        try:
-            while True:
-                item = outbox.take_message()
-                if item is None:
-                    handback = parked.handback = loop.create_future()
-                    if not outbox.park(parked):  # empty, so finished: the writer ends
-                        break
-                    await handback
-                    # Handed back: the flusher's last write may wait in the buffer.
-                    await transport.drained()
-                    continue
-                message, count = item
-                del item
-                since = outbox.since if parked.timed else 0.0  # type: ignore[attr-defined]
-                await transport.send_text(message)
-                metrics.delivered += count
-                if parked.timed:
-                    parked.record(message, count, since)
-                del message
-        except Exception as exc:
-            self._send_failed(exc)
-        finally:
-            parked.handback = None
-        self._cancel()
 
     async def _write_loop(self) -> None:
         outbox = self._outbox

@@ -45,6 +45,9 @@ class _Topic:
     # Serialises the backend subscribe/unsubscribe of this topic.
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     subscribed: bool = False
+    # A backend subscribe or unsubscribe is under way (its holder of the lock waits on
+    # the backend): only then must a subscriber of a subscribed topic wait for the lock.
+    changing: bool = False
 
 
 class TopicRouter:
@@ -120,16 +123,22 @@ class TopicRouter:
         state.reserved += 1
         try:
             try:
-                # The topic's lock only while its backend subscription may change: taking
-                # it costs a turn of the event loop, on every connect of a busy topic. An
-                # unsubscribe holds it, and none starts while this attach is reserved.
-                if not state.subscribed or state.lock.locked():
+                # The topic's lock only while its backend subscription changes: taking
+                # it costs a turn of the event loop, and waiting whenever it is held
+                # (rather than changing) queued every connect of a busy topic behind the
+                # one before in a connect storm. No unsubscribe starts while this
+                # attach is reserved.
+                if not state.subscribed or state.changing:
                     async with state.lock:
                         if not state.subscribed:
                             # Confirmed before history is read: every event published
                             # after this point reaches the buffer below, so none falls in
                             # between.
-                            await self._backend.subscribe(topic, self)
+                            state.changing = True
+                            try:
+                                await self._backend.subscribe(topic, self)
+                            finally:
+                                state.changing = False
                             state.subscribed = True
                 buffer: list[tuple[Position, str]] = []
                 state.recovering[connection] = buffer
@@ -200,6 +209,7 @@ class TopicRouter:
             if state.subscribed:
                 # The topic stays registered while unsubscribing, so a subscriber arriving
                 # meanwhile waits for the lock and subscribes again instead of racing.
+                state.changing = True
                 try:
                     await self._backend.unsubscribe(topic, self)
                 except BackendError as exc:
@@ -220,6 +230,8 @@ class TopicRouter:
                         topic,
                         extra={"budget_ws_event": "unsubscribe_failed", "budget_ws_topic": topic},
                     )
+                finally:
+                    state.changing = False
                 state.subscribed = False
             if not state.connections and not state.reserved and self._topics.get(topic) is state:
                 del self._topics[topic]

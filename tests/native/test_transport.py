@@ -124,6 +124,26 @@ async def test_a_client_s_close_is_answered_and_its_code_recorded() -> None:
     assert manager.metrics.closes == {4321: 1}
 
 
+async def test_the_handshake_completes_while_an_on_connect_hook_awaits() -> None:
+    # The response waits for the welcome, to leave in the same write, but only until the
+    # end of that turn of the event loop: a hook that awaits must not hold up the opening
+    # handshake (the client's own timeout runs on it).
+    hook_entered, release = anyio.Event(), anyio.Event()
+
+    async def on_connect(connection: object) -> None:
+        hook_entered.set()
+        await release.wait()
+
+    manager = ConnectionManager(on_connect=on_connect)
+    async with served(manager) as server:
+        with anyio.fail_after(5):
+            async with connect(server.url, subprotocols=[PROTOCOL], ping_interval=None) as ws:
+                await hook_entered.wait()
+                assert ws.subprotocol == PROTOCOL  # open, while the hook still waits
+                release.set()
+                assert json.loads(await ws.recv())["op"] == "welcome"
+
+
 async def test_a_client_that_vanishes_without_a_close_frame_ends_with_1006() -> None:
     manager = ConnectionManager()
     async with served(manager) as server:

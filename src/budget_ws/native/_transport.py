@@ -22,6 +22,7 @@ from websockets.server import ServerProtocol
 from .. import connection
 from ..admission import Gatekeeper, Refusal
 from ..errors import ConnectionClosed
+from ..flush import Flusher
 from ..handshake import Handshake
 from ..protocol import SUBPROTOCOL, close_reason
 from ..wire import text_frame
@@ -92,6 +93,7 @@ class NativeTransport(asyncio.Protocol):
         "_fragments_text",
         "_handshake_bytes",
         "_head",
+        "_held",
         "_inbox",
         "_lost",
         "_open",
@@ -119,6 +121,9 @@ class NativeTransport(asyncio.Protocol):
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
         self._drain: asyncio.Future[None] | None = None
+        self._held: bytes | None = None
+        """The opening handshake's response while it waits for the welcome, so that
+        both leave in one write."""
         self._paused = False
         self._reading_paused = False
         self._lost: asyncio.Future[None] | None = None
@@ -208,6 +213,9 @@ class NativeTransport(asyncio.Protocol):
             raise ConnectionClosed(1006, "the WebSocket is closed")
         transport = self._transport
         assert transport is not None
+        if self._held is not None:
+            wire = self._held + wire
+            self._held = None
         transport.write(wire)
         return not self._paused
 
@@ -309,9 +317,19 @@ class NativeTransport(asyncio.Protocol):
             code = received.code if received is not None else 1005
             self._end(ConnectionClosed(code, received.reason if received else ""))
 
+    def flush(self, wires: dict[str, bytes]) -> None:
+        """Write the held response (the flusher calls this at the end of the turn in
+        which it was held): the welcome did not come in that turn."""
+        held = self._held
+        if held is not None and self._transport is not None:
+            self._held = None
+            self._transport.write(held)
+
     def _write_pending(self) -> None:
         transport = self._transport
         assert transport is not None  # called from the transport's callbacks
+        if self._held is not None:
+            self.flush({})
         ws = self._ws
         for data in ws.data_to_send():
             if data:
@@ -484,7 +502,11 @@ class NativeTransport(asyncio.Protocol):
             gatekeeper.refused(handshake, verdict, answer)
             return
         ws.send_response(response)
-        self._write_pending()
+        # Held for the welcome, written in the same turn: one write (a send on the
+        # socket) less per connect; the flusher writes it at the end of the turn if the
+        # welcome did not come (a hook awaited something, or the manager refused).
+        self._held = b"".join(ws.data_to_send())
+        Flusher.of_running_loop().mark(self)
         self._open = ws.state is State.OPEN
         # websockets' parser keeps the request for the connection's life: its headers
         # (~2.5 KiB) are not needed any more.

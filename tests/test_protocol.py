@@ -105,6 +105,48 @@ def test_batched_server_messages_split_into_their_frames(frames: list[dict[str, 
     assert decode_server_message(message.encode()) == frames
 
 
+def _reference(frame: dict[str, Any]) -> str:
+    """A frame as the protocol's JSON encoder writes it: compact, non-ASCII kept."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+@given(topics | texts, positions, st.booleans(), request_ids)
+def test_subscribed_is_the_frame_json_writes(
+    topic: str, position: Position, recovered: bool, request_id: Any
+) -> None:
+    frame: dict[str, Any] = {
+        "op": "subscribed",
+        "topic": topic,
+        "position": {"offset": position.offset, "epoch": position.epoch},
+        "recovered": recovered,
+    }
+    if request_id is not None:
+        frame["id"] = request_id
+    assert encode_subscribed(topic, position, recovered, request_id) == _reference(frame)
+
+
+@given(
+    texts,
+    st.none() | texts,
+    st.floats(min_value=0.1, max_value=1e6),
+    st.dictionaries(texts, st.integers() | st.floats(allow_nan=False), max_size=4),
+)
+def test_welcome_is_the_frame_json_writes(
+    connection_id: str, user: str | None, interval: float, limits: dict[str, float]
+) -> None:
+    frame: dict[str, Any] = {
+        "op": "welcome",
+        "protocol": "budget-ws.v1",
+        "connection_id": connection_id,
+        "heartbeat": {"interval": interval, "timeout": interval / 2},
+        "limits": limits,
+    }
+    if user is not None:
+        frame["user"] = user
+    welcome = encode_welcome(connection_id, interval, interval / 2, limits, user)
+    assert welcome == _reference(frame)
+
+
 def test_control_frames() -> None:
     position = Position(3, "e")
     assert json.loads(encode_subscribed("t", position, True, 7)) == {

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.lowlevel
 
-from ._runtime import BackgroundTask
+from ._runtime import BackgroundTask, loop_clock
 from .backends import (
     Backend,
     Position,
@@ -54,7 +54,7 @@ from .protocol import (
     CloseCode,
     encode_event,
     encode_unsubscribed,
-    encode_welcome,
+    welcome_encoder,
 )
 from .topics import TopicRouter
 from .users import Identify, User, UserDirectory, user_topic
@@ -205,6 +205,11 @@ class ConnectionManager:
             presence=self._presence,
             revoked=self._wake_releases,
         )
+        self._welcome = welcome_encoder(
+            self.heartbeat.interval, self.heartbeat.timeout, self.limits.describe()
+        )
+        self._clock: Callable[[], float] = anyio.current_time
+        """The event loop's clock, once the manager runs on it."""
         self._pacemaker = Pacemaker(self.heartbeat)
         self._heartbeats = BackgroundTask(self._pacemaker.run, "budget_ws heartbeats")
         self._revocations = BackgroundTask(self._release_revoked, "budget_ws revocations")
@@ -244,6 +249,7 @@ class ConnectionManager:
         """Open the backend; called by ``async with``."""
         if self._state != "new":
             raise ManagerClosed(f"a ConnectionManager can be started once; it is {self._state}")
+        self._clock = loop_clock()
         await self.backend.__aenter__()
         try:
             if isinstance(self.backend, SignalBackend):
@@ -387,6 +393,7 @@ class ConnectionManager:
                 else self.outbox_limits
             ),
             metrics=self._metrics,
+            clock=self._clock,
         )
         if self._state != "running":
             if self._state == "new":
@@ -420,22 +427,13 @@ class ConnectionManager:
         if answers_pings:
             self._pacemaker.add(connection)
         try:
-            identifying_since = anyio.current_time()
+            identifying_since = self._clock() if self._identify is not None else 0.0
             if self._identify is not None and await self._identified(connection):
                 ended = self._users.add(connection, identifying_since)
                 if ended is not None:  # disconnect_user arrived while identify ran
                     connection.close(*ended)
                 topics = (user_topic(connection.user), *topics)  # type: ignore[arg-type]
-            heartbeat = self.heartbeat
-            connection.push_control(
-                encode_welcome(
-                    connection.id,
-                    heartbeat.interval,
-                    heartbeat.timeout,
-                    self.limits.describe(),
-                    connection.user,
-                )
-            )
+            connection.push_control(self._welcome(connection.id, connection.user))
             await self._frames.subscribe_server_side(connection, topics)
             if self._on_connect is not None and not connection.closed:
                 try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._runtime import loop_clock
 from .limits import Heartbeat
 from .protocol import CloseCode, encode_ping
 
@@ -59,13 +60,15 @@ class Pacemaker:
         self._entries: dict[Connection, _Entry] = {}
         self._order = itertools.count()
         self._wakeup: anyio.Event | None = None
+        self._clock = anyio.current_time
+        """The event loop's clock, once :meth:`run` runs on it."""
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, connection: Connection) -> None:
         """Start the heartbeat of a connection: its first ping is one interval away."""
-        self._schedule(anyio.current_time() + self._interval, _PING, connection)
+        self._schedule(self._clock() + self._interval, _PING, connection)
 
     def remove(self, connection: Connection) -> None:
         """Forget a connection (its pending deadline is skipped when it comes)."""
@@ -85,12 +88,13 @@ class Pacemaker:
     async def run(self) -> None:
         """Send the pings and check the answers, forever."""
         heap = self._heap
+        self._clock = clock = loop_clock()
         while True:
             wakeup = self._wakeup = anyio.Event()
             if not heap:
                 await wakeup.wait()
                 continue
-            now = anyio.current_time()
+            now = clock()
             if heap[0].due > now:
                 with anyio.move_on_after(heap[0].due - now):
                     await wakeup.wait()

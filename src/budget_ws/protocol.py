@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "excerpt",
     "position_frame",
     "read_position",
+    "welcome_encoder",
     "without_position",
 ]
 
@@ -331,6 +332,10 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 """What ``json.dumps(frame, separators=(",", ":"), ensure_ascii=False)`` returns, without
 building an encoder for every control frame."""
 
+_string: Callable[[str], str] = json.encoder.encode_basestring
+"""A JSON string as ``_dumps`` writes one (non-ASCII kept): the frames every connect
+sends are put together from such pieces, at a fraction of an encoder's cost."""
+
 
 def encode_event(event: Event) -> bytes:
     """Encode an event once into the payload every client of a topic will get.
@@ -410,16 +415,24 @@ def encode_welcome(
     user: str | None = None,
 ) -> str:
     """The first frame of every connection: what the client needs to behave."""
-    frame: dict[str, Any] = {
-        "op": "welcome",
-        "protocol": SUBPROTOCOL,
-        "connection_id": connection_id,
-        "heartbeat": {"interval": heartbeat_interval, "timeout": heartbeat_timeout},
-        "limits": limits,
-    }
-    if user is not None:
-        frame["user"] = user
-    return _dumps(frame)
+    return welcome_encoder(heartbeat_interval, heartbeat_timeout, limits)(connection_id, user)
+
+
+def welcome_encoder(
+    heartbeat_interval: float, heartbeat_timeout: float, limits: dict[str, float]
+) -> Callable[[str, str | None], str]:
+    """:func:`encode_welcome` for every connection of one manager: what they share (the
+    heartbeat and the limits) is encoded once, and each welcome adds its id and user."""
+    head = f'{{"op":"welcome","protocol":{_string(SUBPROTOCOL)},"connection_id":'
+    heartbeat = {"interval": heartbeat_interval, "timeout": heartbeat_timeout}
+    tail = f',"heartbeat":{_dumps(heartbeat)},"limits":{_dumps(limits)}'
+
+    def encode(connection_id: str, user: str | None = None) -> str:
+        if user is None:
+            return f"{head}{_string(connection_id)}{tail}}}"
+        return f'{head}{_string(connection_id)}{tail},"user":{_string(user)}}}'
+
+    return encode
 
 
 def _position_json(position: Position) -> dict[str, Any]:
@@ -430,15 +443,15 @@ def encode_subscribed(
     topic: str, position: Position, recovered: bool, request_id: int | str | None = None
 ) -> str:
     """Confirms a subscription; sent before any event of the topic reaches the client."""
-    frame: dict[str, Any] = {
-        "op": "subscribed",
-        "topic": topic,
-        "position": _position_json(position),
-        "recovered": recovered,
-    }
-    if request_id is not None:
-        frame["id"] = request_id
-    return _dumps(frame)
+    # What _dumps makes of the frame's dict, put together directly: once per subscribe.
+    text = (
+        f'{{"op":"subscribed","topic":{_string(topic)},"position":{{"offset":'
+        f'{int(position.offset)},"epoch":{_string(position.epoch)}}},'
+        f'"recovered":{"true" if recovered else "false"}'
+    )
+    if request_id is None:
+        return text + "}"
+    return f'{text},"id":{_dumps(request_id)}}}'
 
 
 def encode_unsubscribed(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,15 +148,17 @@ class UserDirectory:
         """The local connections of ``user``."""
         return frozenset(self._connections.get(user, ()))
 
-    @contextmanager
-    def watching(self, connection: Connection, topic: str) -> Iterator[_Watch]:
+    def watching(self, connection: Connection, topic: str) -> AbstractContextManager[_Watch]:
         """Watch for a revocation of ``topic`` for ``connection``'s user while subscribing:
         once the subscription is made, ``watch.revoked`` says whether to take it back."""
+        if connection.user is None:  # nothing revokes an anonymous subscription
+            return nullcontext(_Watch())
+        return self._watching(connection.user, topic)
+
+    @contextmanager
+    def _watching(self, user: str, topic: str) -> Iterator[_Watch]:
         watch = _Watch()
-        if connection.user is None:
-            yield watch
-            return
-        key = (connection.user, topic)
+        key = (user, topic)
         self._watches.setdefault(key, []).append(watch)
         try:
             yield watch

@@ -326,8 +326,15 @@ def measure(scenario: str, contender: str, connections: int, events: int, size: 
 
 
 def median_of(runs: list[Measurement]) -> Measurement:
-    """The run with the median CPU per delivery (every figure from that one run)."""
-    ordered = sorted(runs, key=lambda run: (run.error is not None, run.cpu_us_per_delivery or 0))
+    """The run with the median figure of its scenario: CPU per delivery, or for an idle run
+    the connect + subscribe p99 (every figure from that one run)."""
+
+    def figure(run: Measurement) -> float:
+        if run.scenario == "idle":
+            return float(run.connect_ms.get("p99", 0))
+        return run.cpu_us_per_delivery or 0.0
+
+    ordered = sorted(runs, key=lambda run: (run.error is not None, figure(run)))
     return ordered[(len(ordered) - 1) // 2]
 
 
@@ -347,9 +354,12 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
     if "idle" in args.scenarios:
         plans.append(("idle", args.idle_connections, 0, 0, 0, 0.0))
     for scenario, connections, events, size, stalled, rate in plans:
-        for contender in args.contenders:
-            runs = []
-            for repeat in range(args.repeat):
+        runs: dict[str, list[Measurement]] = {contender: [] for contender in args.contenders}
+        for repeat in range(args.repeat):
+            # The contenders take turns within each repeat, and each goes first as often as
+            # last: a machine that drifts during the run favours none of them.
+            order = args.contenders if repeat % 2 == 0 else args.contenders[::-1]
+            for contender in order:
                 _progress(
                     f"{scenario}: {contender}, {connections} connections"
                     + (f" (+{stalled} stalled)" if stalled else "")
@@ -357,9 +367,9 @@ def run_all(args: argparse.Namespace) -> list[Measurement]:
                     + (f" at {rate:g}/s" if rate else ", burst" if events else "")
                     + (f", run {repeat + 1}/{args.repeat}" if args.repeat > 1 else "")
                 )
-                runs.append(measure(scenario, contender, connections, events, size, args,
-                                    stalled=stalled, rate=rate))  # fmt: skip
-            results.append(median_of(runs))
+                runs[contender].append(measure(scenario, contender, connections, events, size,
+                                               args, stalled=stalled, rate=rate))  # fmt: skip
+        results.extend(median_of(runs[contender]) for contender in args.contenders)
     return results
 
 
@@ -606,7 +616,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="events/s in the stalled scenario (500): a steady stream that "
                         "healthy clients keep up with")  # fmt: skip
     parser.add_argument("--idle-connections", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per figure, the contenders taking turns; each figure is "
+                        "the median run's (CPU per delivery; connect p99 for idle)")  # fmt: skip
     parser.add_argument("--ws", default="websockets-sansio", help="uvicorn's --ws")
     parser.add_argument("--deflate", action="store_true",
                         help="servers offer and clients accept per-message deflate")  # fmt: skip

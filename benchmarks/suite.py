@@ -33,6 +33,10 @@ SETTINGS = {
 """The uvicorn settings compared for idle memory, by results file name."""
 
 
+PEERS_REPEAT = 3
+"""Runs per figure of ``peers`` and ``peers-uvloop`` (the median run's): a burst lasts a
+fraction of a second and a connect storm a few, so one run moves by 10 % or more on
+2 cores, enough to decide a verdict between contenders that are close."""
 UVLOOP_CONTENDERS = ("budget_ws", "native", "websockets", "picows")
 """The contenders of ``peers-uvloop``: the servers without uvicorn run on uvloop there."""
 HOSTILE = {"hostile": [], "hostile-wsproto": ["--ws", "wsproto"]}
@@ -53,8 +57,9 @@ def runs(results: Path, large: int, settings_connections: int,
     runs serve (without it they are left out).
     """
     peers = [sys.executable, "-m", "benchmarks.peers"]
+    repeated = [*peers, "--repeat", str(PEERS_REPEAT)]
     planned = [
-        ("peers", [*peers, "--connections", "1000", "--payload-bytes", "200", "2048",
+        ("peers", [*repeated, "--connections", "1000", "--payload-bytes", "200", "2048",
                    "--idle-connections", str(large)]),
     ]  # fmt: skip
     if large > 1000:
@@ -62,7 +67,7 @@ def runs(results: Path, large: int, settings_connections: int,
                                            str(large), "--payload-bytes", "200"]))  # fmt: skip
     # The native server on uvloop against itself on asyncio (peers.json), with its peers
     # of the targets: websockets and picows on uvloop too, budget_ws on uvicorn as ever.
-    planned.append(("peers-uvloop", [*peers, "--contenders", *UVLOOP_CONTENDERS, "--loop",
+    planned.append(("peers-uvloop", [*repeated, "--contenders", *UVLOOP_CONTENDERS, "--loop",
                                      "uvloop", "--scenarios", "fanout", "idle",
                                      "--connections", "1000", "--payload-bytes", "200", "2048",
                                      "--idle-connections", str(large)]))  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -267,7 +267,7 @@ class Connection:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
-        self.id: str = connection_id or uuid.uuid4().hex
+        self.id: str = connection_id or os.urandom(16).hex()
         """Identifier of the connection, unique within the process."""
         self.principal: Any = principal
         """Who is connected, as returned by the app's ``authenticate`` hook."""
@@ -719,6 +719,7 @@ class Connection:
                 )
                 self.close(CloseCode.INTERNAL_ERROR, "internal error", drain=False)
                 return
+            del raw, frame  # an idle reader must not pin the client's last frame
 
 
 def _principal(principal: Any) -> str:

@@ -52,24 +52,50 @@ class Handshake:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        client = scope.get("client")
+        return cls.of_request(
+            path=scope.get("path", "/"),
+            headers=headers,
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            client=(client[0], client[1]) if client else None,
+            subprotocols=tuple(scope.get("subprotocols", ())),
+            scheme=scope.get("scheme", "ws"),
+            scope=scope,
+        )
+
+    @classmethod
+    def of_request(
+        cls,
+        *,
+        path: str,
+        headers: dict[str, str],
+        query_string: str,
+        client: tuple[str, int] | None,
+        subprotocols: tuple[str, ...],
+        scheme: str,
+        scope: Mapping[str, Any],
+    ) -> Handshake:
+        """Describe a request whose headers a server has already read: names in lower case,
+        repeated ones joined with ``", "`` (the native server's, without an ASGI scope to
+        read them from again)."""
         query: dict[str, str] = {}
-        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
-            query.setdefault(name, value)
+        if query_string:
+            for name, value in parse_qsl(query_string):
+                query.setdefault(name, value)
         cookies: dict[str, str] = {}
         if "cookie" in headers:
             jar: SimpleCookie = SimpleCookie()
             with contextlib.suppress(CookieError):
                 jar.load(headers["cookie"])
             cookies = {name: morsel.value for name, morsel in jar.items()}
-        client = scope.get("client")
         return cls(
-            path=scope.get("path", "/"),
+            path=path,
             headers=headers,
             query=query,
             cookies=cookies,
-            client=(client[0], client[1]) if client else None,
-            subprotocols=tuple(scope.get("subprotocols", ())),
-            scheme=scope.get("scheme", "ws"),
+            client=client,
+            subprotocols=subprotocols,
+            scheme=scheme,
             scope=scope,
         )
 

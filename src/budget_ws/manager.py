@@ -434,7 +434,8 @@ class ConnectionManager:
                     connection.close(*ended)
                 topics = (user_topic(connection.user), *topics)  # type: ignore[arg-type]
             connection.push_control(self._welcome(connection.id, connection.user))
-            await self._frames.subscribe_server_side(connection, topics)
+            if topics:
+                await self._frames.subscribe_server_side(connection, topics)
             if self._on_connect is not None and not connection.closed:
                 try:
                     await self._on_connect(connection)

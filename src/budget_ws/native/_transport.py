@@ -127,6 +127,7 @@ class NativeTransport(asyncio.Protocol):
         self._paused = False
         self._reading_paused = False
         self._lost: asyncio.Future[None] | None = None
+        """Done when the TCP connection is gone; made by :meth:`close`, which waits on it."""
         self._ended: ConnectionClosed | None = None
 
     # asyncio.Protocol
@@ -140,7 +141,6 @@ class NativeTransport(asyncio.Protocol):
         # CPU in bursts of large events, measured with benchmarks/peers.py --loop uvloop.
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         loop = asyncio.get_running_loop()
-        self._lost = loop.create_future()
         self._timer = loop.call_later(self._endpoint.handshake_timeout, self._handshake_timed_out)
         self._endpoint.waiting.add(self)
 
@@ -250,18 +250,20 @@ class NativeTransport(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        # Not closing yet, so not lost yet: connection_lost() will resolve this.
+        lost = self._lost
+        if lost is None:
+            lost = self._lost = asyncio.get_running_loop().create_future()
         ws = self._ws
         if ws.state is State.OPEN:
             self._open = False
             ws.send_close(code, close_reason(reason))
             self._write_pending()
-        lost = self._lost
         try:
-            if lost is not None:
-                # The client answers with its close frame, and the socket is closed then.
-                await asyncio.shield(lost)
+            # The client answers with its close frame, and the socket is closed then.
+            await asyncio.shield(lost)
         finally:
-            if not transport.is_closing() or (lost is not None and not lost.done()):
+            if not transport.is_closing() or not lost.done():
                 transport.abort()
 
     # Internals
@@ -527,11 +529,16 @@ def _handshake(
     transport: asyncio.BaseTransport,
     endpoint: Endpoint,
 ) -> Handshake:
-    """The opening request as the ASGI adapter describes it (an ASGI-like scope)."""
-    headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
-        for name, value in request.headers.raw_items()
-    ]
+    """The opening request as the ASGI adapter describes it (with an ASGI-like scope)."""
+    raw: list[tuple[bytes, bytes]] = []
+    headers: dict[str, str] = {}
+    for name, value in request.headers.raw_items():
+        name = name.lower()
+        encoded = value.encode("latin-1", "replace")
+        raw.append((name.encode("latin-1"), encoded))
+        if not value.isascii():  # as the ASGI adapter reads it back: latin-1, "?" for more
+            value = encoded.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
     offered = request.headers.get_all("Sec-WebSocket-Protocol")
     subprotocols = [item.strip() for value in offered for item in value.split(",") if item.strip()]
     peer = transport.get_extra_info("peername")
@@ -554,13 +561,22 @@ def _handshake(
             scheme = "wss"
         elif proto in ("http", "ws"):
             scheme = "ws"
+    query_string = query.encode("latin-1", "replace")
     scope: dict[str, Any] = {
         "type": "websocket",
         "path": path,
-        "query_string": query.encode("latin-1", "replace"),
-        "headers": headers,
+        "query_string": query_string,
+        "headers": raw,
         "client": client,
         "subprotocols": subprotocols,
         "scheme": scheme,
     }
-    return Handshake.from_asgi(scope)
+    return Handshake.of_request(
+        path=path,
+        headers=headers,
+        query_string=query_string.decode("latin-1"),
+        client=client,
+        subprotocols=tuple(subprotocols),
+        scheme=scheme,
+        scope=scope,
+    )

@@ -2,12 +2,12 @@
 
 A steady stream wakes every subscriber's writer task once per event, and a task's wakeup
 costs more than the write it leads to. A transport that can write at once
-(:class:`~budget_ws.connection.DirectTransport`) lets its connection park the writer
-instead: queuing a frame then marks the connection, and one callback per loop turn writes
+(:class:`~budget_ws.connection.DirectTransport`) needs no writer task while its socket
+keeps up: queuing a frame marks the connection, and one callback per loop turn writes
 what every marked connection has queued. Frames queued in the same turn still leave as
 one message (a burst keeps its coalescing), and a message of one event frame, the same
 for every subscriber, is framed once per turn. A connection whose socket falls behind
-gets its writer task back, which waits for the socket to drain.
+gets a writer task until it has caught up, which waits for the socket to drain.
 """
 
 from __future__ import annotations

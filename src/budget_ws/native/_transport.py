@@ -323,9 +323,10 @@ class NativeTransport(asyncio.Protocol):
         """Write the held response (the flusher calls this at the end of the turn in
         which it was held): the welcome did not come in that turn."""
         held = self._held
-        if held is not None and self._transport is not None:
-            self._held = None
-            self._transport.write(held)
+        self._held = None
+        transport = self._transport
+        if held is not None and transport is not None and not transport.is_closing():
+            transport.write(held)
 
     def _write_pending(self) -> None:
         transport = self._transport

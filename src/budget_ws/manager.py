@@ -427,12 +427,13 @@ class ConnectionManager:
         if answers_pings:
             self._pacemaker.add(connection)
         try:
-            identifying_since = self._clock() if self._identify is not None else 0.0
-            if self._identify is not None and await self._identified(connection):
-                ended = self._users.add(connection, identifying_since)
-                if ended is not None:  # disconnect_user arrived while identify ran
-                    connection.close(*ended)
-                topics = (user_topic(connection.user), *topics)  # type: ignore[arg-type]
+            if self._identify is not None:
+                identifying_since = self._clock()
+                if await self._identified(connection):
+                    ended = self._users.add(connection, identifying_since)
+                    if ended is not None:  # disconnect_user arrived while identify ran
+                        connection.close(*ended)
+                    topics = (user_topic(connection.user), *topics)  # type: ignore[arg-type]
             connection.push_control(self._welcome(connection.id, connection.user))
             if topics:
                 await self._frames.subscribe_server_side(connection, topics)
